@@ -1,0 +1,30 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.fcnseg-installed
+DEMO_OUT ?= demo_out
+
+.PHONY: venv demo test test-fast typecheck clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
+	# Type stubs for checking the TensorRT layer; --no-deps because its dependency is the uninstallable stub package.
+	$(BIN)/python -m pip install -q --no-deps tensorrt-stubs==10.13.0.35.1
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m fcnseg.benchmarks.demo --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache .mypy_cache

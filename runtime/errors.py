@@ -9,3 +9,25 @@ on stderr and a non-zero exit.
 
 class FcnsegError(Exception):
     """An error caused by the user's input or environment, with a message that says what to do."""
+
+
+def cli_errors(fn):
+    """Decorate a CLI entry point: FcnsegError becomes one line on stderr and exit code 2.
+
+    Set ``FCNSEG_DEBUG=1`` to see the traceback instead. Used by every ``fcn-*`` command.
+    """
+    import functools
+    import os
+    import sys
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except FcnsegError as e:
+            if os.environ.get("FCNSEG_DEBUG"):
+                raise
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    return wrapper

@@ -61,7 +61,11 @@ class LoadedCheckpoint:
 
 def load_checkpoint(path: "str | os.PathLike[str]") -> LoadedCheckpoint:
     """Read our checkpoints, torchvision-reference checkpoints (``{"model": ...}``) and raw state dicts."""
-    obj = read_checkpoint(path)
+    return parse_checkpoint(read_checkpoint(path), path)
+
+
+def parse_checkpoint(obj: dict, path: "str | os.PathLike[str]" = "<checkpoint>") -> LoadedCheckpoint:
+    """Split an already-read checkpoint dict into state dict and information (``path`` is for messages)."""
     if "model" in obj and isinstance(obj["model"], Mapping):
         sd = dict(obj["model"])
         info = {k: v for k, v in obj.items() if k not in ("model", "optimizer", "lr_scheduler", "scaler")}

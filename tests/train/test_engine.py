@@ -1,0 +1,92 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fcnseg.runtime.errors import FcnsegError
+from fcnseg.train.checkpoint import read_checkpoint
+from fcnseg.train.engine import TrainConfig, make_optimizer, make_scheduler, train
+from fcnseg.train.models import get_model
+
+
+def tiny_config(root, out, **kw):
+    base = dict(data_path=str(root), model="fcn8s_resnet18", epochs=2, batch_size=4, lr=0.01, workers=0,
+                output_dir=str(out), base_size=64, crop_size=48, device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def test_scheduler_warms_up_linearly_then_decays_to_zero():
+    model = torch.nn.Linear(2, 2)
+    cfg = TrainConfig(data_path="-", epochs=3, lr=0.1)
+    opt = make_optimizer(model, cfg)
+    sched = make_scheduler(opt, cfg, iters_per_epoch=10)
+    lrs = []
+    for _ in range(30):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1 * cfg.lr_warmup_decay)
+    assert lrs[0] < lrs[5] < lrs[9] <= 0.1 + 1e-9          # warm-up over the first epoch
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # then monotone poly decay
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_aux_head_gets_ten_times_the_lr():
+    model = get_model("fcn8s_resnet18", num_classes=21, aux_loss=True)
+    opt = make_optimizer(model, TrainConfig(data_path="-", lr=0.02))
+    assert [g["lr"] for g in opt.param_groups] == [0.02, pytest.approx(0.2)]
+
+
+def test_train_writes_checkpoints_log_plot_and_resumes(tiny_voc, tmp_path):
+    out = tmp_path / "run"
+    log = train(tiny_config(tiny_voc, out, aux_loss=True))
+    assert 0.0 <= log["miou"] <= 1.0 and log["epoch"] == 1
+    names = sorted(os.listdir(out))
+    assert {"checkpoint.pth", "model_0.pth", "model_1.pth", "model_best.pth", "metrics.jsonl", "metrics.png"} <= set(names)
+    assert not [n for n in names if n.endswith(".tmp")]
+    ckpt = read_checkpoint(out / "checkpoint.pth")  # weights_only=True inside
+    assert ckpt["epoch"] == 1 and ckpt["arch"] == "fcn8s_resnet18" and ckpt["num_classes"] == 21
+    assert {"model", "optimizer", "lr_scheduler", "args"} <= set(ckpt) and isinstance(ckpt["args"], dict)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    log3 = train(tiny_config(tiny_voc, out, aux_loss=True, epochs=3, resume=str(out / "checkpoint.pth")))
+    assert log3["epoch"] == 2
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+
+
+def test_resume_refuses_another_model(tiny_voc, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(tiny_voc, out, epochs=1))
+    with pytest.raises(FcnsegError, match="expected a fcn8s_resnet34 checkpoint"):
+        train(tiny_config(tiny_voc, out, model="fcn8s_resnet34", resume=str(out / "checkpoint.pth")))
+
+
+def test_cli_errors_are_one_line(tiny_voc, tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "fcnseg.train", *args], capture_output=True, text=True)
+
+    r = run("--data-path", str(tmp_path / "nowhere"), "--device", "cpu")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "VOC layout" in r.stderr
+    r = run("--data-path", str(tiny_voc), "--model", "fcn_nope", "--device", "cpu", "-j", "0",
+            "--base-size", "64", "--crop-size", "48", "-b", "2")
+    assert r.returncode == 2 and "fcn_nope" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo_write_one_checkpoint(tiny_voc, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "fcnseg.train", "--data-path", str(tiny_voc), "--model", "fcn8s_resnet18", "--epochs", "1",
+           "-b", "2", "-j", "0", "--base-size", "64", "--crop-size", "48", "--device", "cpu",
+           "--output-dir", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p for p in os.listdir(out) if p.endswith(".pth")) == ["checkpoint.pth", "model_0.pth",
+                                                                        "model_best.pth"]
+    ckpt = read_checkpoint(out / "checkpoint.pth")
+    assert not any(k.startswith("module.") for k in ckpt["model"])  # saved from the unwrapped model

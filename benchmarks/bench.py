@@ -1,0 +1,214 @@
+"""Latency of models end to end through the runtime, per stage, compared side by side in one run.
+
+Stages come from ``Segmenter.last_timing`` (preprocess, host->device, inference, device->host,
+postprocess); end to end is timed around the call. After warm-up, each model runs ``iters`` times per
+(shape, batch); models are interleaved round-robin in blocks so that drift in a noisy machine's speed
+hits all of them alike, and speed-ups are reported as ratios to the first model.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+STAGES = ("preprocess", "h2d", "infer", "d2h", "postprocess")
+
+
+@dataclass
+class Stats:
+    """Summary of a list of durations, in milliseconds."""
+
+    mean: float
+    median: float
+    p90: float
+    p99: float
+    min: float
+    max: float
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> "Stats":
+        ms = np.asarray(seconds, dtype=np.float64) * 1e3
+        return cls(float(ms.mean()), float(np.median(ms)), float(np.percentile(ms, 90)),
+                   float(np.percentile(ms, 99)), float(ms.min()), float(ms.max()))
+
+
+@dataclass
+class BenchResult:
+    """One model at one input shape and batch size."""
+
+    model: str
+    backend: str
+    precision: str
+    shape: tuple
+    batch: int
+    iters: int
+    e2e: Stats
+    stages: dict
+    images_per_s: float
+    peak_host_mb: float
+    peak_device_mb: Optional[float] = None
+    speedup: Optional[float] = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+@dataclass
+class _Runner:
+    path: str
+    seg: object
+    images: np.ndarray
+    e2e: list = field(default_factory=list)
+    stages: dict = field(default_factory=lambda: {s: [] for s in STAGES})
+
+    def once(self) -> None:
+        t0 = time.perf_counter()
+        self.seg(self.images if len(self.images) > 1 else self.images[0])
+        self.e2e.append(time.perf_counter() - t0)
+        timing = getattr(self.seg, "last_timing", {}) or {}
+        for s in STAGES:
+            self.stages[s].append(float(timing.get(s, 0.0)))
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS counter (Linux) so each model's peak is its own."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process since the last reset (VmHWM), in MB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def parse_hw(text: str) -> tuple[int, int]:
+    """'520x520' -> (520, 520)."""
+    from ..runtime.errors import FcnsegError
+
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise FcnsegError(f"expected a shape like 520x520 (HxW), got {text!r}") from None
+    if h < 1 or w < 1:
+        raise FcnsegError(f"expected positive sizes, got {text!r}")
+    return h, w
+
+
+def _load(path: str, hw: tuple, providers, num_threads):
+    from ..runtime.segmenter import Segmenter
+
+    # size = the shorter side makes the runtime's resize a no-op, so the network sees exactly HxW.
+    return Segmenter.load(path, size=min(hw), providers=providers, num_threads=num_threads)
+
+
+def _device_mb(seg) -> Optional[float]:
+    backend = getattr(seg, "backend", None)
+    nbytes = getattr(backend, "device_memory_bytes", None)
+    if nbytes:
+        return nbytes / 1e6
+    torch = __import__("sys").modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 1e6
+    return None
+
+
+def bench_shape(paths: Sequence[str], hw: tuple, batch: int, *, warmup: int = 5, iters: int = 50,
+                rounds: int = 5, providers=None, num_threads: Optional[int] = None, seed: int = 0) -> list:
+    """Benchmark every model at one (H, W, batch), interleaving models in ``rounds`` blocks."""
+    images = np.random.default_rng(seed).integers(0, 256, size=(batch, *hw, 3), dtype=np.uint8)
+    runners, peaks = [], []
+    for path in paths:
+        reset_peak_rss()
+        r = _Runner(path, _load(path, hw, providers, num_threads), images)
+        for _ in range(warmup):
+            r.once()
+        r.e2e.clear()
+        r.stages = {s: [] for s in STAGES}
+        runners.append(r)
+        peaks.append(peak_rss_mb())
+    per_round = max(1, iters // rounds)
+    for _ in range(rounds):
+        for r in runners:
+            for _ in range(per_round):
+                r.once()
+    return [_result(r, hw, batch, peak) for r, peak in zip(runners, peaks)]
+
+
+def _result(r: _Runner, hw: tuple, batch: int, peak: float) -> BenchResult:
+    e2e = Stats.of(r.e2e)
+    meta = getattr(r.seg, "metadata", None)
+    backend = getattr(r.seg, "backend", None)
+    return BenchResult(model=r.path, backend=getattr(backend, "description", None) or getattr(backend, "name", "?"),
+                       precision="fp32" if r.path.endswith(".pth") else getattr(meta, "precision", "?"),
+                       shape=tuple(hw), batch=batch, iters=len(r.e2e), e2e=e2e,
+                       stages={s: Stats.of(v) for s, v in r.stages.items()},
+                       images_per_s=batch * 1e3 / e2e.median, peak_host_mb=peak, peak_device_mb=_device_mb(r.seg))
+
+
+def bench_models(paths: Sequence[str], shapes: Sequence[tuple], batches: Sequence[int], **kw) -> list:
+    """All (shape, batch) combinations; ``speedup`` = first model's median e2e / this model's."""
+    results = []
+    for hw in shapes:
+        for batch in batches:
+            group = bench_shape(paths, hw, batch, **kw)
+            for res in group:
+                res.speedup = group[0].e2e.median / res.e2e.median
+            results.extend(group)
+    return results
+
+
+def bench_table(results: Sequence[BenchResult]) -> str:
+    """Readable table: medians per stage, end-to-end statistics, throughput and speed-up."""
+    from .tables import format_table
+
+    headers = ["model", "backend", "prec", "shape", "batch", "pre ms", "h2d", "infer", "d2h", "post", "e2e med",
+               "mean", "p90", "p99", "min", "max", "img/s", "speedup", "pre+post %", "host MB", "dev MB"]
+    rows = []
+    for r in results:
+        s = {k: v.median for k, v in r.stages.items()}
+        pp = (s["preprocess"] + s["postprocess"]) / r.e2e.median * 100
+        rows.append([Path(r.model).name, r.backend, r.precision, "x".join(map(str, r.shape)), r.batch,
+                     s["preprocess"], s["h2d"], s["infer"], s["d2h"], s["postprocess"], r.e2e.median, r.e2e.mean,
+                     r.e2e.p90, r.e2e.p99, r.e2e.min, r.e2e.max, r.images_per_s, r.speedup, pp, r.peak_host_mb,
+                     r.peak_device_mb])
+    return format_table(headers, rows)
+
+
+def write_csv(results: Sequence[BenchResult], path: "str | os.PathLike[str]") -> None:
+    """One CSV row per result, stage medians and end-to-end statistics in ms."""
+    import csv
+    import io
+
+    from ..runtime.atomic import write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["model", "backend", "precision", "shape", "batch", *[f"{s}_ms" for s in STAGES], "e2e_median_ms",
+                "e2e_mean_ms", "e2e_p90_ms", "e2e_p99_ms", "e2e_min_ms", "e2e_max_ms", "images_per_s", "speedup",
+                "peak_host_mb", "peak_device_mb"])
+    for r in results:
+        e = r.e2e
+        w.writerow([r.model, r.backend, r.precision, "x".join(map(str, r.shape)), r.batch,
+                    *[f"{r.stages[s].median:.4f}" for s in STAGES], f"{e.median:.4f}", f"{e.mean:.4f}",
+                    f"{e.p90:.4f}", f"{e.p99:.4f}", f"{e.min:.4f}", f"{e.max:.4f}", f"{r.images_per_s:.3f}",
+                    f"{r.speedup:.3f}" if r.speedup else "", f"{r.peak_host_mb:.1f}",
+                    "" if r.peak_device_mb is None else f"{r.peak_device_mb:.1f}"])
+    write_text(path, buf.getvalue())

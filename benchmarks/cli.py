@@ -1,0 +1,91 @@
+"""``fcn-eval`` (mIoU and the cross-backend parity table) and ``fcn-bench`` (latency), thin over the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+import click
+
+from ..runtime.errors import FcnsegError, cli_errors
+
+CTX = {"help_option_names": ["-h", "--help"], "show_default": True}
+
+
+@click.command(context_settings=CTX)
+@click.option("--model", "model", default=None, help="one model: .pth, .onnx or .plan/.engine")
+@click.option("--compare", "compare", multiple=True, help="models to compare; the first is the reference "
+              "(repeat, or list them after --compare)")
+@click.argument("more", nargs=-1)
+@click.option("--data-path", required=True, type=click.Path(), help="folder containing VOCdevkit/VOC2012")
+@click.option("--split", default="val")
+@click.option("--limit", type=int, default=None, help="evaluate only the first N images")
+@click.option("--size", type=int, default=None, help="shorter side at inference (default: the model's)")
+@click.option("--providers", default=None, help="ONNX Runtime providers, comma-separated")
+@click.option("--tol-fp32", default=0.05, help="allowed |mIoU delta| in points")
+@click.option("--tol-fp16", default=0.2)
+@click.option("--tol-int8", default=1.0)
+@click.option("--json", "json_path", default=None, type=click.Path(), help="write all results as JSON")
+@cli_errors
+def eval_main(model, compare, more, data_path, split, limit, size, providers, tol_fp32, tol_fp16, tol_int8,
+              json_path) -> None:
+    """Evaluate a model's mIoU on a VOC split, or compare several models on the same images.
+
+    \b
+    fcn-eval --model runs/fcn/model_best.pth --data-path data/voc
+    fcn-eval --data-path data/voc --compare ckpt.pth model.onnx model_fp16.onnx model_int8.onnx
+    """
+    from .evaluate import class_delta_table, compare_models, parity_table
+
+    paths = list(compare) + list(more)
+    if model:
+        paths.insert(0, model)
+    if not paths:
+        raise FcnsegError("expected --model PATH or --compare PATH..., got no model; try fcn-eval -h")
+    prov = providers.split(",") if providers else None
+    tol = {"fp32": tol_fp32, "fp16": tol_fp16, "int8": tol_int8}
+    rows = compare_models(paths, data_path, split, limit=limit, size=size, tolerances=tol, providers=prov)
+    click.echo(parity_table(rows))
+    click.echo("\nper-class IoU (%) and deltas (points):")
+    click.echo(class_delta_table(rows))
+    if json_path:
+        from ..runtime.atomic import write_text
+
+        write_text(json_path, json.dumps({"split": split, "models": [r.to_dict() for r in rows]}, indent=2))
+    failed = [r for r in rows if not r.ok]
+    if failed:
+        click.echo(f"error: {len(failed)} model(s) outside tolerance or failed: "
+                   + ", ".join(r.path for r in failed), err=True)
+        sys.exit(1)
+
+
+@click.command(context_settings=CTX)
+@click.option("--engine", "engines", multiple=True, help="TensorRT engine (.plan/.engine); repeatable")
+@click.option("--model", "models", multiple=True, help=".onnx or .pth model; repeatable")
+@click.option("--shape", "shapes", multiple=True, default=["520x520"], help="HxW; repeatable")
+@click.option("--batch", "batches", multiple=True, type=int, default=[1], help="repeatable")
+@click.option("--warmup", default=5)
+@click.option("--iters", default=50)
+@click.option("--rounds", default=5, help="interleave the models in this many blocks")
+@click.option("--threads", type=int, default=None, help="intra-op threads (ONNX Runtime, PyTorch)")
+@click.option("--providers", default=None, help="ONNX Runtime providers, comma-separated")
+@click.option("--json", "json_path", default=None, type=click.Path())
+@click.option("--csv", "csv_path", default=None, type=click.Path())
+@cli_errors
+def bench_main(engines, models, shapes, batches, warmup, iters, rounds, threads, providers, json_path,
+               csv_path) -> None:
+    """Latency per stage and end to end, for one or several models in one run (ratios side by side)."""
+    from .bench import bench_models, bench_table, parse_hw, write_csv
+
+    paths = list(models) + list(engines)
+    if not paths:
+        raise FcnsegError("expected --engine PATH or --model PATH, got neither; try fcn-bench -h")
+    results = bench_models(paths, [parse_hw(s) for s in shapes], list(batches), warmup=warmup, iters=iters,
+                           rounds=rounds, providers=providers.split(",") if providers else None,
+                           num_threads=threads)
+    click.echo(bench_table(results))
+    if json_path:
+        from ..runtime.atomic import write_text
+
+        write_text(json_path, json.dumps([r.to_dict() for r in results], indent=2))
+    if csv_path:
+        write_csv(results, csv_path)

@@ -1,0 +1,154 @@
+"""mIoU of any model file through the runtime, and the cross-backend parity table (``fcn-eval``).
+
+Every model is evaluated by the same code path: ``Segmenter.load(path)`` on the same images with the same
+preprocessing, so a delta in the table is the model's, not the harness's.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ..runtime.errors import FcnsegError
+from ..runtime.metrics import ConfusionMatrix
+from ..runtime.parity import MiouComparison, compare_miou, evaluate
+from ..runtime.vocdata import VOCLayout, take
+
+# Allowed |mIoU delta| against the reference, in points, by precision.
+TOLERANCES = {"fp32": 0.05, "fp16": 0.2, "int8": 1.0}
+FORMATS = {".pth": "PyTorch", ".onnx": "ONNX", ".plan": "TensorRT", ".engine": "TensorRT"}
+
+
+@dataclass
+class ModelEval:
+    """One model's row of the parity table."""
+
+    path: str
+    format: str
+    precision: str
+    status: str = "ok"
+    size_mb: float = 0.0
+    miou: float = float("nan")
+    global_acc: float = float("nan")
+    iou: list = field(default_factory=list)
+    ms_per_image: float = float("nan")
+    backend: str = ""
+    classes: list = field(default_factory=list)
+    comparison: Optional[MiouComparison] = None
+    cm: Optional[ConfusionMatrix] = field(default=None, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok" and (self.comparison is None or bool(self.comparison))
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("path", "format", "precision", "status", "size_mb", "miou", "global_acc",
+                                           "ms_per_image", "backend")}
+        d["iou"] = [None if np.isnan(x) else float(x) for x in self.iou]
+        if self.comparison is not None:
+            c = self.comparison
+            d.update(delta_points=c.delta, tolerance_points=c.tolerance, passed=bool(c),
+                     class_delta_points=[None if np.isnan(x) else float(x) for x in c.class_delta])
+        return d
+
+
+def model_size_mb(path: "str | Path") -> float:
+    """File size in MB, counting ONNX external-data files next to it."""
+    p = Path(path)
+    total = p.stat().st_size
+    data = p.with_name(p.name + ".data")
+    return (total + (data.stat().st_size if data.exists() else 0)) / 1e6
+
+
+def evaluate_model(path: str, data_path: str, split: str = "val", *, limit: Optional[int] = None,
+                   size: Optional[int] = None, providers: Optional[Sequence[str]] = None,
+                   progress: bool = True) -> ModelEval:
+    """Evaluate one model file (.pth, .onnx, .plan) through the runtime on a VOC split."""
+    from ..runtime.segmenter import Segmenter
+
+    if not os.path.isfile(path):
+        raise FcnsegError(f"expected a model file, got {path!r} which does not exist")
+    seg = Segmenter.load(path, size=size, providers=providers)
+    meta = seg.metadata
+    layout = VOCLayout(data_path, split, num_classes=meta.num_classes)
+    n = len(layout) if limit is None else min(limit, len(layout))
+    bar = _progress(f"eval {Path(path).name}", n) if progress else None
+    start = time.perf_counter()
+    cm = evaluate(seg, take(layout, n), meta.num_classes, progress=bar)
+    elapsed = time.perf_counter() - start
+    r = cm.compute()
+    return ModelEval(path=str(path), format=FORMATS.get(Path(path).suffix, "?"),
+                     precision="fp32" if path.endswith(".pth") else meta.precision,
+                     size_mb=model_size_mb(path), miou=r["miou"], global_acc=r["global_acc"], iou=list(r["iou"]),
+                     ms_per_image=elapsed / max(n, 1) * 1e3, backend=_backend_name(seg), classes=list(meta.classes),
+                     cm=cm)
+
+
+def _backend_name(seg) -> str:
+    backend = getattr(seg, "backend", None)
+    return getattr(backend, "description", None) or getattr(backend, "name", "")
+
+
+def _progress(desc: str, total: int):
+    from tqdm import tqdm
+
+    return lambda it: tqdm(it, desc=desc, total=total, leave=False, dynamic_ncols=True)
+
+
+def compare_models(paths: Sequence[str], data_path: str, split: str = "val", *, limit: Optional[int] = None,
+                   size: Optional[int] = None, tolerances: Optional[dict] = None,
+                   providers: Optional[Sequence[str]] = None, progress: bool = True) -> list:
+    """Evaluate every model on the same images; the first is the reference for the deltas.
+
+    A model that fails to load or run gets a row with its error as status instead of stopping the table.
+    """
+    tol = {**TOLERANCES, **(tolerances or {})}
+    rows: list = []
+    for path in paths:
+        try:
+            row = evaluate_model(path, data_path, split, limit=limit, size=size, providers=providers,
+                                 progress=progress)
+        except FcnsegError as e:
+            row = ModelEval(path=str(path), format=FORMATS.get(Path(path).suffix, "?"), precision="?",
+                            status=f"error: {e}")
+        rows.append(row)
+    ref = rows[0]
+    if ref.status != "ok":
+        raise FcnsegError(f"expected the reference model {paths[0]} to evaluate, got {ref.status}")
+    for row in rows[1:]:
+        if row.status == "ok" and row.cm is not None and ref.cm is not None:
+            row.comparison = compare_miou(ref.cm, row.cm, tolerance=tol.get(row.precision, 1.0),
+                                          classes=ref.classes)
+    return rows
+
+
+
+def parity_table(rows: Sequence[ModelEval]) -> str:
+    """One row per model in the style of Ultralytics' benchmark table."""
+    from .tables import format_table
+
+    headers = ["format", "precision", "status", "size MB", "mIoU", "delta", "tol", "pixel acc", "ms/image", "file"]
+    body = []
+    for r in rows:
+        c = r.comparison
+        status = r.status if r.status != "ok" else ("ok" if c is None or c else "FAIL")
+        body.append([r.format, r.precision, status[:60], r.size_mb, r.miou * 100, c.delta if c else None,
+                     c.tolerance if c else None, r.global_acc * 100, r.ms_per_image, Path(r.path).name])
+    return format_table(headers, body)
+
+
+def class_delta_table(rows: Sequence[ModelEval]) -> str:
+    """Per-class IoU of the reference and each model's delta (points)."""
+    from .tables import format_table
+
+    ref = rows[0]
+    compared = [r for r in rows[1:] if r.comparison is not None]
+    headers = ["class", f"IoU {Path(ref.path).name}"] + [f"d {Path(r.path).name}" for r in compared]
+    body = [[name, ref.iou[i] * 100] + [float(r.comparison.class_delta[i]) for r in compared]
+            for i, name in enumerate(ref.classes)]
+    return format_table(headers, body)

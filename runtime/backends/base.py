@@ -17,7 +17,11 @@ from ..metadata import ModelMetadata
 class Backend(Protocol):
     name: str                 # "onnxruntime", "tensorrt" or "pytorch"
     metadata: ModelMetadata
-    last_timing: Dict[str, float]   # seconds of the last infer(): "h2d", "infer", "d2h" (0.0 where not separate)
+
+    @property
+    def last_timing(self) -> Dict[str, float]:
+        """Seconds of this thread's last infer(): "h2d", "infer", "d2h" (0.0 where not separate)."""
+        ...
 
     def infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
         """Run one NCHW float32 batch; return outputs by name."""

@@ -1,0 +1,263 @@
+"""CUDA memory for the TensorRT backend without PyTorch: cuda-python where installed, pycuda otherwise.
+
+The TensorRT backend needs seven things from CUDA: device and pinned host allocations, asynchronous
+copies, a stream, and (optionally) stream capture into a CUDA graph. ``CudaMemory`` names exactly
+those; ``CudaRuntime`` implements them with cuda-python (``cuda.bindings.runtime``, or the older
+``cuda.cudart``), ``PyCuda`` with pycuda, which is what JetPack images usually carry. Every
+cuda-python call returns ``(err, *results)`` and each one is checked. Nothing here is imported
+unless a TensorRT engine is loaded.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any, Dict, Protocol
+
+import numpy as np
+
+from ..errors import FcnsegError
+
+INSTALL_HINT = ("pip install cuda-python (12.x for drivers older than 580, e.g. JetPack 6), or on Jetson "
+                "pycuda (pip install pycuda, built on the device)")
+
+
+class CudaMemory(Protocol):
+    """The CUDA operations the TensorRT backend uses. Pointers are plain ints; streams are opaque."""
+
+    name: str
+    supports_graphs: bool
+
+    def bind_thread(self) -> None:
+        """Make the CUDA context current in the calling thread (a no-op for the runtime API)."""
+
+    def malloc(self, nbytes: int) -> int: ...
+
+    def free(self, ptr: int) -> None: ...
+
+    def malloc_host(self, nbytes: int) -> np.ndarray:
+        """Pinned (page-locked) host memory as a uint8 array of ``nbytes``."""
+
+    def free_host(self, array: np.ndarray) -> None: ...
+
+    def memcpy_htod_async(self, dst: int, src: np.ndarray, stream: Any) -> None: ...
+
+    def memcpy_dtoh_async(self, dst: np.ndarray, src: int, stream: Any) -> None: ...
+
+    def stream_create(self) -> Any:
+        """A new non-default stream (CUDA graphs cannot be captured on the default one)."""
+
+    def stream_handle(self, stream: Any) -> int: ...
+
+    def stream_synchronize(self, stream: Any) -> None: ...
+
+    def stream_destroy(self, stream: Any) -> None: ...
+
+    def graph_capture_begin(self, stream: Any) -> None: ...
+
+    def graph_capture_end(self, stream: Any) -> Any:
+        """End the capture and return an instantiated, launchable graph."""
+
+    def graph_launch(self, graph_exec: Any, stream: Any) -> None: ...
+
+    def graph_destroy(self, graph_exec: Any) -> None: ...
+
+
+def load_cuda_memory() -> CudaMemory:
+    """cuda-python if importable, else pycuda; FcnsegError if neither is installed."""
+    errors = []
+    for cls in (CudaRuntime, PyCuda):
+        try:
+            return cls()
+        except ImportError as e:
+            errors.append(f"{cls.name}: {e}")
+    raise FcnsegError(f"expected cuda-python or pycuda to move data to the GPU, got {'; '.join(errors)}; "
+                      f"try {INSTALL_HINT}")
+
+
+def _import_cudart() -> Any:
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except ImportError:
+        from cuda import cudart  # older cuda-python; an ImportError here means no cuda-python at all
+    return cudart
+
+
+class CudaRuntime:
+    """``CudaMemory`` over the CUDA runtime API of cuda-python."""
+
+    name = "cuda-python"
+    supports_graphs = True
+
+    def __init__(self) -> None:
+        self._rt = _import_cudart()
+        self._pinned: Dict[int, Any] = {}
+        self._check("cudaGetDevice", self._rt.cudaGetDevice())  # fails early and clearly without driver or GPU
+
+    def _check(self, what: str, result: Any) -> Any:
+        err, *rest = result
+        if err != self._rt.cudaError_t.cudaSuccess:
+            raise FcnsegError(f"CUDA call {what} failed: expected cudaSuccess, got {getattr(err, 'name', err)}; "
+                              "try `nvidia-smi` to check the GPU and driver, and a cuda-python whose major "
+                              "version the driver supports (cuda-bindings 13 needs driver >= 580)")
+        return rest[0] if len(rest) == 1 else tuple(rest)
+
+    def bind_thread(self) -> None:
+        pass  # the runtime API uses the device's primary context in every thread
+
+    def malloc(self, nbytes: int) -> int:
+        return int(self._check("cudaMalloc", self._rt.cudaMalloc(nbytes)))
+
+    def free(self, ptr: int) -> None:
+        self._check("cudaFree", self._rt.cudaFree(ptr))
+
+    def malloc_host(self, nbytes: int) -> np.ndarray:
+        ptr = int(self._check("cudaMallocHost", self._rt.cudaMallocHost(nbytes)))
+        array = np.ctypeslib.as_array((ctypes.c_ubyte * nbytes).from_address(ptr))
+        self._pinned[array.ctypes.data] = ptr
+        return array
+
+    def free_host(self, array: np.ndarray) -> None:
+        ptr = self._pinned.pop(array.ctypes.data, None)
+        if ptr is not None:
+            self._check("cudaFreeHost", self._rt.cudaFreeHost(ptr))
+
+    def memcpy_htod_async(self, dst: int, src: np.ndarray, stream: Any) -> None:
+        kind = self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        self._check("cudaMemcpyAsync", self._rt.cudaMemcpyAsync(dst, src.ctypes.data, src.nbytes, kind, stream))
+
+    def memcpy_dtoh_async(self, dst: np.ndarray, src: int, stream: Any) -> None:
+        kind = self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._check("cudaMemcpyAsync", self._rt.cudaMemcpyAsync(dst.ctypes.data, src, dst.nbytes, kind, stream))
+
+    def stream_create(self) -> Any:
+        return self._check("cudaStreamCreateWithFlags",
+                           self._rt.cudaStreamCreateWithFlags(self._rt.cudaStreamNonBlocking))
+
+    def stream_handle(self, stream: Any) -> int:
+        return int(stream)
+
+    def stream_synchronize(self, stream: Any) -> None:
+        self._check("cudaStreamSynchronize", self._rt.cudaStreamSynchronize(stream))
+
+    def stream_destroy(self, stream: Any) -> None:
+        self._check("cudaStreamDestroy", self._rt.cudaStreamDestroy(stream))
+
+    def graph_capture_begin(self, stream: Any) -> None:
+        # Thread-local mode: other threads' contexts may allocate while this one captures.
+        mode = self._rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        self._check("cudaStreamBeginCapture", self._rt.cudaStreamBeginCapture(stream, mode))
+
+    def graph_capture_end(self, stream: Any) -> Any:
+        graph = self._check("cudaStreamEndCapture", self._rt.cudaStreamEndCapture(stream))
+        try:
+            # ...WithFlags(graph, flags) has the same signature from CUDA 11.4 to 13.
+            return self._check("cudaGraphInstantiateWithFlags", self._rt.cudaGraphInstantiateWithFlags(graph, 0))
+        finally:
+            self._check("cudaGraphDestroy", self._rt.cudaGraphDestroy(graph))
+
+    def graph_launch(self, graph_exec: Any, stream: Any) -> None:
+        self._check("cudaGraphLaunch", self._rt.cudaGraphLaunch(graph_exec, stream))
+
+    def graph_destroy(self, graph_exec: Any) -> None:
+        self._check("cudaGraphExecDestroy", self._rt.cudaGraphExecDestroy(graph_exec))
+
+
+class PyCuda:
+    """``CudaMemory`` over pycuda, sharing the device's primary context with TensorRT."""
+
+    name = "pycuda"
+    supports_graphs = False  # pycuda exposes no stream capture
+
+    def __init__(self) -> None:
+        import pycuda.driver as cuda
+
+        self._cuda = cuda
+        cuda.init()
+        self._context = cuda.Device(0).retain_primary_context()
+        self._allocations: Dict[int, Any] = {}
+        self.bind_thread()
+
+    def bind_thread(self) -> None:
+        # pycuda contexts are per thread; TensorRT (runtime API) uses the primary context, so push that one.
+        if self._cuda.Context.get_current() is None:
+            self._context.push()
+
+    def malloc(self, nbytes: int) -> int:
+        allocation = self._cuda.mem_alloc(nbytes)
+        self._allocations[int(allocation)] = allocation
+        return int(allocation)
+
+    def free(self, ptr: int) -> None:
+        allocation = self._allocations.pop(ptr, None)
+        if allocation is not None:
+            allocation.free()
+
+    def malloc_host(self, nbytes: int) -> np.ndarray:
+        return self._cuda.pagelocked_empty(nbytes, np.uint8)
+
+    def free_host(self, array: np.ndarray) -> None:
+        free = getattr(array.base, "free", None)
+        if free is not None:
+            free()
+
+    def memcpy_htod_async(self, dst: int, src: np.ndarray, stream: Any) -> None:
+        self._cuda.memcpy_htod_async(dst, src, stream)
+
+    def memcpy_dtoh_async(self, dst: np.ndarray, src: int, stream: Any) -> None:
+        self._cuda.memcpy_dtoh_async(dst, src, stream)
+
+    def stream_create(self) -> Any:
+        return self._cuda.Stream()
+
+    def stream_handle(self, stream: Any) -> int:
+        return int(stream.handle)
+
+    def stream_synchronize(self, stream: Any) -> None:
+        stream.synchronize()
+
+    def stream_destroy(self, stream: Any) -> None:
+        pass  # freed with the Python object
+
+    def graph_capture_begin(self, stream: Any) -> None:
+        raise FcnsegError("expected cuda-python for CUDA graphs, got pycuda, which cannot capture streams; "
+                          "try `pip install cuda-python` or cuda_graphs=False")
+
+    def graph_capture_end(self, stream: Any) -> Any:
+        raise AssertionError("unreachable: graph_capture_begin raised")
+
+    def graph_launch(self, graph_exec: Any, stream: Any) -> None:
+        raise AssertionError("unreachable: no graph can be captured with pycuda")
+
+    def graph_destroy(self, graph_exec: Any) -> None:
+        pass
+
+
+def device_info() -> Dict[str, str]:
+    """Name and compute capability of CUDA device 0 via cuda-python or pycuda; "unknown" where neither works."""
+    for probe in (_device_info_cudart, _device_info_pycuda):
+        try:
+            return probe()
+        except Exception:  # no library, no driver, no GPU: try the next way, then say "unknown"
+            continue
+    return {"name": "unknown", "compute_capability": "unknown"}
+
+
+def _device_info_cudart() -> Dict[str, str]:
+    rt = _import_cudart()
+    err, device = rt.cudaGetDevice()
+    if err != rt.cudaError_t.cudaSuccess:
+        raise RuntimeError(err)
+    err, prop = rt.cudaGetDeviceProperties(device)
+    if err != rt.cudaError_t.cudaSuccess:
+        raise RuntimeError(err)
+    name = prop.name.split(b"\0", 1)[0].decode() if isinstance(prop.name, bytes) else str(prop.name)
+    return {"name": name, "compute_capability": f"{prop.major}.{prop.minor}"}
+
+
+def _device_info_pycuda() -> Dict[str, str]:
+    import pycuda.driver as cuda
+
+    cuda.init()
+    device = cuda.Device(0)
+    major, minor = device.compute_capability()
+    return {"name": str(device.name()), "compute_capability": f"{major}.{minor}"}

@@ -1,0 +1,154 @@
+"""ONNX Runtime backend: one ``InferenceSession``, shared safely between threads.
+
+``InferenceSession.run`` is thread-safe, so this backend takes no lock; the only per-call state,
+``last_timing``, is kept per thread. ONNX Runtime does its host/device copies inside ``run``, so
+``h2d`` and ``d2h`` are reported as 0 and the whole call counts as ``infer``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any, Dict, Optional, Sequence, Union
+
+import numpy as np
+
+from ..errors import FcnsegError
+from ..metadata import ModelMetadata
+
+# Short names accepted by ``providers=`` and ``fcn-predict --providers`` (case-insensitive).
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
+# Tried in this order when no providers are given; CPU is always the last resort.
+PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def import_onnxruntime() -> Any:
+    """Import ``onnxruntime`` or say how to install it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise FcnsegError("expected the onnxruntime package to run .onnx models, got none installed; "
+                          "try `pip install onnxruntime` (or onnxruntime-gpu for CUDA/TensorRT)") from None
+    return onnxruntime
+
+
+def resolve_providers(requested: Optional[Sequence[str]], available: Sequence[str]) -> list:
+    """Map requested provider names (full or short: cpu, cuda, tensorrt) to ORT names, checking availability.
+
+    Args:
+        requested: provider names in priority order; None or empty picks TensorRT/CUDA when available, then CPU.
+        available: ``onnxruntime.get_available_providers()``.
+    """
+    if not requested:
+        return [p for p in PREFERRED_PROVIDERS if p in available] + ["CPUExecutionProvider"]
+    by_lower = {p.lower(): p for p in available}
+    chosen = []
+    for name in requested:
+        full = PROVIDER_ALIASES.get(name.lower(), name)
+        if full.lower() not in by_lower:
+            raise FcnsegError(f"expected execution providers among {', '.join(available)}, got {name!r}; "
+                              "try `pip install onnxruntime-gpu` for CUDA/TensorRT, or --providers cpu")
+        chosen.append(by_lower[full.lower()])
+    return chosen
+
+
+class OnnxRuntimeBackend:
+    """Runs an exported ``.onnx`` model whose output is ``logits`` (N, C, h, w) or ``mask`` (N, h, w).
+
+    Args:
+        model_path: the ``.onnx`` file; its ``fcnseg.*`` ``metadata_props`` become ``metadata``.
+        providers: execution providers (see ``resolve_providers``).
+        num_threads: ``intra_op_num_threads``; None lets ONNX Runtime choose.
+    """
+
+    name = "onnxruntime"
+    thread_safe = True
+
+    def __init__(self, model_path: Union[str, "os.PathLike[str]"], *, providers: Optional[Sequence[str]] = None,
+                 num_threads: Optional[int] = None) -> None:
+        ort = import_onnxruntime()
+        self.path = str(model_path)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if num_threads:
+            opts.intra_op_num_threads = int(num_threads)
+        chosen = resolve_providers(providers, ort.get_available_providers())
+        try:
+            self.session = ort.InferenceSession(self.path, sess_options=opts, providers=chosen)
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
+            raise FcnsegError(f"could not load {self.path!r} with ONNX Runtime ({_first_line(e)}); "
+                              "expected a valid .onnx model, e.g. written by fcn-export") from None
+        self.metadata = _read_metadata(self.session, self.path)
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+        self.input_shape = tuple(inp.shape)
+        # A static batch dimension (an int) limits how many images one run may hold.
+        self.max_batch = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+        self.outputs = _output_names(self.session, self.path)
+        self.metadata.argmax = "logits" not in self.outputs
+        self.providers = self.session.get_providers()
+        self._local = threading.local()
+
+    @property
+    def last_timing(self) -> Dict[str, float]:
+        """Seconds spent in this thread's last ``infer``: ``h2d`` and ``d2h`` are 0 (ORT copies inside run)."""
+        return dict(getattr(self._local, "timing", {"h2d": 0.0, "infer": 0.0, "d2h": 0.0}))
+
+    def infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
+        """Run one NCHW float32 batch; return ``{"logits": float32}`` and/or ``{"mask": uint8}``."""
+        n = batch.shape[0]
+        x = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        if self.max_batch and n < self.max_batch:
+            # A fixed-batch graph still serves fewer images: pad with zeros, drop the padding after.
+            x = np.concatenate([x, np.zeros((self.max_batch - n,) + x.shape[1:], x.dtype)])
+        t0 = time.perf_counter()
+        try:
+            results = self.session.run(list(self.outputs.values()), {self.input_name: x})
+        except Exception as e:  # ORT raises its own types for shape/type mismatches
+            raise FcnsegError(f"ONNX Runtime could not run {self.path!r} on an input of shape {tuple(x.shape)} "
+                              f"({_first_line(e)}); expected an input fitting {self.input_shape}; "
+                              "try another --size") from None
+        self._local.timing = {"h2d": 0.0, "infer": time.perf_counter() - t0, "d2h": 0.0}
+        out = {}
+        for key, value in zip(self.outputs, results):
+            value = np.asarray(value)[:n]
+            out[key] = value.astype(np.float32, copy=False) if key == "logits" else value.astype(np.uint8, copy=False)
+        return out
+
+    def close(self) -> None:
+        """Drop the session (ONNX Runtime frees its memory when the session is collected)."""
+        self.session = None
+
+
+def _read_metadata(session: Any, path: str) -> ModelMetadata:
+    props = session.get_modelmeta().custom_metadata_map
+    try:
+        return ModelMetadata.from_props(props)
+    except (ValueError, TypeError) as e:
+        raise FcnsegError(f"expected fcnseg.* metadata_props holding JSON in {path!r}, got unreadable values "
+                          f"({_first_line(e)}); try re-exporting with fcn-export") from None
+
+
+def _output_names(session: Any, path: str) -> Dict[str, str]:
+    """Map "logits"/"mask" to graph output names; a single unnamed output is told apart by its rank."""
+    outputs = session.get_outputs()
+    names = {o.name: o for o in outputs}
+    found = {k: k for k in ("logits", "mask") if k in names}
+    if found:
+        return found
+    if len(outputs) == 1 and len(outputs[0].shape) in (3, 4):
+        return {"logits" if len(outputs[0].shape) == 4 else "mask": outputs[0].name}
+    raise FcnsegError(f"expected a graph output named 'logits' (N,C,H,W) or 'mask' (N,H,W) in {path!r}, got "
+                      f"{[(o.name, o.shape) for o in outputs]}; try exporting with fcn-export")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else type(e).__name__

@@ -1,0 +1,58 @@
+"""``fcn-predict``: segment image files and folders with an exported model (or a checkpoint).
+
+Exit codes: 0 all images done, 1 some images could not be read (each reported on stderr and skipped),
+2 usage errors and ``FcnsegError`` (one line on stderr via ``cli_errors``, no traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import click
+
+from .errors import cli_errors
+from .postprocess import predict_files
+from .segmenter import Segmenter
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--model", "-m", required=True, type=click.Path(path_type=Path),
+              help="Model file: .onnx, .plan/.engine (TensorRT) or .pth (PyTorch checkpoint).")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (mirrors sub-folders of input folders).")
+@click.option("--overlay", "with_overlay", is_flag=True, help="Also write <name>_overlay.png with a legend.")
+@click.option("--alpha", default=0.5, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Overlay opacity of the class colours.")
+@click.option("--format", "fmt", default="png", show_default=True, type=click.Choice(["png", "npy"]),
+              help="png: palette PNG of class ids; npy: uint8 array.")
+@click.option("--size", type=click.IntRange(min=0), default=None,
+              help="Shorter side fed to the network [default: the model's metadata; 0: no resizing].")
+@click.option("--providers", multiple=True,
+              help="ONNX Runtime providers in priority order, e.g. cuda,cpu (repeatable or comma-separated).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for inference.")
+@cli_errors
+def predict_main(inputs: Tuple[Path, ...], model: Path, out: Path, with_overlay: bool, alpha: float, fmt: str,
+                 size: Optional[int], providers: Sequence[str], threads: Optional[int]) -> None:
+    """Segment INPUTS (images, or folders walked for .jpg/.jpeg/.png/.bmp) and write masks to --out."""
+    from tqdm import tqdm
+
+    names = [p.strip() for item in providers for p in item.split(",") if p.strip()] or None
+
+    def report(path: Path, reason: str) -> None:
+        tqdm.write(f"fcn-predict: skipped {path}: {reason}", file=sys.stderr)
+
+    with Segmenter.load(model, providers=names, size=size, num_threads=threads) as seg:
+        m = seg.metadata
+        summary = predict_files(seg, inputs, out, fmt=fmt, with_overlay=with_overlay, alpha=alpha,
+                                classes=m.classes, palette=m.palette, on_error=report,
+                                progress=lambda files: tqdm(files, unit="img", file=sys.stderr, disable=None))
+    click.echo(f"fcn-predict: wrote {len(summary.written)} files to {out}"
+               + (f"; skipped {len(summary.failed)} unreadable images" if summary.failed else ""), err=True)
+    sys.exit(1 if summary.failed else 0)
+
+
+if __name__ == "__main__":
+    predict_main()

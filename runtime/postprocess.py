@@ -1,0 +1,252 @@
+"""Turning class masks into pictures and files: colours, overlays, legends, and batch prediction on files.
+
+Colour conventions: class ``i`` takes ``palette[i]`` (the VOC colour map by default, extended with VOC
+colours past the palette's end); the void label 255 is drawn white. Overlays leave background (0) and
+void (255) pixels as the image.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .atomic import atomic_path
+from .errors import FcnsegError
+from .preprocess import to_rgb_uint8
+from .voc import IGNORE_INDEX, VOC_CLASSES, voc_palette
+
+PathLike = Union[str, "os.PathLike[str]"]
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+VOID_COLOR = (255, 255, 255)
+
+
+def color_table(palette: Optional[Sequence[Sequence[int]]] = None) -> np.ndarray:
+    """A 256x3 uint8 lookup table: ``palette`` first, VOC colours after it, white for void (255)."""
+    table = voc_palette(256)
+    if palette is not None and len(palette):
+        p = np.asarray(palette, dtype=np.int64).reshape(-1, 3)[:256]
+        table[: len(p)] = np.clip(p, 0, 255)
+    table[IGNORE_INDEX] = VOID_COLOR
+    return table
+
+
+def colorize(mask: np.ndarray, palette: Optional[Sequence[Sequence[int]]] = None) -> np.ndarray:
+    """HxW class mask -> HxWx3 uint8 colour image (VOC palette by default; void 255 is white)."""
+    return color_table(palette)[_check_mask(mask)]
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5,
+            palette: Optional[Sequence[Sequence[int]]] = None) -> np.ndarray:
+    """Blend class colours into the image: ``(1 - alpha) * image + alpha * colour``.
+
+    Background (0) and void (255) pixels are left as the image. ``image`` is any layout ``to_rgb_uint8``
+    takes, of the same height and width as ``mask``.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise FcnsegError(f"expected alpha in [0, 1], got {alpha}")
+    rgb = to_rgb_uint8(image)
+    mask = _check_mask(mask)
+    if rgb.shape[:2] != mask.shape:
+        raise FcnsegError(f"expected a mask of the image's size {rgb.shape[:2]}, got {mask.shape}; "
+                          "try resizing the mask with fcnseg.runtime.preprocess.resize_mask")
+    blended = (1.0 - alpha) * rgb + alpha * color_table(palette)[mask].astype(np.float32)
+    keep = (mask == 0) | (mask == IGNORE_INDEX)
+    out = np.where(keep[..., None], rgb, np.rint(blended).astype(np.uint8))
+    return out.astype(np.uint8)
+
+
+def legend(classes: Sequence[str], palette: Optional[Sequence[Sequence[int]]], present_ids: Iterable[int],
+           *, row_height: int = 16) -> np.ndarray:
+    """A small Hx W x3 uint8 image listing the present classes: a colour swatch and the name per row.
+
+    Ids outside ``classes`` (and void, 255) are left out; with nothing left it says "(no classes)".
+    """
+    table = color_table(palette)
+    ids = sorted({int(i) for i in present_ids if 0 <= int(i) < len(classes)})
+    font = ImageFont.load_default()
+    names = [str(classes[i]) for i in ids] or ["(no classes)"]
+    text_w = max(int(font.getbbox(n)[2]) for n in names)
+    swatch = row_height - 4
+    img = Image.new("RGB", (swatch + text_w + 14, row_height * len(names) + 4), "white")
+    draw = ImageDraw.Draw(img)
+    for row, name in enumerate(names):
+        y = 2 + row * row_height
+        if ids:
+            draw.rectangle([4, y + 2, 4 + swatch - 1, y + 1 + swatch], fill=tuple(int(c) for c in table[ids[row]]),
+                           outline=(0, 0, 0))
+        draw.text((swatch + 10, y + 1), name, fill=(0, 0, 0), font=font)
+    return np.asarray(img)
+
+
+def overlay_with_legend(image: np.ndarray, mask: np.ndarray, *, alpha: float = 0.5,
+                        classes: Sequence[str] = VOC_CLASSES,
+                        palette: Optional[Sequence[Sequence[int]]] = None) -> np.ndarray:
+    """``overlay`` with a legend strip of the present classes on its right (white padding where shorter)."""
+    over = overlay(image, mask, alpha, palette)
+    strip = legend(classes, palette, np.unique(mask).tolist())
+    h = max(over.shape[0], strip.shape[0])
+    canvas = np.full((h, over.shape[1] + strip.shape[1], 3), 255, dtype=np.uint8)
+    canvas[: over.shape[0], : over.shape[1]] = over
+    canvas[: strip.shape[0], over.shape[1]:] = strip
+    return canvas
+
+
+def mask_to_pil(mask: np.ndarray, palette: Optional[Sequence[Sequence[int]]] = None) -> Image.Image:
+    """A palette ("P") PIL image: pixel values are the class ids, the palette gives their colours."""
+    img = Image.fromarray(_check_mask(mask), mode="P")
+    img.putpalette(color_table(palette).reshape(-1).tolist())
+    return img
+
+
+def save_mask(path: PathLike, mask: np.ndarray, *, palette: Optional[Sequence[Sequence[int]]] = None) -> None:
+    """Write a mask atomically: ``.npy`` as a uint8 array, anything else as a palette PNG."""
+    with atomic_path(path) as tmp:
+        if str(path).lower().endswith(".npy"):
+            with open(tmp, "wb") as f:  # np.save(path) would append ".npy" to the temporary name
+                np.save(f, _check_mask(mask))
+        else:
+            mask_to_pil(mask, palette).save(tmp, format="PNG")
+
+
+def save_image(path: PathLike, image: np.ndarray) -> None:
+    """Write an HxWx3 uint8 image as PNG, atomically."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """Read an image file as an array ``Segmenter`` accepts (RGB, RGBA, L or 16-bit stay as they are)."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("RGB", "RGBA", "L"):
+                return np.asarray(img)
+            if img.mode.startswith("I"):  # 16-bit grayscale (read as "I;16" or 32-bit "I"): keep the depth
+                return np.clip(np.asarray(img), 0, 65535).astype(np.uint16)
+            alpha = "A" in img.getbands() or "transparency" in img.info
+            return np.asarray(img.convert("RGBA" if alpha else "RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise FcnsegError(f"could not read {str(path)!r} as an image ({e}); expected a JPEG, PNG or BMP") from None
+
+
+def _check_mask(mask: np.ndarray) -> np.ndarray:
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise FcnsegError(f"expected an HxW class mask, got shape {m.shape}")
+    if m.dtype != np.uint8:
+        if not np.issubdtype(m.dtype, np.integer) or (m.size and (m.min() < 0 or m.max() > 255)):
+            raise FcnsegError(f"expected class ids in 0..255, got dtype {m.dtype}; try mask.astype(np.uint8)")
+        m = m.astype(np.uint8)
+    return np.ascontiguousarray(m)
+
+
+@dataclass
+class PredictSummary:
+    """What ``predict_files`` did: files written and inputs skipped (path, reason)."""
+
+    written: List[Path] = field(default_factory=list)
+    failed: List[Tuple[Path, str]] = field(default_factory=list)
+
+
+def find_images(inputs: Sequence[PathLike], *, exclude: Optional[PathLike] = None) -> List[Tuple[Path, Path]]:
+    """Expand files and folders (walked recursively for .jpg/.jpeg/.png/.bmp) into (path, output stem) pairs.
+
+    The output stem mirrors a file's place under the folder given (``dir/a/x.jpg`` -> ``a/x``); a name
+    seen twice gets its extension appended (``x.jpg`` and ``x.png`` -> ``x`` and ``x_png``). Files under
+    ``exclude`` (the output folder) are skipped so that earlier results are not read back as inputs.
+    """
+    skip = Path(exclude).resolve() if exclude is not None else None
+    found: List[Tuple[Path, Path]] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files = sorted(f for f in item.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if skip is not None and skip != item.resolve():
+                files = [f for f in files if skip not in f.resolve().parents]
+            found += [(f, f.relative_to(item).with_suffix("")) for f in files]
+        elif item.is_file():
+            found.append((item, Path(item.stem)))
+        else:
+            raise FcnsegError(f"expected an image file or a folder, got {str(item)!r} which does not exist")
+    return _unique_stems(found)
+
+
+def _unique_stems(found: List[Tuple[Path, Path]]) -> List[Tuple[Path, Path]]:
+    seen: set = set()
+    out = []
+    for path, stem in found:
+        key = stem
+        if str(key).lower() in seen:
+            key = stem.with_name(f"{stem.name}_{path.suffix.lstrip('.').lower()}")
+        n = 1
+        while str(key).lower() in seen:
+            key, n = stem.with_name(f"{stem.name}_{n}"), n + 1
+        seen.add(str(key).lower())
+        out.append((path, key))
+    return out
+
+
+def predict_files(predict: Callable[[np.ndarray], np.ndarray], inputs: Sequence[PathLike], out_dir: PathLike, *,
+                  fmt: str = "png", with_overlay: bool = False, alpha: float = 0.5,
+                  classes: Sequence[str] = VOC_CLASSES, palette: Optional[Sequence[Sequence[int]]] = None,
+                  progress: Optional[Callable[[List], Iterable]] = None,
+                  on_error: Optional[Callable[[Path, str], None]] = None) -> PredictSummary:
+    """Segment image files and write ``OUT/<stem>.png`` (palette PNG) or ``.npy`` masks, optionally overlays.
+
+    Args:
+        predict: image array -> HxW mask at the image's size (a ``Segmenter``).
+        inputs: image files and folders (see ``find_images``).
+        out_dir: output folder; overlays go to ``<stem>_overlay.png`` with a legend strip.
+        fmt: "png" or "npy".
+        with_overlay / alpha: also write overlays, blended with this alpha.
+        classes / palette: names and colours for PNG masks and legends.
+        progress: wrapper such as ``tqdm`` around the list of files.
+        on_error: called with (path, reason) for each unreadable image, which is then skipped.
+    """
+    if fmt not in ("png", "npy"):
+        raise FcnsegError(f"expected format png or npy, got {fmt!r}")
+    out = Path(out_dir)
+    files = find_images(inputs, exclude=out)
+    if not files:
+        raise FcnsegError(f"expected images ({', '.join(IMAGE_SUFFIXES)}) in {[str(i) for i in inputs]}, got none")
+    _check_no_overwrite(files, out, fmt, with_overlay)
+    summary = PredictSummary()
+    for path, stem in (progress(files) if progress else files):
+        try:
+            image = read_image(path)
+            mask = predict(image)
+        except FcnsegError as e:
+            summary.failed.append((path, str(e)))
+            if on_error:
+                on_error(path, str(e))
+            continue
+        summary.written += _write_outputs(out / stem, image, mask, fmt, with_overlay, alpha, classes, palette)
+    return summary
+
+
+def _write_outputs(base: Path, image: np.ndarray, mask: np.ndarray, fmt: str, with_overlay: bool, alpha: float,
+                   classes: Sequence[str], palette: Optional[Sequence[Sequence[int]]]) -> List[Path]:
+    targets = [base.with_name(f"{base.name}.{fmt}")]
+    try:
+        save_mask(targets[0], mask, palette=palette)
+        if with_overlay:
+            targets.append(base.with_name(f"{base.name}_overlay.png"))
+            save_image(targets[1], overlay_with_legend(image, mask, alpha=alpha, classes=classes, palette=palette))
+    except OSError as e:
+        raise FcnsegError(f"could not write {str(targets[-1])!r} ({e}); try another --out folder") from None
+    return targets
+
+
+def _check_no_overwrite(files: List[Tuple[Path, Path]], out: Path, fmt: str, with_overlay: bool) -> None:
+    sources = {p.resolve() for p, _ in files}
+    for _, stem in files:
+        base = out / stem
+        names = [f"{base.name}.{fmt}"] + ([f"{base.name}_overlay.png"] if with_overlay else [])
+        clash = next((base.with_name(n) for n in names if base.with_name(n).resolve() in sources), None)
+        if clash is not None:
+            raise FcnsegError(f"expected outputs apart from the inputs, got {str(clash)!r} as both; "
+                              "try another --out folder")

@@ -1,0 +1,248 @@
+"""``Segmenter``: image in, class mask out, on any backend, with numpy (and pillow) alone.
+
+The backend is chosen by file suffix and imported only then: ``.onnx`` -> ONNX Runtime, ``.plan`` /
+``.engine`` -> TensorRT, ``.pth`` -> PyTorch (the training reference). Preprocessing is
+``fcnseg.runtime.preprocess.preprocess`` (torchvision's segmentation eval preset); masks are resized
+back to each image's original size with nearest-neighbour resizing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .backends.base import Backend
+from .errors import FcnsegError
+from .metadata import ModelMetadata
+from .preprocess import preprocess, resize_mask
+
+PathLike = Union[str, "os.PathLike[str]"]
+SUFFIXES = {".onnx": "ONNX Runtime", ".plan": "TensorRT", ".engine": "TensorRT", ".pth": "PyTorch",
+            ".pt": "PyTorch"}
+TIMING_KEYS = ("preprocess", "h2d", "infer", "d2h", "postprocess")
+
+
+class Segmenter:
+    """Semantic segmentation with an exported model; safe to share between threads.
+
+    Args:
+        backend: an object following ``fcnseg.runtime.backends.base.Backend``.
+        size: shorter side images are resized to before inference; None uses ``metadata.input_size``,
+            0 disables resizing (the network then sees the original size).
+
+    Backends that declare ``thread_safe = True`` (ONNX Runtime) run concurrently; others (TensorRT,
+    PyTorch) are called under a lock. ``last_timing`` is kept per thread.
+
+    Example:
+        >>> seg = Segmenter.load("fcn.onnx")
+        >>> mask = seg(image)            # HxW uint8 class ids at the image's size
+    """
+
+    def __init__(self, backend: Backend, *, size: Optional[int] = None) -> None:
+        self.backend = backend
+        meta = getattr(backend, "metadata", None)
+        self.metadata: ModelMetadata = meta if meta is not None else ModelMetadata()
+        self.size = _resolve_size(size, self.metadata.input_size)
+        self._lock: Optional[threading.Lock] = None if getattr(backend, "thread_safe", False) else threading.Lock()
+        self._local = threading.local()
+
+    @classmethod
+    def load(cls, path: PathLike, *, providers: Optional[Sequence[str]] = None, size: Optional[int] = None,
+             num_threads: Optional[int] = None) -> "Segmenter":
+        """Open a model file, picking the backend from its suffix.
+
+        Args:
+            path: ``.onnx``, ``.plan``/``.engine`` (metadata from the sidecar ``<plan>.json``) or ``.pth``.
+            providers: ONNX Runtime execution providers (full names or cpu/cuda/tensorrt); default
+                TensorRT/CUDA when available, else CPU. Only for ``.onnx``.
+            size: see the class docstring.
+            num_threads: CPU threads for ONNX Runtime (intra-op) or PyTorch.
+        """
+        return cls(load_backend(path, providers=providers, num_threads=num_threads), size=size)
+
+    @property
+    def last_timing(self) -> Dict[str, float]:
+        """Seconds per stage of this thread's last call: preprocess, h2d, infer, d2h, postprocess."""
+        return dict(getattr(self._local, "timing", dict.fromkeys(TIMING_KEYS, 0.0)))
+
+    def __call__(self, image: Any, *, logits: bool = False) -> Any:
+        """Segment one image or a batch.
+
+        Args:
+            image: an HxWx3 uint8 RGB array (HxW grayscale, RGBA, uint16 and float [0, 1] are converted by
+                ``to_rgb_uint8``'s rule), an NxHxWxC array, or a list of images of any sizes.
+            logits: return the raw class scores instead of a mask: a (C, h, w) float32 array at the
+                network's resolution (the resized input's size, or less for a network that downsamples),
+                not resized back. Needs a model with a ``logits`` output.
+
+        Returns:
+            An HxW uint8 mask at the image's original size; for a list, a list of those; for an
+            NxHxWxC array, an NxHxW array. With ``logits=True``, (C, h, w) arrays in the same containers.
+        """
+        images, kind = _as_images(image)
+        if not images:
+            return []
+        t0 = time.perf_counter()
+        m = self.metadata
+        inputs = [preprocess(im, size=self.size, mean=m.mean, std=m.std) for im in images]
+        t1 = time.perf_counter()
+        outputs, key, timing = self._infer(inputs, logits)
+        t2 = time.perf_counter()
+        results = outputs if logits else [_to_mask(o, key, im.shape[:2]) for o, im in zip(outputs, images)]
+        t3 = time.perf_counter()
+        self._local.timing = {"preprocess": t1 - t0, **timing, "postprocess": t3 - t2}
+        if kind == "single":
+            return results[0]
+        return np.stack(results) if kind == "array" else results
+
+    def _infer(self, inputs: List[np.ndarray], logits: bool) -> Tuple[List[np.ndarray], str, Dict[str, float]]:
+        """Run inputs in batches of equal shape (sizes may differ); return outputs, their key, summed timings."""
+        timing = dict.fromkeys(("h2d", "infer", "d2h"), 0.0)
+        key = "logits"
+        results: List[Any] = [None] * len(inputs)
+        groups: Dict[tuple, List[int]] = {}
+        for i, x in enumerate(inputs):
+            groups.setdefault(x.shape, []).append(i)
+        step = getattr(self.backend, "max_batch", None) or len(inputs)
+        for idx in groups.values():
+            for start in range(0, len(idx), step):
+                chunk = idx[start:start + step]
+                out, t = self._run_backend(np.concatenate([inputs[i] for i in chunk]))
+                key = _output_key(out, logits)
+                for j, i in enumerate(chunk):
+                    results[i] = out[key][j]
+                for k in timing:
+                    timing[k] += float(t.get(k, 0.0))
+        return results, key, timing
+
+    def _run_backend(self, batch: np.ndarray) -> Tuple[Dict[str, np.ndarray], Dict[str, float]]:
+        # Read last_timing under the same lock as infer, so another thread cannot overwrite it in between.
+        guard: ContextManager[Any] = self._lock if self._lock is not None else contextlib.nullcontext()
+        with guard:
+            out = self.backend.infer(batch)
+            return out, dict(self.backend.last_timing)
+
+    def close(self) -> None:
+        """Release the backend (sessions, engines, device memory)."""
+        self.backend.close()
+
+    def __enter__(self) -> "Segmenter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        m = self.metadata
+        return (f"Segmenter(backend={self.backend.name!r}, arch={m.arch!r}, classes={m.num_classes}, "
+                f"size={self.size}, argmax={m.argmax})")
+
+
+def load_backend(path: PathLike, *, providers: Optional[Sequence[str]] = None,
+                 num_threads: Optional[int] = None) -> Backend:
+    """Open ``path`` with the backend its suffix names (see ``Segmenter.load``)."""
+    p = Path(path)
+    suffix = p.suffix.lower()
+    supported = ", ".join(SUFFIXES)
+    if suffix not in SUFFIXES:
+        raise FcnsegError(f"expected a model file ending in one of {supported}, got {str(p)!r}; "
+                          "try the .onnx or .plan written by fcn-export")
+    if not p.is_file():
+        raise FcnsegError(f"expected a model file ({supported}), got {str(p)!r} which does not exist; "
+                          "check the path")
+    if providers and suffix != ".onnx":
+        raise FcnsegError(f"expected providers only with an .onnx model, got providers {list(providers)} for "
+                          f"a {SUFFIXES[suffix]} model {p.name!r}; try leaving out --providers")
+    if suffix == ".onnx":
+        from .backends.onnxruntime import OnnxRuntimeBackend
+        return OnnxRuntimeBackend(p, providers=providers, num_threads=num_threads)
+    if suffix in (".plan", ".engine"):
+        return _tensorrt_backend(p)
+    from .backends.pytorch import PyTorchBackend
+    return PyTorchBackend(p, num_threads=num_threads)
+
+
+def _tensorrt_backend(plan: Path) -> Backend:
+    try:
+        from .backends.tensorrt import TensorRTBackend
+    except ImportError as e:
+        raise FcnsegError(f"expected TensorRT and its CUDA bindings to run {plan.name!r}, got an import error "
+                          f"({e}); try `pip install tensorrt cuda-python` on a machine with an NVIDIA GPU, "
+                          "or run the .onnx model with onnxruntime") from None
+    metadata = read_sidecar(plan)
+    backend = TensorRTBackend(plan, metadata=metadata)
+    if metadata is None:
+        # Warned only once the engine loaded, so a missing TensorRT is reported alone.
+        warnings.warn(f"no model metadata in a sidecar {plan.name}.json next to {str(plan)!r}: using defaults "
+                      "(VOC classes, ImageNet mean/std, size 520); export with fcn-export to record the model's own",
+                      stacklevel=4)
+    return backend
+
+
+def read_sidecar(plan: PathLike) -> Optional[ModelMetadata]:
+    """Read the metadata an engine's sidecar JSON holds under "metadata" (``model.plan.json`` or ``model.json``).
+
+    Returns None when there is no sidecar or it holds no "metadata" (the backend then falls back to
+    defaults); a sidecar that is not JSON is an error.
+    """
+    p = Path(plan)
+    for sidecar in (p.with_name(p.name + ".json"), p.with_suffix(".json")):
+        if not sidecar.is_file():
+            continue
+        try:
+            doc = json.loads(sidecar.read_text())
+        except (OSError, ValueError) as e:
+            raise FcnsegError(f"could not read the engine's sidecar {str(sidecar)!r} ({e}); expected JSON "
+                              "written by fcn-export; try exporting the engine again") from None
+        meta = doc.get("metadata") if isinstance(doc, dict) else None
+        return ModelMetadata.from_dict(meta) if isinstance(meta, dict) else None
+    return None
+
+
+def _resolve_size(size: Optional[int], default: Optional[int]) -> Optional[int]:
+    if size is None:
+        return default
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0:
+        raise FcnsegError(f"expected size to be a positive integer (0: no resizing), got {size!r}")
+    return int(size) or None
+
+
+def _as_images(image: Any) -> Tuple[List[np.ndarray], str]:
+    """Split the input into a list of image arrays; kind is "single", "list" or "array"."""
+    if isinstance(image, (list, tuple)):
+        return [np.asarray(im) for im in image], "list"
+    a = np.asarray(image)
+    if a.ndim == 4:
+        if a.shape[0] == 0:
+            raise FcnsegError(f"expected at least one image in the batch, got an array of shape {a.shape}")
+        return list(a), "array"
+    if a.ndim in (2, 3):
+        return [a], "single"
+    raise FcnsegError(f"expected an HxW or HxWxC image, an NxHxWxC batch or a list of images, got an array of "
+                      f"shape {a.shape}; try np.asarray(PIL.Image.open(path).convert('RGB'))")
+
+
+def _output_key(out: Dict[str, np.ndarray], logits: bool) -> str:
+    """Which backend output to use: in-graph "mask" when present (unless logits are asked for), else "logits"."""
+    if logits and "logits" not in out:
+        raise FcnsegError(f"expected a model with a 'logits' output for logits=True, got outputs {sorted(out)} "
+                          "(argmax in the graph); try a model exported without argmax")
+    key = "mask" if not logits and "mask" in out else "logits"
+    if key not in out:
+        raise FcnsegError(f"expected the backend to return 'logits' or 'mask', got {sorted(out)}; "
+                          "try re-exporting the model with fcn-export")
+    return key
+
+
+def _to_mask(output: np.ndarray, key: str, hw: Tuple[int, ...]) -> np.ndarray:
+    """One image's network output -> HxW uint8 mask at the original size."""
+    mask = output if key == "mask" else output.argmax(axis=0)
+    return resize_mask(np.ascontiguousarray(mask, dtype=np.uint8), int(hw[0]), int(hw[1]))

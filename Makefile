@@ -26,5 +26,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# Type-check the TensorRT layer against tensorrt-stubs (also part of `make test`).
+typecheck: $(STAMP)
+	$(BIN)/python -m pytest -q tests/export/test_tensorrt_typecheck.py
+
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache .mypy_cache

@@ -1,7 +1,8 @@
 """TensorRT backend: runs a serialized engine (``.plan``/``.engine``) with TensorRT 8.5 to 11.x, torch-free.
 
 The engine is shared; each thread gets its own execution context, stream and buffers (TensorRT
-contexts are not thread-safe, engines are), so one backend serves many threads. Buffers are sized
+contexts are not thread-safe, engines are), so one backend serves many threads; a thread's buffers
+live until ``close()``, so prefer a thread pool to many short-lived threads. Buffers are sized
 once for the optimization profile's MAX shape; each call sets the input shape, reads the output
 shapes back and copies through pinned host memory. With ``cuda_graphs=True`` the enqueue for each
 input shape is captured once into a CUDA graph and replayed (a graph freezes shapes and addresses).
@@ -41,9 +42,9 @@ def import_tensorrt() -> Any:
     """Import the TensorRT Python bindings, or raise FcnsegError saying how to install them."""
     try:
         import tensorrt as trt_module
-    except ImportError as e:
+    except (ImportError, OSError) as e:  # OSError: bindings present, libnvinfer missing
         raise FcnsegError(f"TensorRT is not installed: expected the `tensorrt` Python package ({TRT_INSTALL_HINT}); "
-                          f"got ImportError: {e}") from None
+                          f"got {'ImportError' if isinstance(e, ImportError) else type(e).__name__}: {e}") from None
     if not hasattr(trt_module, "Runtime"):
         # A bare `tensorrt` folder (e.g. type stubs only) imports as an empty namespace package.
         raise FcnsegError(f"TensorRT is not installed: expected the `tensorrt` Python package ({TRT_INSTALL_HINT}); "
@@ -100,7 +101,7 @@ class TensorInfo:
 
 @dataclass
 class _ThreadState:
-    context: Any
+    context: trt.IExecutionContext
     stream: Any
     device: Dict[str, int] = field(default_factory=dict)
     host: Dict[str, np.ndarray] = field(default_factory=dict)
@@ -131,15 +132,17 @@ class TensorRTBackend:
             raise FcnsegError(f"expected a TensorRT engine file, got no file at {str(self.plan_path)!r}; "
                               "try building one with fcn-export trt MODEL.onnx -o model.plan")
         self.build_info = read_build_info(self.plan_path)
-        trt_module = import_tensorrt()
+        import_tensorrt()
+        import tensorrt as trt  # checked just above; imported by name so mypy checks it against the stubs
+
         self._cuda: CudaMemory = cuda if cuda is not None else load_cuda_memory()
         if cuda_graphs and not self._cuda.supports_graphs:
             raise FcnsegError(f"expected cuda-python for CUDA graphs, got {self._cuda.name}; "
                               "try `pip install cuda-python` or cuda_graphs=False")
         self.cuda_graphs = cuda_graphs
-        self._logger = trt_module.Logger(trt_module.Logger.WARNING)
-        self._runtime = trt_module.Runtime(self._logger)
-        self._engine: Optional[trt.ICudaEngine] = self._deserialize(trt_module.__version__)
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime: Optional[trt.Runtime] = trt.Runtime(self._logger)
+        self._engine: Optional[trt.ICudaEngine] = self._deserialize(trt.__version__)
         self.input, self.outputs = _engine_io(self._engine)
         self.profile = _input_profile(self._engine, self.input.name)
         self.metadata = metadata or self._metadata_from_sidecar()
@@ -149,6 +152,7 @@ class TensorRTBackend:
 
     def _deserialize(self, version: str) -> trt.ICudaEngine:
         reason = ""
+        assert self._runtime is not None
         try:
             engine = self._runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
         except Exception as e:  # TensorRT raises on some mismatches and returns None on others
@@ -212,7 +216,8 @@ class TensorRTBackend:
     def _new_state(self) -> _ThreadState:
         assert self._engine is not None
         self._cuda.bind_thread()
-        context = self._engine.create_execution_context()
+        with self._lock:  # creating contexts is cheap and rare; not documented as thread-safe
+            context = self._engine.create_execution_context()
         if context is None:
             raise FcnsegError("expected TensorRT to create an execution context, got None (out of GPU memory?); "
                               "try fewer threads or a smaller --max-shape")
@@ -309,7 +314,8 @@ class TensorRTBackend:
                 self._cuda.free_host(array)
         with contextlib.suppress(FcnsegError):
             self._cuda.stream_destroy(state.stream)
-        state.graphs, state.device, state.host, state.context = {}, {}, {}, None
+        state.graphs, state.device, state.host = {}, {}, {}
+        state.context = None  # type: ignore[assignment]  # contexts must go before the engine
 
     def __enter__(self) -> "TensorRTBackend":
         return self

@@ -73,8 +73,8 @@ def parse_checkpoint(obj: dict, path: "str | os.PathLike[str]" = "<checkpoint>")
         sd, info = obj, {}
     if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise FcnsegError(f"expected a state dict of tensors in {str(path)!r}, got keys {list(sd)[:5]}")
-    args = info.get("args") if isinstance(info.get("args"), Mapping) else {}
-    arch = info.get("arch") or args.get("model")
+    args = info.get("args")
+    arch = info.get("arch") or (args.get("model") if isinstance(args, Mapping) else None)
     num_classes = info.get("num_classes") or _classes_from_state(sd)
     return LoadedCheckpoint(sd, arch, num_classes, info)
 

@@ -1,0 +1,191 @@
+"""``fcn-export``: checkpoint -> ONNX -> FP16 / INT8 ONNX -> TensorRT engine, and a TensorRT-readiness check.
+
+Each subcommand parses its options and makes one call into ``fcnseg.export``. Errors in the input
+(``FcnsegError``) print one line on stderr and exit with status 2; ``--debug`` shows the traceback.
+``fcn-export check`` exits with status 1 when the graph breaks a TensorRT rule.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+from ..runtime.errors import FcnsegError
+
+
+class _Group(click.Group):
+    """A click group that turns ``FcnsegError`` into one line on stderr and exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FcnsegError as e:
+            if ctx.params.get("debug") or os.environ.get("FCNSEG_DEBUG"):
+                raise
+            click.echo(f"error: {_one_line(e)}", err=True)
+            ctx.exit(2)
+
+
+def _one_line(e: Exception) -> str:
+    # multi-line messages (a checker report) are joined so the error stays one line
+    return " ".join(part.strip() for part in str(e).splitlines() if part.strip())
+
+
+class _EchoHandler(logging.Handler):
+    """Log records to stderr through click (so test runners that swap stderr capture them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
+def _configure_logging(quiet: bool) -> None:
+    logger = logging.getLogger("fcnseg")
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        logger.addHandler(_EchoHandler())
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show the traceback of errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+def main(debug: bool, quiet: bool) -> None:
+    """Export FCN checkpoints to ONNX (FP32, FP16, INT8 Q/DQ) and TensorRT engines."""
+    _configure_logging(quiet)
+
+
+@main.command("onnx")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="ONNX file [default: CHECKPOINT.onnx].")
+@click.option("--arch", help="Model name (needed when the checkpoint does not record it).")
+@click.option("--num-classes", type=int, help="Expected class count (checked against the checkpoint).")
+@click.option("--argmax", is_flag=True, help="End in ArgMax: output a uint8 'mask' (N,H,W) instead of logits.")
+@click.option("--static", "static_hw", metavar="HxW", help="Fix the input to 1x3xHxW (default: dynamic N, H, W).")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (13..20).")
+@click.option("--trt8", is_flag=True, help="Stay within TensorRT 8.x (opset <= 17).")
+@click.option("--min-size", type=int, default=64, show_default=True, help="Smallest input height/width declared.")
+@click.option("--max-size", type=int, default=2048, show_default=True, help="Largest input height/width declared.")
+@click.option("--no-verify", is_flag=True, help="Skip the comparison with PyTorch.")
+@click.option("--verify-shapes", metavar="NxHxW,...", help="Shapes to verify at [default: 1x97x131,1x375x500,"
+              "1x520x520,2x97x131].")
+def onnx_cmd(checkpoint: str, output: Optional[str], arch: Optional[str], num_classes: Optional[int],
+             argmax: bool, static_hw: Optional[str], opset: int, trt8: bool, min_size: int, max_size: int,
+             no_verify: bool, verify_shapes: Optional[str]) -> None:
+    """Export CHECKPOINT to ONNX, verified against PyTorch on ONNX Runtime."""
+    from .onnx_export import TRT8_MAX_OPSET, export_onnx, parse_hw, parse_shapes
+
+    result = export_onnx(checkpoint, output, arch=arch, num_classes=num_classes, argmax=argmax,
+                         static_hw=parse_hw(static_hw) if static_hw else None,
+                         opset=min(opset, TRT8_MAX_OPSET) if trt8 else opset, verify=not no_verify,
+                         verify_shapes=parse_shapes(verify_shapes) if verify_shapes else None,
+                         min_size=min_size, max_size=max_size)
+    click.echo(result.path)
+
+
+@main.command("fp16")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="[default: MODEL_fp16.onnx]")
+@click.option("--no-verify", is_flag=True, help="Skip the comparison with the FP32 graph.")
+@click.option("--verify-shapes", metavar="NxHxW,...", help="Shapes to verify at.")
+def fp16_cmd(model: str, output: Optional[str], no_verify: bool, verify_shapes: Optional[str]) -> None:
+    """Convert an FP32 ONNX MODEL to FP16 (float32 inputs/outputs kept)."""
+    from .fp16 import convert_fp16
+    from .onnx_export import parse_shapes
+
+    result = convert_fp16(model, output, verify=not no_verify,
+                          verify_shapes=parse_shapes(verify_shapes) if verify_shapes else None)
+    click.echo(result.path)
+
+
+@main.command("int8")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--calib-data", "calib_root", required=True, type=click.Path(file_okay=False),
+              help="VOC root (the folder holding VOCdevkit/).")
+@click.option("--calib-split", default="val", show_default=True)
+@click.option("--num-images", type=int, default=500, show_default=True, help="Calibration images.")
+@click.option("--method", type=click.Choice(["entropy", "minmax", "percentile"]), default="entropy",
+              show_default=True)
+@click.option("--cache", type=click.Path(dir_okay=False), help="Calibration cache JSON (reused when it matches).")
+@click.option("--eval-split", default="val", show_default=True, help="Held-out split for the mIoU comparison.")
+@click.option("--eval-images", type=int, help="Evaluate on the first N images only [default: all].")
+@click.option("--max-drop", type=float, default=1.0, show_default=True,
+              help="Accepted mIoU drop (points); beyond it, sensitive layers stay in float.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="[default: MODEL_int8.onnx]")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def int8_cmd(model: str, calib_root: str, calib_split: str, num_images: int, method: str, cache: Optional[str],
+             eval_split: str, eval_images: Optional[int], max_drop: float, output: Optional[str],
+             no_progress: bool) -> None:
+    """Quantize an FP32 ONNX MODEL to INT8 Q/DQ (TensorRT explicit quantization) and report the mIoU drop."""
+    from .int8 import quantize_int8
+
+    result = quantize_int8(model, output, calib_root=calib_root, calib_split=calib_split, num_images=num_images,
+                           method=method, cache=cache, eval_split=eval_split, eval_images=eval_images,
+                           max_drop=max_drop, progress=not no_progress)
+    click.echo(f"{result.path}\tmIoU fp32 {result.miou_fp32 * 100:.2f} int8 {result.miou_int8 * 100:.2f} "
+               f"({-result.drop:+.2f} points), {len(result.excluded)} layers in float")
+
+
+@main.command("check")
+@click.argument("model", type=click.Path(dir_okay=False))
+def check_cmd(model: str) -> None:
+    """Check that MODEL is TensorRT-ready (ops, opset, I/O types, Q/DQ placement); exit 1 if not."""
+    from .check import check_trt_ready
+
+    report = check_trt_ready(model)
+    click.echo(str(report))
+    if not report:
+        click.get_current_context().exit(1)
+
+
+@main.command("trt")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--fp16", is_flag=True, help="FP16 engine (runs the fp16 step first on an FP32 graph).")
+@click.option("--int8", is_flag=True, help="INT8 engine (runs the int8 step first on an FP32 graph).")
+@click.option("--calib-data", "calib_root", type=click.Path(file_okay=False), help="VOC root for --int8.")
+@click.option("--min-shape", metavar="NxCxHxW", help="[default: 1x3x256x256, fitted to the graph]")
+@click.option("--opt-shape", metavar="NxCxHxW", help="[default: 1x3x520x520]")
+@click.option("--max-shape", metavar="NxCxHxW", help="[default: 1x3x1024x1024]")
+@click.option("--workspace", type=float, default=4.0, show_default=True, help="Workspace limit in GiB.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), help="Timing cache file (loaded and saved).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="[default: MODEL.plan]")
+def trt_cmd(model: str, fp16: bool, int8: bool, calib_root: Optional[str], min_shape: Optional[str],
+            opt_shape: Optional[str], max_shape: Optional[str], workspace: float, timing_cache: Optional[str],
+            output: Optional[str]) -> None:
+    """Build a TensorRT engine from MODEL (an FP32, FP16 or INT8 Q/DQ ONNX)."""
+    from .tensorrt import parse_shape
+
+    if fp16 and int8:
+        raise click.UsageError("expected at most one of --fp16 and --int8, got both")
+    shapes = {k: parse_shape(v) if v else None for k, v in
+              (("min_shape", min_shape), ("opt_shape", opt_shape), ("max_shape", max_shape))}
+    plan = build_trt(model, output, precision="int8" if int8 else "fp16" if fp16 else None, calib_root=calib_root,
+                     workspace_gib=workspace, timing_cache=timing_cache, **shapes)
+    click.echo(plan)
+
+
+def build_trt(model: str, output: Optional[str], *, precision: Optional[str], calib_root: Optional[str],
+              **build_options: Any) -> Path:
+    """Run the FP16/INT8 ONNX step when the graph is FP32 and a lower precision is asked, then build the engine."""
+    from ..runtime.backends.tensorrt import import_tensorrt
+    from .tensorrt import build_engine, precision_of_onnx
+
+    graph_precision = precision_of_onnx(model)
+    if precision == "int8" and graph_precision == "fp32" and not calib_root:
+        raise FcnsegError(f"expected --calib-data ROOT to quantize the FP32 graph {model!r} for --int8, got none; "
+                          "try --calib-data with a VOC root, or pass an INT8 graph from `fcn-export int8`")
+    import_tensorrt()   # fail before a long calibration when TensorRT is missing
+    graph = model
+    if precision == "fp16" and graph_precision == "fp32":
+        from .fp16 import convert_fp16
+
+        graph = str(convert_fp16(model).path)
+    elif precision == "int8" and graph_precision == "fp32" and calib_root:
+        from .int8 import quantize_int8
+
+        graph = str(quantize_int8(model, calib_root=calib_root).path)
+    out = output or str(Path(model).with_suffix(".plan"))
+    return build_engine(graph, output=out, precision=precision, **build_options)

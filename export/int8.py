@@ -1,0 +1,432 @@
+"""FP32 ONNX -> INT8 Q/DQ ONNX that TensorRT builds as an explicitly quantized engine.
+
+Quantizer: ``onnxruntime.quantization`` (its calibrators and ``QDQQuantizer``, the engine behind
+``quantize_static``). It is already a dependency, runs on the CPU, and with the settings below writes Q/DQ
+that TensorRT accepts: QDQ format, int8 weights and activations, symmetric (zero point 0), per-channel
+weights (Conv axis 0, ConvTranspose axis 1), per-tensor activations, float bias (``QuantizeBias=False``),
+Q/DQ pairs on the float weights. NVIDIA ModelOpt places Q/DQ the TensorRT way too, but it pins old
+onnx/onnxruntime-gpu and pulls torch, so it is not used here.
+
+Placement: only Conv and ConvTranspose are quantized (``op_types_to_quantize``), on their activation input
+and their weight, not on their output (``OpTypesToExcludeOutputQuantization``). An Add is never quantized, so
+no Q/DQ sits between a Conv and the residual Add it feeds, while the Add's skip input (the previous block's
+ReLU output, also a Conv input) carries the shared Q/DQ pair (``DedicatedQDQPair=False``): the pattern
+TensorRT fuses into Conv+Add.
+
+Shape inference: ``onnx.shape_inference`` on the onnxslim-simplified export, which is all ORT's
+``quant_pre_process`` would add here (its optimization step finds nothing left to fold).
+
+Calibration runs once per (model, method, number of images): ranges (tensor -> (min, max)) go to a JSON
+cache and the quantizer is fed from them (``quantize_static`` would always recalibrate), which also lets the
+accuracy fallback re-quantize without recalibrating. Images are preprocessed exactly as at inference
+(``fcnseg.runtime.preprocess.preprocess``) and fed one at a time, so their sizes may differ.
+
+Accuracy: mIoU of INT8 vs FP32 on a held-out split (ONNX Runtime CPU). When the drop exceeds the budget,
+each quantized layer's sensitivity is measured alone (quantize one layer, compare outputs with FP32 on a
+few images) and a bisection over the most sensitive layers (as Polygraphy's ``debug precision`` does) finds
+the fewest layers to keep in float.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import json
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import onnx
+from PIL import Image
+
+from ..runtime.atomic import write_text
+from ..runtime.errors import FcnsegError
+from ..runtime.metadata import PREFIX, ModelMetadata
+from ..runtime.metrics import ConfusionMatrix
+from ..runtime.parity import MiouComparison, compare_miou, evaluate
+from ..runtime.preprocess import preprocess
+from ..runtime.vocdata import VOCLayout, take
+from .check import check_trt_ready
+from .onnx_export import (PathLike, load_onnx, ort_session, output_kind, read_metadata, run_session, save_onnx,
+                          set_metadata, static_input_shape)
+
+try:  # the base class gives ORT's reader protocol (get_next, iteration); fall back to a plain object
+    from onnxruntime.quantization import CalibrationDataReader
+except ImportError:  # pragma: no cover - onnxruntime is a dependency
+    CalibrationDataReader = object  # type: ignore[assignment,misc]
+
+log = logging.getLogger("fcnseg.export")
+
+QUANT_OP_TYPES = ("Conv", "ConvTranspose")
+TRT_EXTRA_OPTIONS: Dict[str, Any] = {
+    "ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False, "AddQDQPairToWeight": True,
+    "DedicatedQDQPair": False, "ForceQuantizeNoInputCheck": True,
+    "QDQOpTypePerChannelSupportToAxis": {"Conv": 0, "ConvTranspose": 1},
+    # Conv outputs stay float: a Q/DQ there would sit between the Conv and a residual Add
+    "OpTypesToExcludeOutputQuantization": ["Conv", "ConvTranspose"],
+}
+METHODS = {"entropy": "Entropy", "minmax": "MinMax", "percentile": "Percentile"}
+CACHE_FORMAT = "fcnseg-calibration-v1"
+Ranges = Dict[str, Tuple[float, float]]
+
+
+@dataclass
+class Int8Result:
+    """What ``quantize_int8`` wrote and how INT8 compares with FP32.
+
+    Attributes:
+        path: the INT8 Q/DQ ONNX file.
+        cache_path: the calibration cache (None when not cached).
+        miou_fp32 / miou_int8: mIoU (0..1) on the evaluation split, ONNX Runtime CPU.
+        comparison: the full ``MiouComparison`` (per-class deltas in points).
+        excluded: Conv/ConvTranspose nodes kept in float to meet ``max_drop``.
+        calibrated: False when the ranges came from the cache.
+        num_calib_images: images calibration used (or the cache was made with).
+        method: calibration method.
+        seconds: wall time.
+    """
+
+    path: Path
+    cache_path: Optional[Path]
+    miou_fp32: float
+    miou_int8: float
+    comparison: MiouComparison
+    excluded: List[str] = field(default_factory=list)
+    calibrated: bool = True
+    num_calib_images: int = 0
+    method: str = "entropy"
+    seconds: float = 0.0
+
+    @property
+    def drop(self) -> float:
+        """FP32 minus INT8 mIoU, in points."""
+        return -self.comparison.delta
+
+    @property
+    def class_deltas(self) -> Dict[str, float]:
+        """INT8 minus FP32 IoU per class, in points."""
+        names = self.comparison.classes or [str(i) for i in range(len(self.comparison.class_delta))]
+        return {n: float(d) for n, d in zip(names, self.comparison.class_delta)}
+
+
+class VOCCalibrationReader(CalibrationDataReader):  # type: ignore[misc,valid-type]
+    """ONNX Runtime calibration reader over a VOC split, preprocessed exactly as at inference.
+
+    Args:
+        root: folder holding ``VOCdevkit/`` (see ``VOCLayout``).
+        split: image list to read (``val`` is NVIDIA's advice for calibration).
+        metadata: the model's ``ModelMetadata`` (input size, mean, std, class count).
+        num_images: at most this many images, in list order.
+        input_name: the graph's input name.
+        progress: show a tqdm bar.
+    """
+
+    def __init__(self, root: PathLike, split: str, metadata: ModelMetadata, *, num_images: int = 500,
+                 input_name: str = "input", progress: bool = True) -> None:
+        from tqdm import tqdm
+
+        self.layout = VOCLayout(root, split, num_classes=metadata.num_classes)
+        self.metadata = metadata
+        self.input_name = input_name
+        self.count = min(num_images, len(self.layout))
+        self._next = 0
+        self._bar = tqdm(total=self.count, desc=f"calibrating on {split}", unit="img", disable=not progress)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def get_next(self) -> Optional[Dict[str, np.ndarray]]:
+        if self._next >= self.count:
+            self._bar.close()
+            return None
+        image = _read_rgb(self.layout.image_path(self._next))   # labels are not needed to calibrate
+        m = self.metadata
+        x = preprocess(image, size=m.input_size, mean=m.mean, std=m.std)
+        self._next += 1
+        self._bar.update(1)
+        return {self.input_name: x}
+
+    def rewind(self) -> None:
+        self._next = 0
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except OSError as e:   # missing, truncated or not an image
+        raise FcnsegError(f"could not read the calibration image {path} ({e}); expected a JPEG listed in the "
+                          "split file") from None
+
+
+class _OneShot(CalibrationDataReader):  # type: ignore[misc,valid-type]
+    """A reader of one feed: calibrating image by image lets every image keep its own size."""
+
+    def __init__(self, feed: Dict[str, np.ndarray]) -> None:
+        self.feed: Optional[Dict[str, np.ndarray]] = feed
+
+    def get_next(self) -> Optional[Dict[str, np.ndarray]]:
+        feed, self.feed = self.feed, None
+        return feed
+
+
+def quantize_int8(model_path: PathLike, output: Optional[PathLike] = None, *, calib_root: PathLike,
+                  calib_split: str = "val", num_images: int = 500, method: str = "entropy",
+                  cache: Optional[PathLike] = None, eval_split: str = "val", eval_images: Optional[int] = None,
+                  max_drop: float = 1.0, sensitivity_images: int = 4, progress: bool = True) -> Int8Result:
+    """Calibrate, quantize to TensorRT-ready Q/DQ, measure the mIoU drop and keep sensitive layers in float.
+
+    Args:
+        model_path: FP32 ONNX with dynamic height/width (from ``export_onnx``).
+        output: destination; default ``<model>_int8.onnx`` next to the input.
+        calib_root: VOC root for calibration and evaluation.
+        calib_split: split to calibrate on.
+        num_images: calibration images (NVIDIA suggests about 500).
+        method: "entropy", "minmax" or "percentile".
+        cache: calibration cache JSON; reused when it matches the model, method and image count.
+        eval_split / eval_images: held-out split (and how many of its images) for the mIoU comparison.
+        max_drop: accepted mIoU drop in points; beyond it, sensitive layers stay in float.
+        sensitivity_images: images per layer for the sensitivity ranking.
+        progress: show progress bars.
+
+    Raises:
+        FcnsegError: bad arguments, unreadable or unsuitable model, empty or broken calibration data;
+            nothing is written then.
+    """
+    t0 = time.perf_counter()
+    method = _check_args(method, num_images, max_drop, eval_images)
+    src = Path(model_path)
+    model = load_onnx(src)
+    meta, _ = read_metadata(model)
+    _check_quantizable(model, meta, src)
+    base = onnx.shape_inference.infer_shapes(model)
+    key = {"format": CACHE_FORMAT, "model_sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
+           "method": method, "num_images": num_images, "calib_split": calib_split}
+    ranges, calibrated, used = _cached_ranges(cache, key)
+    if ranges is None:
+        reader = VOCCalibrationReader(calib_root, calib_split, meta, num_images=num_images,
+                                      input_name=model.graph.input[0].name, progress=progress)
+        ranges, used = calibrate(base, reader, method), len(reader)
+        if cache is not None:
+            write_text(cache, json.dumps({**key, "images": used, "ranges": ranges}, indent=1))
+    evaluator = _Evaluator(calib_root, eval_split, eval_images, meta, progress)
+    quantized, cmp, excluded = _quantize_within_budget(base, ranges, evaluator, max_drop, sensitivity_images)
+    _check_ready(quantized)
+    meta.precision = "int8"
+    set_metadata(quantized, meta, {PREFIX + "int8": {
+        "method": method, "calib_split": calib_split, "num_images": used, "eval_split": eval_split,
+        "miou_fp32": cmp.ref_miou, "miou_int8": cmp.test_miou, "excluded": excluded}})
+    out = Path(output) if output is not None else src.with_name(src.stem + "_int8.onnx")
+    save_onnx(quantized, out)
+    seconds = time.perf_counter() - t0
+    log.info("wrote %s (int8 Q/DQ, %d layers kept in float) in %.1f s", out, len(excluded), seconds)
+    return Int8Result(out, Path(cache) if cache is not None else None, cmp.ref_miou, cmp.test_miou, cmp,
+                      excluded, calibrated, used, method, seconds)
+
+
+def _check_args(method: str, num_images: int, max_drop: float, eval_images: Optional[int]) -> str:
+    m = method.lower()
+    if m not in METHODS:
+        raise FcnsegError(f"expected a calibration method in {', '.join(METHODS)}, got {method!r}")
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+        raise FcnsegError(f"expected --num-images >= 1, got {num_images!r}; try 500")
+    if not max_drop >= 0:
+        raise FcnsegError(f"expected --max-drop >= 0 mIoU points, got {max_drop!r}; try 1.0")
+    if eval_images is not None and eval_images < 1:
+        raise FcnsegError(f"expected --eval-images >= 1 (or all), got {eval_images!r}")
+    return m
+
+
+def _check_quantizable(model: onnx.ModelProto, meta: ModelMetadata, path: Path) -> None:
+    ops = {n.op_type for n in model.graph.node}
+    if ops & {"QuantizeLinear", "DequantizeLinear"} or meta.precision == "int8":
+        raise FcnsegError(f"expected an FP32 ONNX model, got an already quantized one in {str(path)!r}; "
+                          "try the FP32 export from `fcn-export onnx`")
+    if any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer) or meta.precision == "fp16":
+        raise FcnsegError(f"expected an FP32 ONNX model, got an FP16 one in {str(path)!r}; "
+                          "try quantizing the FP32 export (TensorRT mixes INT8 and FP16 by itself)")
+    if static_input_shape(model) is not None:
+        raise FcnsegError(f"expected dynamic height/width to calibrate on images of any size, got the static "
+                          f"input {static_input_shape(model)} in {str(path)!r}; try exporting without --static")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:
+        raise FcnsegError(f"expected opset >= 13 for per-channel Q/DQ, got {opset}; try `fcn-export onnx --opset 17`")
+
+
+# --- calibration ------------------------------------------------------------------------------------------
+
+def calibrate(model: onnx.ModelProto, reader: VOCCalibrationReader, method: str = "entropy") -> Ranges:
+    """Collect activation ranges of the Conv/ConvTranspose tensors, image by image.
+
+    Returns:
+        tensor name -> (min, max) as the calibrator computed them (entropy/percentile: the clipped range).
+    """
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator
+
+    with tempfile.TemporaryDirectory(prefix="fcnseg-calib-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        onnx.save_model(model, str(path))
+        calibrator = create_calibrator(path, list(QUANT_OP_TYPES), augmented_model_path=str(Path(tmp) / "aug.onnx"),
+                                       calibrate_method=getattr(CalibrationMethod, METHODS[method]),
+                                       extra_options={"symmetric": True} if method == "percentile" else {})
+        seen = 0
+        for feed in iter(reader.get_next, None):
+            # the histogram calibrators print a line per call; the progress bar says enough
+            with contextlib.redirect_stdout(io.StringIO()):
+                calibrator.collect_data(_OneShot(feed))
+            seen += 1
+        if not seen:
+            raise FcnsegError(f"expected calibration images in split {reader.layout.split!r}, got none; "
+                              "try --calib-split with a non-empty list or --num-images >= 1")
+        with contextlib.redirect_stdout(io.StringIO()):
+            data = calibrator.compute_data()
+    return {k: (float(np.min(v.range_value[0])), float(np.max(v.range_value[1]))) for k, v in data.items()}
+
+
+def _cached_ranges(cache: Optional[PathLike], key: Dict[str, Any]) -> Tuple[Optional[Ranges], bool, int]:
+    """(ranges, calibrated, images) from a matching cache; (None, True, 0) when calibration must run."""
+    if cache is None or not Path(cache).is_file():
+        return None, True, 0
+    try:
+        doc = json.loads(Path(cache).read_text())
+        ranges = {k: (float(v[0]), float(v[1])) for k, v in doc["ranges"].items()}
+        stale = [k for k in key if doc.get(k) != key[k]]
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        log.warning("warning: calibration cache %s is unreadable (%s); recalibrating", cache, type(e).__name__)
+        return None, True, 0
+    if stale:
+        log.warning("warning: calibration cache %s was made for another %s; recalibrating",
+                    cache, ", ".join(k.replace("_", " ") for k in stale))
+        return None, True, 0
+    log.info("calibration ranges of %d tensors from cache %s", len(ranges), cache)
+    return ranges, False, int(doc.get("images", key["num_images"]))
+
+
+# --- quantization -----------------------------------------------------------------------------------------
+
+def quantize_qdq(model: onnx.ModelProto, ranges: Ranges, *, exclude: Sequence[str] = (),
+                 only: Sequence[str] = ()) -> onnx.ModelProto:
+    """Insert TensorRT-ready Q/DQ (``TRT_EXTRA_OPTIONS``) into a shape-inferred FP32 graph from given ranges.
+
+    Args:
+        model: FP32 graph with value_info (``onnx.shape_inference.infer_shapes``); not modified.
+        ranges: tensor -> (min, max), from ``calibrate`` or the cache.
+        exclude: Conv/ConvTranspose node names to keep in float.
+        only: when given, quantize only these nodes.
+    """
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+    data = TensorsData(CalibrationMethod.MinMax, {k: TensorData(lowest=np.float32(lo), highest=np.float32(hi))
+                                                  for k, (lo, hi) in ranges.items()})
+    # positional: the keyword names changed across onnxruntime releases, the order did not
+    quantizer = QDQQuantizer(copy.deepcopy(model), True, False, QuantType.QInt8, QuantType.QInt8, data,
+                             list(only), list(exclude), list(QUANT_OP_TYPES), copy.deepcopy(TRT_EXTRA_OPTIONS))
+    quantizer.quantize_model()
+    quantizer.model.topological_sort()   # as quantize_static does before saving; Q/DQ are appended unsorted
+    return quantizer.model.model
+
+
+def _check_ready(model: onnx.ModelProto) -> None:
+    report = check_trt_ready(model)
+    if not report:
+        raise FcnsegError(f"expected a TensorRT-ready Q/DQ graph, got:\n{report}\n"
+                          "try another onnxruntime version (its quantizer placed these Q/DQ)")
+
+
+class _Evaluator:
+    """mIoU of candidate graphs on the evaluation split, and their outputs on a few of its images."""
+
+    def __init__(self, root: PathLike, split: str, limit: Optional[int], meta: ModelMetadata,
+                 progress: bool) -> None:
+        self.layout = VOCLayout(root, split, num_classes=meta.num_classes)
+        self.limit, self.meta, self.progress = limit, meta, progress
+
+    def confusion(self, model: onnx.ModelProto, desc: str) -> ConfusionMatrix:
+        from tqdm import tqdm
+
+        predict = _predictor(model, self.meta)
+        n = len(self.layout) if self.limit is None else min(self.limit, len(self.layout))
+        bar = (lambda it: tqdm(it, total=n, desc=desc, unit="img", leave=False)) if self.progress else None
+        return evaluate(predict, take(self.layout, self.limit), self.meta.num_classes, progress=bar)
+
+    def inputs(self, count: int) -> List[np.ndarray]:
+        m = self.meta
+        return [preprocess(img, size=m.input_size, mean=m.mean, std=m.std) for img, _ in take(self.layout, count)]
+
+
+def _predictor(model: onnx.ModelProto, meta: ModelMetadata) -> Any:
+    """image -> mask at the image's size: the runtime's ``Segmenter`` on ONNX Runtime CPU."""
+    from ..runtime.segmenter import Segmenter
+
+    with tempfile.TemporaryDirectory(prefix="fcnseg-eval-") as tmp:
+        path = Path(tmp) / "candidate.onnx"
+        onnx.save_model(model, str(path))
+        return Segmenter.load(path, providers=["cpu"], size=meta.input_size)
+
+
+def _quantize_within_budget(base: onnx.ModelProto, ranges: Ranges, ev: _Evaluator, max_drop: float,
+                            sensitivity_images: int) -> Tuple[onnx.ModelProto, MiouComparison, List[str]]:
+    """Quantize every Conv; if the mIoU drop is over budget, bisect over the most sensitive layers."""
+    ref = ev.confusion(base, "fp32 mIoU")
+    classes = ev.meta.classes
+
+    def attempt(exclude: List[str]) -> Tuple[onnx.ModelProto, MiouComparison]:
+        q = quantize_qdq(base, ranges, exclude=exclude)
+        cmp = compare_miou(ref, ev.confusion(q, f"int8 mIoU ({len(exclude)} float)"), tolerance=max_drop,
+                           classes=classes)
+        log.info("int8 with %d layers in float: mIoU %.2f vs fp32 %.2f (%+.2f points)", len(exclude),
+                 cmp.test_miou * 100, cmp.ref_miou * 100, cmp.delta)
+        return q, cmp
+
+    best = attempt([])
+    if -best[1].delta <= max_drop:
+        _log_classes(best[1])
+        return best[0], best[1], []
+    order = rank_sensitivity(base, ranges, ev.inputs(sensitivity_images))
+    lo, hi, tried = 0, len(order), {}
+    while hi - lo > 1:   # excluding `lo` layers misses the budget; excluding `hi` meets it (all: FP32)
+        mid = (lo + hi) // 2
+        tried[mid] = attempt(order[:mid])
+        lo, hi = (lo, mid) if -tried[mid][1].delta <= max_drop else (mid, hi)
+    q, cmp = tried[hi] if hi in tried else attempt(order[:hi])
+    excluded = order[:hi]
+    log.info("kept in float to stay within %.2f mIoU points: %s", max_drop, ", ".join(excluded))
+    if hi == len(order):
+        log.warning("warning: every quantizable layer had to stay in float; the graph has no INT8 layers left")
+    _log_classes(cmp)
+    return q, cmp, excluded
+
+
+def rank_sensitivity(base: onnx.ModelProto, ranges: Ranges, inputs: Sequence[np.ndarray]) -> List[str]:
+    """Conv/ConvTranspose node names, most sensitive first: each quantized alone, output error vs FP32."""
+    ref_sess = ort_session(base)
+    key = output_kind(base)
+    refs = [run_session(ref_sess, x)[key] for x in inputs]
+    errors = {}
+    for node in (n.name for n in base.graph.node if n.op_type in QUANT_OP_TYPES):
+        sess = ort_session(quantize_qdq(base, ranges, only=[node]))
+        outs = [run_session(sess, x)[key] for x in inputs]
+        # logits: mean abs error; masks: fraction of changed labels
+        errors[node] = float(np.mean([np.mean(np.abs(o.astype(np.float32) - r)) if key == "logits"
+                                      else np.mean(o != r) for o, r in zip(outs, refs)]))
+    order = sorted(errors, key=lambda k: -errors[k])
+    log.info("most sensitive layers: %s", ", ".join(f"{k} ({errors[k]:.3g})" for k in order[:5]))
+    return order
+
+
+def _log_classes(cmp: MiouComparison) -> None:
+    worst = ", ".join(f"{name} {d:+.2f}" for name, d in cmp.worst_classes(3))
+    log.info("int8 vs fp32: mIoU %.2f -> %.2f (%+.2f points); largest class changes: %s",
+             cmp.ref_miou * 100, cmp.test_miou * 100, cmp.delta, worst)
+    names = cmp.classes or [str(i) for i in range(len(cmp.class_delta))]
+    log.info("per-class IoU change (points): %s",
+             ", ".join(f"{n} {d:+.2f}" for n, d in zip(names, np.nan_to_num(cmp.class_delta))))

@@ -17,6 +17,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..runtime.shapes import parse_hw  # noqa: F401  (re-exported for the CLIs)
+
 STAGES = ("preprocess", "h2d", "infer", "d2h", "postprocess")
 
 
@@ -97,19 +99,6 @@ def peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def parse_hw(text: str) -> tuple[int, int]:
-    """'520x520' -> (520, 520)."""
-    from ..runtime.errors import FcnsegError
-
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise FcnsegError(f"expected a shape like 520x520 (HxW), got {text!r}") from None
-    if h < 1 or w < 1:
-        raise FcnsegError(f"expected positive sizes, got {text!r}")
-    return h, w
 
 
 def _load(path: str, hw: tuple, providers, num_threads):

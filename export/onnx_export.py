@@ -32,6 +32,7 @@ import onnx
 
 from ..runtime.atomic import atomic_path
 from ..runtime.errors import FcnsegError
+from ..runtime.shapes import parse_dims, parse_hw  # noqa: F401  (parse_hw re-exported for the CLI)
 from ..runtime.metadata import PREFIX, ModelMetadata
 from ..runtime.parity import OutputComparison, compare_logits
 
@@ -416,25 +417,9 @@ def output_kind(model: onnx.ModelProto) -> str:
     return MASK_NAME if MASK_NAME in names and LOGITS_NAME not in names else LOGITS_NAME
 
 
-def parse_hw(text: str) -> Tuple[int, int]:
-    """``"520x520"`` -> (520, 520)."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise FcnsegError(f"expected HxW such as 520x520, got {text!r}") from None
-    return h, w
-
-
 def parse_shapes(text: str) -> List[Shape]:
     """``"1x97x131,2x375x500"`` -> [(1, 97, 131), (2, 375, 500)] (NxHxW)."""
-    shapes = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        try:
-            n, h, w = (int(v) for v in part.lower().split("x"))
-        except ValueError:
-            raise FcnsegError(f"expected comma-separated NxHxW shapes such as 1x97x131,2x375x500, got {text!r}") \
-                from None
-        shapes.append((n, h, w))
+    shapes = [parse_dims(p, ndim=3, example="1x97x131,2x375x500 (NxHxW)") for p in text.split(",") if p.strip()]
     if not shapes:
         raise FcnsegError(f"expected at least one NxHxW shape, got {text!r}")
     return shapes

@@ -19,7 +19,6 @@ import importlib.util
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -29,6 +28,7 @@ import onnx
 from ..runtime.atomic import atomic_path, write_bytes
 from ..runtime.backends.tensorrt import format_shape, import_tensorrt, sidecar_path
 from ..runtime.errors import FcnsegError
+from ..runtime.shapes import parse_dims
 from ..runtime.metadata import PREFIX, ModelMetadata
 from .onnx_export import load_onnx
 
@@ -54,16 +54,8 @@ SIDECAR_FORMAT = 1
 # ---------------------------------------------------------------- shapes and the optimization profile
 
 def parse_shape(text: str) -> Shape:
-    """Parse "1x3x256x256" into (1, 3, 256, 256).
-
-    Raises:
-        FcnsegError: anything but positive integers joined by "x".
-    """
-    parts = str(text).strip().lower().split("x")
-    if not all(re.fullmatch(r"\d+", p.strip()) for p in parts) or any(int(p) <= 0 for p in parts):
-        raise FcnsegError(f"expected a shape like 1x3x520x520 (positive integers joined by 'x'), got {text!r}; "
-                          "try e.g. --min-shape 1x3x256x256")
-    return tuple(int(p) for p in parts)
+    """Parse "1x3x256x256" into (1, 3, 256, 256); FcnsegError with an example otherwise."""
+    return parse_dims(text)
 
 
 @dataclass(frozen=True)

@@ -19,5 +19,5 @@ def test_stats_percentiles_in_ms():
 
 def test_parse_hw():
     assert parse_hw("375x500") == (375, 500)
-    with pytest.raises(FcnsegError, match="HxW"):
+    with pytest.raises(FcnsegError, match="520x520 \\(HxW\\)"):
         parse_hw("375")

@@ -114,17 +114,19 @@ def fp16_cmd(model: str, output: Optional[str], no_verify: bool, verify_shapes: 
 @click.option("--eval-images", type=int, help="Evaluate on the first N images only [default: all].")
 @click.option("--max-drop", type=float, default=1.0, show_default=True,
               help="Accepted mIoU drop (points); beyond it, sensitive layers stay in float.")
+@click.option("--target", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True,
+              help="tensorrt: symmetric Q/DQ TensorRT builds and fuses; cpu: ONNX Runtime's fast uint8 CPU layout.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="[default: MODEL_int8.onnx]")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def int8_cmd(model: str, calib_root: str, calib_split: str, num_images: int, method: str, cache: Optional[str],
-             eval_split: str, eval_images: Optional[int], max_drop: float, output: Optional[str],
+             eval_split: str, eval_images: Optional[int], max_drop: float, target: str, output: Optional[str],
              no_progress: bool) -> None:
-    """Quantize an FP32 ONNX MODEL to INT8 Q/DQ (TensorRT explicit quantization) and report the mIoU drop."""
+    """Quantize an FP32 ONNX MODEL to INT8 Q/DQ and report the mIoU drop against FP32."""
     from .int8 import quantize_int8
 
     result = quantize_int8(model, output, calib_root=calib_root, calib_split=calib_split, num_images=num_images,
                            method=method, cache=cache, eval_split=eval_split, eval_images=eval_images,
-                           max_drop=max_drop, progress=not no_progress)
+                           max_drop=max_drop, target=target, progress=not no_progress)
     click.echo(f"{result.path}\tmIoU fp32 {result.miou_fp32 * 100:.2f} int8 {result.miou_int8 * 100:.2f} "
                f"({-result.drop:+.2f} points), {len(result.excluded)} layers in float")
 

@@ -71,6 +71,48 @@ TRT_EXTRA_OPTIONS: Dict[str, Any] = {
     # Conv outputs stay float: a Q/DQ there would sit between the Conv and a residual Add
     "OpTypesToExcludeOutputQuantization": ["Conv", "ConvTranspose"],
 }
+# ONNX Runtime's CPU kernels (QLinearConv with the ReLU folded in, QLinearAdd) need the other layout: every
+# supported op quantized, outputs too, uint8 activations with a zero point (so ReLU's range starts at it).
+# Measured here on FCN-ResNet50 at 520x520 (2-core AVX-512 VNNI CPU, ORT 1.31): that layout 341 ms, the
+# TensorRT layout 1556 ms (float convs plus weight dequantization), FP32 1343 ms. It is not TensorRT-ready
+# (asymmetric activations, Q/DQ between Conv and Add), and the checker says so.
+CPU_EXTRA_OPTIONS: Dict[str, Any] = {
+    "ActivationSymmetric": False, "WeightSymmetric": True, "QuantizeBias": False, "AddQDQPairToWeight": False,
+    "DedicatedQDQPair": False, "ForceQuantizeNoInputCheck": True,
+    "QDQOpTypePerChannelSupportToAxis": {"Conv": 0, "ConvTranspose": 1},
+}
+
+
+@dataclass(frozen=True)
+class QuantTarget:
+    """Where an INT8 graph will run, and the Q/DQ layout that runs fast and correctly there.
+
+    Attributes:
+        name: "tensorrt" (explicit quantization for TensorRT 8.5-11) or "cpu" (ONNX Runtime CPU kernels).
+        op_types: op types to quantize; empty means every type ONNX Runtime's QDQ quantizer supports.
+        activation_type: "QInt8" or "QUInt8".
+        extra_options: ONNX Runtime quantizer options.
+        trt_ready: the result must pass ``check_trt_ready``.
+    """
+
+    name: str
+    op_types: Tuple[str, ...]
+    activation_type: str
+    extra_options: Dict[str, Any]
+    trt_ready: bool
+
+    def quantized_op_types(self) -> List[str]:
+        if self.op_types:
+            return list(self.op_types)
+        from onnxruntime.quantization.registry import QDQRegistry
+
+        return list(QDQRegistry)
+
+
+TARGETS = {
+    "tensorrt": QuantTarget("tensorrt", QUANT_OP_TYPES, "QInt8", TRT_EXTRA_OPTIONS, True),
+    "cpu": QuantTarget("cpu", (), "QUInt8", CPU_EXTRA_OPTIONS, False),
+}
 METHODS = {"entropy": "Entropy", "minmax": "MinMax", "percentile": "Percentile"}
 CACHE_FORMAT = "fcnseg-calibration-v1"
 Ranges = Dict[str, Tuple[float, float]]
@@ -179,7 +221,8 @@ class _OneShot(CalibrationDataReader):  # type: ignore[misc,valid-type]
 def quantize_int8(model_path: PathLike, output: Optional[PathLike] = None, *, calib_root: PathLike,
                   calib_split: str = "val", num_images: int = 500, method: str = "entropy",
                   cache: Optional[PathLike] = None, eval_split: str = "val", eval_images: Optional[int] = None,
-                  max_drop: float = 1.0, sensitivity_images: int = 4, progress: bool = True) -> Int8Result:
+                  max_drop: float = 1.0, sensitivity_images: int = 4, target: str = "tensorrt",
+                  progress: bool = True) -> Int8Result:
     """Calibrate, quantize to TensorRT-ready Q/DQ, measure the mIoU drop and keep sensitive layers in float.
 
     Args:
@@ -193,6 +236,8 @@ def quantize_int8(model_path: PathLike, output: Optional[PathLike] = None, *, ca
         eval_split / eval_images: held-out split (and how many of its images) for the mIoU comparison.
         max_drop: accepted mIoU drop in points; beyond it, sensitive layers stay in float.
         sensitivity_images: images per layer for the sensitivity ranking.
+        target: "tensorrt" (symmetric Q/DQ on Conv inputs, checked TensorRT-ready) or "cpu" (ONNX Runtime's
+            fast uint8 layout for CPU deployment; see ``CPU_EXTRA_OPTIONS``).
         progress: show progress bars.
 
     Raises:
@@ -201,26 +246,30 @@ def quantize_int8(model_path: PathLike, output: Optional[PathLike] = None, *, ca
     """
     t0 = time.perf_counter()
     method = _check_args(method, num_images, max_drop, eval_images)
+    if target not in TARGETS:
+        raise FcnsegError(f"expected an INT8 target in {', '.join(TARGETS)}, got {target!r}")
+    tgt = TARGETS[target]
     src = Path(model_path)
     model = load_onnx(src)
     meta, _ = read_metadata(model)
     _check_quantizable(model, meta, src)
     base = onnx.shape_inference.infer_shapes(model)
     key = {"format": CACHE_FORMAT, "model_sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
-           "method": method, "num_images": num_images, "calib_split": calib_split}
+           "method": method, "num_images": num_images, "calib_split": calib_split, "target": target}
     ranges, calibrated, used = _cached_ranges(cache, key)
     if ranges is None:
         reader = VOCCalibrationReader(calib_root, calib_split, meta, num_images=num_images,
                                       input_name=model.graph.input[0].name, progress=progress)
-        ranges, used = calibrate(base, reader, method), len(reader)
+        ranges, used = calibrate(base, reader, method, op_types=tgt.quantized_op_types()), len(reader)
         if cache is not None:
             write_text(cache, json.dumps({**key, "images": used, "ranges": ranges}, indent=1))
     evaluator = _Evaluator(calib_root, eval_split, eval_images, meta, progress)
-    quantized, cmp, excluded = _quantize_within_budget(base, ranges, evaluator, max_drop, sensitivity_images)
-    _check_ready(quantized)
+    quantized, cmp, excluded = _quantize_within_budget(base, ranges, evaluator, max_drop, sensitivity_images, tgt)
+    if tgt.trt_ready:
+        _check_ready(quantized)
     meta.precision = "int8"
     set_metadata(quantized, meta, {PREFIX + "int8": {
-        "method": method, "calib_split": calib_split, "num_images": used, "eval_split": eval_split,
+        "target": target, "method": method, "calib_split": calib_split, "num_images": used, "eval_split": eval_split,
         "miou_fp32": cmp.ref_miou, "miou_int8": cmp.test_miou, "excluded": excluded}})
     out = Path(output) if output is not None else src.with_name(src.stem + "_int8.onnx")
     save_onnx(quantized, out)
@@ -261,8 +310,9 @@ def _check_quantizable(model: onnx.ModelProto, meta: ModelMetadata, path: Path) 
 
 # --- calibration ------------------------------------------------------------------------------------------
 
-def calibrate(model: onnx.ModelProto, reader: VOCCalibrationReader, method: str = "entropy") -> Ranges:
-    """Collect activation ranges of the Conv/ConvTranspose tensors, image by image.
+def calibrate(model: onnx.ModelProto, reader: VOCCalibrationReader, method: str = "entropy", *,
+              op_types: Sequence[str] = QUANT_OP_TYPES) -> Ranges:
+    """Collect activation ranges of the tensors around ``op_types`` nodes, image by image.
 
     Returns:
         tensor name -> (min, max) as the calibrator computed them (entropy/percentile: the clipped range).
@@ -273,7 +323,7 @@ def calibrate(model: onnx.ModelProto, reader: VOCCalibrationReader, method: str 
     with tempfile.TemporaryDirectory(prefix="fcnseg-calib-") as tmp:
         path = Path(tmp) / "model.onnx"
         onnx.save_model(model, str(path))
-        calibrator = create_calibrator(path, list(QUANT_OP_TYPES), augmented_model_path=str(Path(tmp) / "aug.onnx"),
+        calibrator = create_calibrator(path, list(op_types), augmented_model_path=str(Path(tmp) / "aug.onnx"),
                                        calibrate_method=getattr(CalibrationMethod, METHODS[method]),
                                        extra_options={"symmetric": True} if method == "percentile" else {})
         seen = 0
@@ -312,14 +362,15 @@ def _cached_ranges(cache: Optional[PathLike], key: Dict[str, Any]) -> Tuple[Opti
 # --- quantization -----------------------------------------------------------------------------------------
 
 def quantize_qdq(model: onnx.ModelProto, ranges: Ranges, *, exclude: Sequence[str] = (),
-                 only: Sequence[str] = ()) -> onnx.ModelProto:
-    """Insert TensorRT-ready Q/DQ (``TRT_EXTRA_OPTIONS``) into a shape-inferred FP32 graph from given ranges.
+                 only: Sequence[str] = (), target: QuantTarget = TARGETS["tensorrt"]) -> onnx.ModelProto:
+    """Insert Q/DQ in ``target``'s layout (TensorRT-ready by default) into a shape-inferred FP32 graph.
 
     Args:
         model: FP32 graph with value_info (``onnx.shape_inference.infer_shapes``); not modified.
         ranges: tensor -> (min, max), from ``calibrate`` or the cache.
         exclude: Conv/ConvTranspose node names to keep in float.
         only: when given, quantize only these nodes.
+        target: the Q/DQ layout (``TARGETS``).
     """
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
@@ -328,8 +379,9 @@ def quantize_qdq(model: onnx.ModelProto, ranges: Ranges, *, exclude: Sequence[st
     data = TensorsData(CalibrationMethod.MinMax, {k: TensorData(lowest=np.float32(lo), highest=np.float32(hi))
                                                   for k, (lo, hi) in ranges.items()})
     # positional: the keyword names changed across onnxruntime releases, the order did not
-    quantizer = QDQQuantizer(copy.deepcopy(model), True, False, QuantType.QInt8, QuantType.QInt8, data,
-                             list(only), list(exclude), list(QUANT_OP_TYPES), copy.deepcopy(TRT_EXTRA_OPTIONS))
+    quantizer = QDQQuantizer(copy.deepcopy(model), True, False, QuantType.QInt8,
+                             getattr(QuantType, target.activation_type), data, list(only), list(exclude),
+                             target.quantized_op_types(), copy.deepcopy(target.extra_options))
     quantizer.quantize_model()
     quantizer.model.topological_sort()   # as quantize_static does before saving; Q/DQ are appended unsorted
     return quantizer.model.model
@@ -374,13 +426,14 @@ def _predictor(model: onnx.ModelProto, meta: ModelMetadata) -> Any:
 
 
 def _quantize_within_budget(base: onnx.ModelProto, ranges: Ranges, ev: _Evaluator, max_drop: float,
-                            sensitivity_images: int) -> Tuple[onnx.ModelProto, MiouComparison, List[str]]:
-    """Quantize every Conv; if the mIoU drop is over budget, bisect over the most sensitive layers."""
+                            sensitivity_images: int, target: QuantTarget = TARGETS["tensorrt"],
+                            ) -> Tuple[onnx.ModelProto, MiouComparison, List[str]]:
+    """Quantize every layer; if the mIoU drop is over budget, bisect over the most sensitive layers."""
     ref = ev.confusion(base, "fp32 mIoU")
     classes = ev.meta.classes
 
     def attempt(exclude: List[str]) -> Tuple[onnx.ModelProto, MiouComparison]:
-        q = quantize_qdq(base, ranges, exclude=exclude)
+        q = quantize_qdq(base, ranges, exclude=exclude, target=target)
         cmp = compare_miou(ref, ev.confusion(q, f"int8 mIoU ({len(exclude)} float)"), tolerance=max_drop,
                            classes=classes)
         log.info("int8 with %d layers in float: mIoU %.2f vs fp32 %.2f (%+.2f points)", len(exclude),
@@ -391,7 +444,7 @@ def _quantize_within_budget(base: onnx.ModelProto, ranges: Ranges, ev: _Evaluato
     if -best[1].delta <= max_drop:
         _log_classes(best[1])
         return best[0], best[1], []
-    order = rank_sensitivity(base, ranges, ev.inputs(sensitivity_images))
+    order = rank_sensitivity(base, ranges, ev.inputs(sensitivity_images), target=target)
     lo, hi, tried = 0, len(order), {}
     while hi - lo > 1:   # excluding `lo` layers misses the budget; excluding `hi` meets it (all: FP32)
         mid = (lo + hi) // 2
@@ -406,14 +459,16 @@ def _quantize_within_budget(base: onnx.ModelProto, ranges: Ranges, ev: _Evaluato
     return q, cmp, excluded
 
 
-def rank_sensitivity(base: onnx.ModelProto, ranges: Ranges, inputs: Sequence[np.ndarray]) -> List[str]:
-    """Conv/ConvTranspose node names, most sensitive first: each quantized alone, output error vs FP32."""
+def rank_sensitivity(base: onnx.ModelProto, ranges: Ranges, inputs: Sequence[np.ndarray], *,
+                     target: QuantTarget = TARGETS["tensorrt"]) -> List[str]:
+    """Quantizable node names, most sensitive first: each quantized alone, output error vs FP32."""
     ref_sess = ort_session(base)
     key = output_kind(base)
     refs = [run_session(ref_sess, x)[key] for x in inputs]
     errors = {}
-    for node in (n.name for n in base.graph.node if n.op_type in QUANT_OP_TYPES):
-        sess = ort_session(quantize_qdq(base, ranges, only=[node]))
+    op_types = set(target.quantized_op_types())
+    for node in (n.name for n in base.graph.node if n.op_type in op_types):
+        sess = ort_session(quantize_qdq(base, ranges, only=[node], target=target))
         outs = [run_session(sess, x)[key] for x in inputs]
         # logits: mean abs error; masks: fraction of changed labels
         errors[node] = float(np.mean([np.mean(np.abs(o.astype(np.float32) - r)) if key == "logits"

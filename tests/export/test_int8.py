@@ -149,3 +149,27 @@ def test_sensitive_layers_stay_float_until_budget_met(r18_onnx, tiny_voc, caplog
             quantized = producers.get(node.input[1]) is not None
             assert quantized == (node.name not in harmful), node.name
     assert check_trt_ready(q)
+
+
+def test_cpu_target_uses_onnxruntime_int8_kernels_and_is_not_trt_ready(tmp_path, tiny_voc, r18_onnx):
+    """The CPU layout must turn into QLinearConv in ONNX Runtime (that is its whole point) and keep mIoU."""
+    import collections
+
+    import onnxruntime as ort
+
+    res = I.quantize_int8(r18_onnx, tmp_path / "cpu.onnx", calib_root=tiny_voc, num_images=2, method="minmax",
+                          eval_images=2, max_drop=100.0, target="cpu", progress=False)
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(res.path), opts, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
+    assert ops["QLinearConv"] >= 10 and ops["FusedConv"] == 0
+    assert not check_trt_ready(res.path)  # asymmetric activations: a CPU graph, and the checker says so
+    meta, extra = read_metadata(onnx.load(str(res.path)))
+    assert meta.precision == "int8" and extra["fcnseg.int8"]["target"] == "cpu"
+
+
+def test_unknown_target_is_refused(tmp_path, tiny_voc, r18_onnx):
+    with pytest.raises(FcnsegError, match="expected an INT8 target in tensorrt, cpu"):
+        I.quantize_int8(r18_onnx, tmp_path / "x.onnx", calib_root=tiny_voc, target="gpu", progress=False)
+    assert not (tmp_path / "x.onnx").exists()

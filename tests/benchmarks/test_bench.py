@@ -1,0 +1,77 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fcnseg.benchmarks.bench import STAGES, bench_models, bench_table
+from fcnseg.benchmarks.cli import bench_main
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    """A tiny conv net as FP32 ONNX and as an ONNX with in-graph argmax (exported with the real exporter)."""
+    import torch
+
+    from fcnseg.runtime.metadata import ModelMetadata
+
+    class Tiny(torch.nn.Module):
+        def __init__(self, argmax):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 21, 3, padding=1)
+            self.argmax = argmax
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y.argmax(1).to(torch.uint8) if self.argmax else y
+
+    import onnx
+
+    root = tmp_path_factory.mktemp("bench")
+    paths = []
+    for argmax in (False, True):
+        path = root / f"tiny_{'mask' if argmax else 'logits'}.onnx"
+        torch.manual_seed(0)
+        torch.onnx.export(Tiny(argmax), torch.zeros(1, 3, 32, 32), str(path), input_names=["input"],
+                          output_names=["mask" if argmax else "logits"], opset_version=17, dynamo=False,
+                          dynamic_axes={"input": {0: "n", 2: "h", 3: "w"}})
+        model = onnx.load(str(path))
+        for k, v in ModelMetadata(arch="tiny", argmax=argmax).to_props().items():
+            model.metadata_props.add(key=k, value=v)
+        onnx.save(model, str(path))
+        paths.append(str(path))
+    return paths
+
+
+def test_bench_models_reports_every_stage_and_ratios(two_models):
+    results = bench_models(two_models, [(40, 56)], [1, 2], warmup=1, iters=4, rounds=2)
+    assert [(r.shape, r.batch) for r in results] == [((40, 56), 1)] * 2 + [((40, 56), 2)] * 2
+    for r in results:
+        assert r.iters == 4 and set(r.stages) == set(STAGES)
+        assert 0 < r.e2e.min <= r.e2e.median <= r.e2e.max
+        assert r.stages["infer"].median > 0 and r.peak_host_mb > 0
+        assert r.images_per_s == pytest.approx(r.batch * 1e3 / r.e2e.median)
+    assert results[0].speedup == 1.0 and results[2].speedup == 1.0
+    assert results[1].speedup == pytest.approx(results[0].e2e.median / results[1].e2e.median)
+    table = bench_table(results)
+    assert "tiny_mask.onnx" in table and "speedup" in table
+
+
+def test_fcn_bench_cli_writes_json_and_csv(two_models, tmp_path):
+    out_json, out_csv = tmp_path / "b.json", tmp_path / "b.csv"
+    r = CliRunner().invoke(bench_main, ["--model", two_models[0], "--model", two_models[1], "--shape", "33x47",
+                                        "--iters", "3", "--warmup", "1", "--rounds", "1", "--json", str(out_json),
+                                        "--csv", str(out_csv)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out_json.read_text())
+    assert [d["shape"] for d in doc] == [[33, 47], [33, 47]] and np.isfinite(doc[1]["e2e"]["median"])
+    rows = list(csv.DictReader(out_csv.open()))
+    assert len(rows) == 2 and float(rows[0]["speedup"]) == 1.0
+
+
+def test_fcn_bench_cli_errors_are_one_line(tmp_path):
+    r = CliRunner().invoke(bench_main, ["--model", str(tmp_path / "missing.onnx")])
+    assert r.exit_code == 2 and "error:" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(bench_main, [])
+    assert r.exit_code == 2 and "expected --engine PATH or --model PATH" in r.output

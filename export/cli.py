@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import click
 
-from ..runtime.errors import FcnsegError
+from ..runtime.errors import FcnsegError, one_line
 
 
 class _Group(click.Group):
@@ -26,13 +26,8 @@ class _Group(click.Group):
         except FcnsegError as e:
             if ctx.params.get("debug") or os.environ.get("FCNSEG_DEBUG"):
                 raise
-            click.echo(f"error: {_one_line(e)}", err=True)
+            click.echo(f"error: {one_line(e)}", err=True)
             ctx.exit(2)
-
-
-def _one_line(e: Exception) -> str:
-    # multi-line messages (a checker report) are joined so the error stays one line
-    return " ".join(part.strip() for part in str(e).splitlines() if part.strip())
 
 
 class _EchoHandler(logging.Handler):

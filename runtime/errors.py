@@ -11,6 +11,18 @@ class FcnsegError(Exception):
     """An error caused by the user's input or environment, with a message that says what to do."""
 
 
+def one_line(error: BaseException) -> str:
+    """The error's message on one line.
+
+    A DataLoader worker re-raises an error with the worker's traceback inside the message; only the original
+    message is kept. Multi-line messages (a checker report) are joined.
+    """
+    text = str(error)
+    if "Original Traceback" in text:
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
 def cli_errors(fn):
     """Decorate a CLI entry point: FcnsegError becomes one line on stderr and exit code 2.
 
@@ -27,7 +39,7 @@ def cli_errors(fn):
         except FcnsegError as e:
             if os.environ.get("FCNSEG_DEBUG"):
                 raise
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {one_line(e)}", file=sys.stderr)
             sys.exit(2)
 
     return wrapper

@@ -90,3 +90,26 @@ def test_ddp_two_processes_gloo_write_one_checkpoint(tiny_voc, tmp_path):
                                                                         "model_best.pth"]
     ckpt = read_checkpoint(out / "checkpoint.pth")
     assert not any(k.startswith("module.") for k in ckpt["model"])  # saved from the unwrapped model
+
+
+def test_bad_label_in_a_worker_process_is_one_line(tmp_path):
+    """A label PNG with class 37, found by a DataLoader worker, still gives one line and exit code 2."""
+    import numpy as np
+    from PIL import Image
+
+    from fcnseg.runtime.voc import voc_palette
+    from fcnseg.train.synth import synthesize
+
+    root = synthesize(tmp_path / "voc", num_train=4, num_val=2, size=48, seed=2, progress=False)
+    base = root / "VOCdevkit/VOC2012"
+    first = (base / "ImageSets/Segmentation/train.txt").read_text().split()[0]
+    bad = Image.fromarray(np.full((48, 48), 37, np.uint8), mode="P")
+    bad.putpalette(voc_palette().tobytes())
+    img = Image.open(base / "JPEGImages" / f"{first}.jpg")
+    bad.resize(img.size).save(base / "SegmentationClass" / f"{first}.png")
+    r = subprocess.run([sys.executable, "-m", "fcnseg.train", "--data-path", str(root), "--model", "fcn8s_resnet18",
+                        "-j", "1", "-b", "4", "--epochs", "1", "--base-size", "48", "--crop-size", "40", "--device",
+                        "cpu", "--output-dir", str(tmp_path / "run")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: expected label values in 0..20 or 255, got [37]")
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert not list((tmp_path / "run").glob("*.pth"))  # nothing half-written

@@ -168,8 +168,9 @@ def build_trt(model: str, output: Optional[str], *, precision: Optional[str], ca
               **build_options: Any) -> Path:
     """Run the FP16/INT8 ONNX step when the graph is FP32 and a lower precision is asked, then build the engine."""
     from ..runtime.backends.tensorrt import import_tensorrt
-    from .tensorrt import build_engine, precision_of_onnx
+    from .tensorrt import build_engine, engine_spec, precision_of_onnx
 
+    engine_spec(model, **build_options)   # bad shapes or options are reported whether or not TensorRT is here
     graph_precision = precision_of_onnx(model)
     if precision == "int8" and graph_precision == "fp32" and not calib_root:
         raise FcnsegError(f"expected --calib-data ROOT to quantize the FP32 graph {model!r} for --int8, got none; "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from ..runtime.errors import cli_errors
@@ -15,7 +17,7 @@ from ..runtime.voc import BASE_SIZE, CROP_SIZE, NUM_CLASSES
 @click.option("--epochs", default=30)
 @click.option("-b", "--batch-size", default=8, help="images per process")
 @click.option("--lr", default=0.01)
-@click.option("-j", "--workers", default=4, help="data loading workers")
+@click.option("-j", "--workers", default=min(4, os.cpu_count() or 1), help="data loading workers")
 @click.option("--output-dir", default="runs/fcn", type=click.Path())
 @click.option("--resume", default=None, type=click.Path(), help="checkpoint.pth to continue from")
 @click.option("--amp", is_flag=True, help="mixed precision (CUDA)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from ..runtime.voc import BASE_SIZE, CROP_SIZE, IGNORE_INDEX, MEAN, NUM_CLASSES,
 from . import distributed
 from .checkpoint import parse_checkpoint, read_checkpoint, save_checkpoint
 from .data import collate_fn, get_dataset
-from .models import get_model
+from .models import MODELS, get_model
 
 
 @dataclass
@@ -45,7 +46,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     lr_warmup_epochs: int = 1
     lr_warmup_decay: float = 0.01
-    workers: int = 4
+    workers: int = min(4, os.cpu_count() or 1)
     output_dir: str = "runs/fcn"
     resume: Optional[str] = None
     amp: bool = False
@@ -203,6 +204,8 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def _train(cfg: TrainConfig, device: torch.device, dist_info: distributed.DistInfo) -> dict:
+    if cfg.model not in MODELS:   # before the data loaders start: a typo should cost nothing
+        raise FcnsegError(f"expected one of {', '.join(MODELS)}; got {cfg.model!r}")
     torch.manual_seed(cfg.seed + dist_info.rank)
     out = Path(cfg.output_dir)
     train_loader, val_loader = make_loaders(cfg, dist_info)

@@ -141,3 +141,15 @@ def test_trt_fp16_converts_then_builds(r18_onnx, tmp_path, monkeypatch):
     assert graph == str(tmp_path / "model_fp16.onnx") and (tmp_path / "model_fp16.onnx").is_file()
     assert kw["precision"] == "fp16" and kw["opt_shape"] == (1, 3, 64, 64) and kw["workspace_gib"] == 2.0
     assert kw["output"] == str(tmp_path / "model.plan") and result.stdout.strip() == str(tmp_path / "model.plan")
+
+
+def test_trt_reports_bad_shapes_even_without_tensorrt(r18_onnx):
+    """Shape errors are the user's to fix whatever machine they are on: checked before TensorRT is looked for."""
+    from click.testing import CliRunner
+
+    from fcnseg.export.cli import main
+
+    r = CliRunner().invoke(main, ["trt", str(r18_onnx), "--max-shape", "1x3x4096x4096"])
+    assert r.exit_code == 2 and "expected heights and widths within [64, 2048]" in r.output
+    r = CliRunner().invoke(main, ["trt", str(r18_onnx), "--min-shape", "1x3x600x600", "--max-shape", "1x3x512x512"])
+    assert r.exit_code == 2 and "expected min <= opt <= max" in r.output

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import types
 
 import numpy as np
@@ -260,21 +261,14 @@ def test_threads_get_their_own_context_and_same_results(monkeypatch, plan, cuda)
     b = backend(monkeypatch, plan, cuda)
     inputs = [batch(1 + i % 2, 8 + i, 30 - i, seed=i) for i in range(8)]
     expected = [reference(x) for x in inputs]
-    results, errors = {}, []
+    results = {}
 
     def work(t):
-        try:
-            for i, x in enumerate(inputs):
-                results[(t, i)] = b.infer(x)["logits"]
-        except Exception as e:  # surfaced by the assertion below
-            errors.append(e)
+        for i, x in enumerate(inputs):
+            results[(t, i)] = b.infer(x)["logits"]
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(work, range(4)))  # re-raises a worker's exception here
     for (t, i), y in results.items():
         np.testing.assert_array_equal(y, expected[i])
     assert sys.modules["tensorrt"].contexts == 4

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import resource
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,14 +110,20 @@ def _load(path: str, hw: tuple, providers, num_threads):
 
 
 def _device_mb(seg) -> Optional[float]:
+    """PyTorch's CUDA peak since this model was loaded; None for other backends (not measured for them)."""
     backend = getattr(seg, "backend", None)
-    nbytes = getattr(backend, "device_memory_bytes", None)
-    if nbytes:
-        return nbytes / 1e6
-    torch = __import__("sys").modules.get("torch")
+    device = getattr(backend, "device", None)
+    if getattr(backend, "name", "") != "pytorch" or getattr(device, "type", "cpu") != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.max_memory_allocated(device) / 1e6
+
+
+def _reset_device_peak() -> None:
+    torch = sys.modules.get("torch")   # only if a PyTorch backend already imported it
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        return torch.cuda.max_memory_allocated() / 1e6
-    return None
+        torch.cuda.reset_peak_memory_stats()
 
 
 def bench_shape(paths: Sequence[str], hw: tuple, batch: int, *, warmup: int = 5, iters: int = 50,
@@ -126,6 +133,7 @@ def bench_shape(paths: Sequence[str], hw: tuple, batch: int, *, warmup: int = 5,
     runners, peaks = [], []
     for path in paths:
         reset_peak_rss()
+        _reset_device_peak()
         r = _Runner(path, _load(path, hw, providers, num_threads), images)
         for _ in range(warmup):
             r.once()

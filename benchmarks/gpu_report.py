@@ -43,7 +43,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import click
 
 from ..runtime.atomic import write_text
-from ..runtime.errors import FcnsegError, cli_errors
+from ..runtime.errors import FcnsegError, cli_errors, first_line
 from .bench import Stats, parse_hw
 from .tables import format_table
 
@@ -592,8 +592,7 @@ def _echo(text: str) -> None:
 
 
 def _one_line(e: BaseException) -> str:
-    first = (str(e).strip().splitlines() or [""])[0][:300]
-    return first if isinstance(e, FcnsegError) else f"{type(e).__name__}: {first}"
+    return first_line(e) if isinstance(e, FcnsegError) else f"{type(e).__name__}: {first_line(e)}"
 
 
 # ---------------------------------------------------------------- the stages

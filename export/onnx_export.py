@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 
 from ..runtime.atomic import atomic_path
-from ..runtime.errors import FcnsegError
+from ..runtime.errors import FcnsegError, first_line
 from ..runtime.shapes import parse_dims, parse_hw  # noqa: F401  (parse_hw re-exported for the CLI)
 from ..runtime.metadata import PREFIX, ModelMetadata
 from ..runtime.parity import OutputComparison, compare_logits
@@ -242,7 +242,7 @@ def _full_check(model: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise FcnsegError(f"expected a valid ONNX graph, got a checker error: {str(e).splitlines()[0][:300]}; "
+        raise FcnsegError(f"expected a valid ONNX graph, got a checker error: {first_line(e)}; "
                           "try another --opset") from None
 
 
@@ -363,7 +363,7 @@ def ort_session(model: Union[onnx.ModelProto, PathLike], *,
         return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     except Exception as e:
         raise FcnsegError(f"expected ONNX Runtime to load the graph, got {type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:300]}") from None
+                          f"{first_line(e)}") from None
 
 
 def run_session(session: "onnxruntime.InferenceSession", x: np.ndarray) -> Dict[str, np.ndarray]:

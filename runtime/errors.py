@@ -11,6 +11,12 @@ class FcnsegError(Exception):
     """An error caused by the user's input or environment, with a message that says what to do."""
 
 
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of a third-party error's message (its type name when the message is empty)."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:limit] if lines else type(error).__name__
+
+
 def one_line(error: BaseException) -> str:
     """The error's message on one line.
 

@@ -111,11 +111,12 @@ class Segmenter:
         groups: Dict[tuple, List[int]] = {}
         for i, x in enumerate(inputs):
             groups.setdefault(x.shape, []).append(i)
-        step = getattr(self.backend, "max_batch", None) or len(inputs)
+        step = self.backend.max_batch or len(inputs)
         for idx in groups.values():
             for start in range(0, len(idx), step):
                 chunk = idx[start:start + step]
-                out, t = self._run_backend(np.concatenate([inputs[i] for i in chunk]))
+                batch = inputs[chunk[0]] if len(chunk) == 1 else np.concatenate([inputs[i] for i in chunk])
+                out, t = self._run_backend(batch)
                 key = _output_key(out, logits)
                 for j, i in enumerate(chunk):
                     results[i] = out[key][j]

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from ..runtime.atomic import atomic_path
-from ..runtime.errors import FcnsegError
+from ..runtime.errors import FcnsegError, first_line
 from ..runtime.metadata import ModelMetadata
 from ..runtime.voc import BASE_SIZE, MEAN, STD, VOC_CLASSES
 
@@ -32,7 +32,7 @@ def read_checkpoint(path: "str | os.PathLike[str]") -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated or foreign files
-        raise FcnsegError(f"could not read checkpoint {path!r} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+        raise FcnsegError(f"could not read checkpoint {path!r} ({type(e).__name__}: {first_line(e, 200)}); "
                           "expected a file written by torch.save, e.g. by fcn-train") from None
     if not isinstance(obj, dict):
         raise FcnsegError(f"expected a checkpoint dict or state dict in {path!r}, got {type(obj).__name__}")
@@ -120,7 +120,7 @@ def model_from_checkpoint(path: "str | os.PathLike[str]", *, arch: Optional[str]
     try:
         model.load_state_dict(ckpt.state_dict)
     except RuntimeError as e:
-        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), first_line(e))
         raise FcnsegError(f"checkpoint {str(path)!r} does not fit {arch} with {n} classes: {first}") from None
     return model.eval(), ckpt
 

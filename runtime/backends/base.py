@@ -7,7 +7,7 @@ Backends are imported lazily by ``fcnseg.runtime.segmenter`` so that the runtime
 
 from __future__ import annotations
 
-from typing import Dict, Protocol
+from typing import Dict, Optional, Protocol
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from ..metadata import ModelMetadata
 class Backend(Protocol):
     name: str                 # "onnxruntime", "tensorrt" or "pytorch"
     metadata: ModelMetadata
+    max_batch: Optional[int]  # most images one infer() may hold (None: no limit)
 
     @property
     def last_timing(self) -> Dict[str, float]:

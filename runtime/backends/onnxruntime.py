@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 
-from ..errors import FcnsegError
+from ..errors import FcnsegError, first_line
 from ..metadata import ModelMetadata
 
 # Short names accepted by ``providers=`` and ``fcn-predict --providers`` (case-insensitive).
@@ -45,6 +45,7 @@ def resolve_providers(requested: Optional[Sequence[str]], available: Sequence[st
         requested: provider names in priority order; None or empty picks TensorRT/CUDA when available, then CPU.
         available: ``onnxruntime.get_available_providers()``.
     """
+    requested = [n.strip() for n in requested or () if n.strip()]   # "cuda, cpu" from a command line
     if not requested:
         return [p for p in PREFERRED_PROVIDERS if p in available] + ["CPUExecutionProvider"]
     by_lower = {p.lower(): p for p in available}
@@ -82,7 +83,7 @@ class OnnxRuntimeBackend:
         try:
             self.session = ort.InferenceSession(self.path, sess_options=opts, providers=chosen)
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
-            raise FcnsegError(f"could not load {self.path!r} with ONNX Runtime ({_first_line(e)}); "
+            raise FcnsegError(f"could not load {self.path!r} with ONNX Runtime ({first_line(e)}); "
                               "expected a valid .onnx model, e.g. written by fcn-export") from None
         self.metadata = _read_metadata(self.session, self.path)
         inp = self.session.get_inputs()[0]
@@ -113,7 +114,7 @@ class OnnxRuntimeBackend:
             results = self.session.run(list(self.outputs.values()), {self.input_name: x})
         except Exception as e:  # ORT raises its own types for shape/type mismatches
             raise FcnsegError(f"ONNX Runtime could not run {self.path!r} on an input of shape {tuple(x.shape)} "
-                              f"({_first_line(e)}); expected an input fitting {self.input_shape}; "
+                              f"({first_line(e)}); expected an input fitting {self.input_shape}; "
                               "try another --size") from None
         self._local.timing = {"h2d": 0.0, "infer": time.perf_counter() - t0, "d2h": 0.0}
         out = {}
@@ -133,7 +134,7 @@ def _read_metadata(session: Any, path: str) -> ModelMetadata:
         return ModelMetadata.from_props(props)
     except (ValueError, TypeError) as e:
         raise FcnsegError(f"expected fcnseg.* metadata_props holding JSON in {path!r}, got unreadable values "
-                          f"({_first_line(e)}); try re-exporting with fcn-export") from None
+                          f"({first_line(e)}); try re-exporting with fcn-export") from None
 
 
 def _output_names(session: Any, path: str) -> Dict[str, str]:
@@ -149,6 +150,3 @@ def _output_names(session: Any, path: str) -> Dict[str, str]:
                       f"{[(o.name, o.shape) for o in outputs]}; try exporting with fcn-export")
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__

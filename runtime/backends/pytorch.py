@@ -50,6 +50,7 @@ class PyTorchBackend:
         model, ckpt = model_from_checkpoint(checkpoint)
         self.model = model.to(self.device).eval()
         self.metadata = ckpt.metadata()
+        self.max_batch = None
         self.metadata.argmax = False
         self.last_timing: Dict[str, float] = {"h2d": 0.0, "infer": 0.0, "d2h": 0.0}
         self._lock = threading.Lock()

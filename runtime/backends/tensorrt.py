@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 
-from ..errors import FcnsegError
+from ..errors import FcnsegError, first_line
 from ..metadata import ModelMetadata
 from .cuda_memory import CudaMemory, device_info, load_cuda_memory
 
@@ -145,6 +145,7 @@ class TensorRTBackend:
         self._engine: Optional[trt.ICudaEngine] = self._deserialize(trt.__version__)
         self.input, self.outputs = _engine_io(self._engine)
         self.profile = _input_profile(self._engine, self.input.name)
+        self.max_batch = self.profile[2][0]   # the Segmenter splits larger batches into runs of this size
         self.metadata = metadata or self._metadata_from_sidecar()
         self._lock = threading.Lock()
         self._states: List[_ThreadState] = []
@@ -156,7 +157,7 @@ class TensorRTBackend:
         try:
             engine = self._runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
         except Exception as e:  # TensorRT raises on some mismatches and returns None on others
-            engine, reason = None, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            engine, reason = None, first_line(e)
         if engine is None:
             raise FcnsegError(engine_mismatch_message(self.plan_path, self.build_info, version=version,
                                                       gpu=device_info(), reason=reason))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 import types
 
@@ -210,7 +211,10 @@ def test_shared_between_threads(segs):
         expected = [seg(im) for im in images]
         results = {}
 
+        start = threading.Barrier(4)   # four threads at once: an idle pool thread must not take two tasks
+
         def work(tid):
+            start.wait()
             for rep in range(3):
                 for k, im in enumerate(images):
                     results[(tid, rep, k)] = seg(im)
@@ -257,6 +261,7 @@ class FakeTensorRTBackend:
     """Stands in for the TensorRT backend: records how the Segmenter built it, runs the numpy reference."""
 
     name = "tensorrt"
+    max_batch = None
     calls: list = []
 
     def __init__(self, plan_path, *, metadata=None):
@@ -318,3 +323,19 @@ def test_plan_with_the_real_tensorrt_backend_fails_clearly_on_a_bad_engine(tmp_p
     plan.write_bytes(b"not an engine")
     with pytest.raises(FcnsegError, match="TensorRT|engine"):
         Segmenter.load(plan)
+
+
+def test_batches_are_split_to_the_backends_max_batch():
+    """A TensorRT profile's max batch (or a static ONNX batch) bounds each run; results keep their order."""
+    backend = FakeTensorRTBackend("x.plan", metadata=ModelMetadata(arch="tiny", num_classes=C, classes=CLASSES,
+                                                                   input_size=None))
+    backend.max_batch = 2
+    sizes = []
+    infer = backend.infer
+    backend.infer = lambda batch: sizes.append(len(batch)) or infer(batch)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (16, 20, 3), dtype=np.uint8) for _ in range(5)]
+    masks = Segmenter(backend)(images)
+    assert sizes == [2, 2, 1]
+    for image, mask in zip(images, masks):
+        np.testing.assert_array_equal(mask, Segmenter(backend)(image))

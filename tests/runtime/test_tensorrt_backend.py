@@ -263,7 +263,10 @@ def test_threads_get_their_own_context_and_same_results(monkeypatch, plan, cuda)
     expected = [reference(x) for x in inputs]
     results = {}
 
+    start = threading.Barrier(4)   # four threads at once: an idle pool thread must not take two tasks
+
     def work(t):
+        start.wait()
         for i, x in enumerate(inputs):
             results[(t, i)] = b.infer(x)["logits"]
 

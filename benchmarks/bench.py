@@ -104,9 +104,10 @@ def peak_rss_mb() -> float:
 
 def _load(path: str, hw: tuple, providers, num_threads):
     from ..runtime.segmenter import Segmenter
+    from .evaluate import onnx_providers
 
     # size = the shorter side makes the runtime's resize a no-op, so the network sees exactly HxW.
-    return Segmenter.load(path, size=min(hw), providers=providers, num_threads=num_threads)
+    return Segmenter.load(path, size=min(hw), providers=onnx_providers(path, providers), num_threads=num_threads)
 
 
 def _device_mb(seg) -> Optional[float]:

@@ -73,7 +73,7 @@ def evaluate_model(path: str, data_path: str, split: str = "val", *, limit: Opti
 
     if not os.path.isfile(path):
         raise FcnsegError(f"expected a model file, got {path!r} which does not exist")
-    seg = Segmenter.load(path, size=size, providers=providers)
+    seg = Segmenter.load(path, size=size, providers=onnx_providers(path, providers))
     meta = seg.metadata
     layout = VOCLayout(data_path, split, num_classes=meta.num_classes)
     n = len(layout) if limit is None else min(limit, len(layout))
@@ -87,6 +87,11 @@ def evaluate_model(path: str, data_path: str, split: str = "val", *, limit: Opti
                      size_mb=model_size_mb(path), miou=r["miou"], global_acc=r["global_acc"], iou=list(r["iou"]),
                      ms_per_image=elapsed / max(n, 1) * 1e3, backend=_backend_name(seg), classes=list(meta.classes),
                      cm=cm)
+
+
+def onnx_providers(path: str, providers: Optional[Sequence[str]]) -> Optional[Sequence[str]]:
+    """ONNX Runtime providers apply to .onnx files only; a .pth or .plan in the same run ignores them."""
+    return providers if str(path).lower().endswith(".onnx") else None
 
 
 def _backend_name(seg) -> str:

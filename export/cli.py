@@ -168,22 +168,22 @@ def build_trt(model: str, output: Optional[str], *, precision: Optional[str], ca
               **build_options: Any) -> Path:
     """Run the FP16/INT8 ONNX step when the graph is FP32 and a lower precision is asked, then build the engine."""
     from ..runtime.backends.tensorrt import import_tensorrt
-    from .tensorrt import build_engine, engine_spec, precision_of_onnx
+    from .tensorrt import build_engine, build_engine_from_spec, engine_spec
 
-    engine_spec(model, **build_options)   # bad shapes or options are reported whether or not TensorRT is here
-    graph_precision = precision_of_onnx(model)
-    if precision == "int8" and graph_precision == "fp32" and not calib_root:
+    # Read and validate the graph once: bad shapes or options are reported whether or not TensorRT is here.
+    spec = engine_spec(model, precision=precision, **build_options)
+    if precision == "int8" and spec.graph_precision == "fp32" and not calib_root:
         raise FcnsegError(f"expected --calib-data ROOT to quantize the FP32 graph {model!r} for --int8, got none; "
                           "try --calib-data with a VOC root, or pass an INT8 graph from `fcn-export int8`")
     import_tensorrt()   # fail before a long calibration when TensorRT is missing
-    graph = model
-    if precision == "fp16" and graph_precision == "fp32":
+    out = output or str(Path(model).with_suffix(".plan"))
+    if precision == "fp16" and spec.graph_precision == "fp32":
         from .fp16 import convert_fp16
 
-        graph = str(convert_fp16(model).path)
-    elif precision == "int8" and graph_precision == "fp32" and calib_root:
+        return build_engine(str(convert_fp16(model).path), output=out, precision=precision, **build_options)
+    if precision == "int8" and spec.graph_precision == "fp32":
         from .int8 import quantize_int8
 
         graph = str(quantize_int8(model, calib_root=calib_root).path)
-    out = output or str(Path(model).with_suffix(".plan"))
-    return build_engine(graph, output=out, precision=precision, **build_options)
+        return build_engine(graph, output=out, precision=precision, **build_options)
+    return build_engine_from_spec(spec, output=out)

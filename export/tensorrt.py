@@ -566,11 +566,10 @@ def build_engine(onnx_path: PathLike, *, output: PathLike, precision: Optional[s
         FcnsegError: TensorRT missing, a bad ONNX or profile, parser errors (each with node and op),
             or a failed build. Nothing is written then.
     """
-    out = check_output_path(output)
     spec = engine_spec(onnx_path, precision=precision, min_shape=min_shape, opt_shape=opt_shape,
                        max_shape=max_shape, workspace_gib=workspace_gib, timing_cache=timing_cache,
                        strongly_typed=strongly_typed)
-    return build_engine_from_spec(spec, output=out)
+    return build_engine_from_spec(spec, output=output)
 
 
 def build_engine_from_spec(spec: EngineSpec, *, output: PathLike) -> Path:

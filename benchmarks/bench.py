@@ -152,10 +152,7 @@ def bench_shape(paths: Sequence[str], hw: tuple, batch: int, *, warmup: int = 5,
 
 def _result(r: _Runner, hw: tuple, batch: int, peak: float) -> BenchResult:
     e2e = Stats.of(r.e2e)
-    meta = getattr(r.seg, "metadata", None)
-    backend = getattr(r.seg, "backend", None)
-    return BenchResult(model=r.path, backend=getattr(backend, "description", None) or getattr(backend, "name", "?"),
-                       precision="fp32" if r.path.endswith(".pth") else getattr(meta, "precision", "?"),
+    return BenchResult(model=r.path, backend=r.seg.backend.name, precision=r.seg.metadata.precision,
                        shape=tuple(hw), batch=batch, iters=len(r.e2e), e2e=e2e,
                        stages={s: Stats.of(v) for s, v in r.stages.items()},
                        images_per_s=batch * 1e3 / e2e.median, peak_host_mb=peak, peak_device_mb=_device_mb(r.seg))

@@ -6,7 +6,6 @@ preprocessing, so a delta in the table is the model's, not the harness's.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,8 +70,6 @@ def evaluate_model(path: str, data_path: str, split: str = "val", *, limit: Opti
     """Evaluate one model file (.pth, .onnx, .plan) through the runtime on a VOC split."""
     from ..runtime.segmenter import Segmenter
 
-    if not os.path.isfile(path):
-        raise FcnsegError(f"expected a model file, got {path!r} which does not exist")
     seg = Segmenter.load(path, size=size, providers=onnx_providers(path, providers))
     meta = seg.metadata
     layout = VOCLayout(data_path, split, num_classes=meta.num_classes)
@@ -83,20 +80,15 @@ def evaluate_model(path: str, data_path: str, split: str = "val", *, limit: Opti
     elapsed = time.perf_counter() - start
     r = cm.compute()
     return ModelEval(path=str(path), format=FORMATS.get(Path(path).suffix, "?"),
-                     precision="fp32" if path.endswith(".pth") else meta.precision,
+                     precision=meta.precision,
                      size_mb=model_size_mb(path), miou=r["miou"], global_acc=r["global_acc"], iou=list(r["iou"]),
-                     ms_per_image=elapsed / max(n, 1) * 1e3, backend=_backend_name(seg), classes=list(meta.classes),
+                     ms_per_image=elapsed / max(n, 1) * 1e3, backend=seg.backend.name, classes=list(meta.classes),
                      cm=cm)
 
 
 def onnx_providers(path: str, providers: Optional[Sequence[str]]) -> Optional[Sequence[str]]:
     """ONNX Runtime providers apply to .onnx files only; a .pth or .plan in the same run ignores them."""
     return providers if str(path).lower().endswith(".onnx") else None
-
-
-def _backend_name(seg) -> str:
-    backend = getattr(seg, "backend", None)
-    return getattr(backend, "description", None) or getattr(backend, "name", "")
 
 
 def _progress(desc: str, total: int):

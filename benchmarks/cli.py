@@ -6,28 +6,32 @@ import json
 import sys
 import click
 
+from ..runtime import outputs
+from ..runtime.cliutil import OneLineCommand
 from ..runtime.errors import FcnsegError, cli_errors
 
 CTX = {"help_option_names": ["-h", "--help"], "show_default": True}
+FORCE_HELP = "replace an existing --json/--csv even when it is not an fcnseg report of the same kind"
 
 
-@click.command(context_settings=CTX)
+@click.command(cls=OneLineCommand, context_settings=CTX)
 @click.option("--model", "model", default=None, help="one model: .pth, .onnx or .plan/.engine")
 @click.option("--compare", "compare", multiple=True, help="models to compare; the first is the reference "
               "(repeat, or list them after --compare)")
 @click.argument("more", nargs=-1)
 @click.option("--data-path", required=True, type=click.Path(), help="folder containing VOCdevkit/VOC2012")
 @click.option("--split", default="val")
-@click.option("--limit", type=int, default=None, help="evaluate only the first N images")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="evaluate only the first N images")
 @click.option("--size", type=int, default=None, help="shorter side at inference (default: the model's)")
 @click.option("--providers", default=None, help="ONNX Runtime providers, comma-separated")
 @click.option("--tol-fp32", default=0.05, help="allowed |mIoU delta| in points")
 @click.option("--tol-fp16", default=0.2)
 @click.option("--tol-int8", default=1.0)
 @click.option("--json", "json_path", default=None, type=click.Path(), help="write all results as JSON")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @cli_errors
 def eval_main(model, compare, more, data_path, split, limit, size, providers, tol_fp32, tol_fp16, tol_int8,
-              json_path) -> None:
+              json_path, force) -> None:
     """Evaluate a model's mIoU on a VOC split, or compare several models on the same images.
 
     \b
@@ -41,6 +45,8 @@ def eval_main(model, compare, more, data_path, split, limit, size, providers, to
         paths.insert(0, model)
     if not paths:
         raise FcnsegError("expected --model PATH or --compare PATH..., got no model; try fcn-eval -h")
+    if json_path:
+        outputs.check_output(json_path, outputs.EVAL_JSON, inputs=paths, force=force, option="--json")
     prov = providers.split(",") if providers else None
     tol = {"fp32": tol_fp32, "fp16": tol_fp16, "int8": tol_int8}
     rows = compare_models(paths, data_path, split, limit=limit, size=size, tolerances=tol, providers=prov)
@@ -50,7 +56,8 @@ def eval_main(model, compare, more, data_path, split, limit, size, providers, to
     if json_path:
         from ..runtime.atomic import write_text
 
-        write_text(json_path, json.dumps({"split": split, "models": [r.to_dict() for r in rows]}, indent=2))
+        doc = {"split": split, "models": [r.to_dict() for r in rows]}
+        write_text(json_path, json.dumps(json_safe(doc), indent=2, allow_nan=False))
     failed = [r for r in rows if not r.ok]
     if failed:
         click.echo(f"error: {len(failed)} model(s) outside tolerance or failed: "
@@ -58,27 +65,31 @@ def eval_main(model, compare, more, data_path, split, limit, size, providers, to
         sys.exit(1)
 
 
-@click.command(context_settings=CTX)
+@click.command(cls=OneLineCommand, context_settings=CTX)
 @click.option("--engine", "engines", multiple=True, help="TensorRT engine (.plan/.engine); repeatable")
 @click.option("--model", "models", multiple=True, help=".onnx or .pth model; repeatable")
 @click.option("--shape", "shapes", multiple=True, default=["520x520"], help="HxW; repeatable")
-@click.option("--batch", "batches", multiple=True, type=int, default=[1], help="repeatable")
-@click.option("--warmup", default=5)
-@click.option("--iters", default=50)
-@click.option("--rounds", default=5, help="interleave the models in this many blocks")
+@click.option("--batch", "batches", multiple=True, type=click.IntRange(min=1), default=[1], help="repeatable")
+@click.option("--warmup", type=click.IntRange(min=0), default=5)
+@click.option("--iters", type=click.IntRange(min=1), default=50)
+@click.option("--rounds", type=click.IntRange(min=1), default=5, help="interleave the models in this many blocks")
 @click.option("--threads", type=int, default=None, help="intra-op threads (ONNX Runtime, PyTorch)")
 @click.option("--providers", default=None, help="ONNX Runtime providers, comma-separated")
 @click.option("--json", "json_path", default=None, type=click.Path())
 @click.option("--csv", "csv_path", default=None, type=click.Path())
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @cli_errors
 def bench_main(engines, models, shapes, batches, warmup, iters, rounds, threads, providers, json_path,
-               csv_path) -> None:
+               csv_path, force) -> None:
     """Latency per stage and end to end, for one or several models in one run (ratios side by side)."""
     from .bench import bench_models, bench_table, parse_hw, write_csv
 
     paths = list(models) + list(engines)
     if not paths:
         raise FcnsegError("expected --engine PATH or --model PATH, got neither; try fcn-bench -h")
+    for path, kind, option in ((json_path, outputs.BENCH_JSON, "--json"), (csv_path, outputs.BENCH_CSV, "--csv")):
+        if path:
+            outputs.check_output(path, kind, inputs=paths, force=force, option=option)
     results = bench_models(paths, [parse_hw(s) for s in shapes], list(batches), warmup=warmup, iters=iters,
                            rounds=rounds, providers=providers.split(",") if providers else None,
                            num_threads=threads)
@@ -89,3 +100,16 @@ def bench_main(engines, models, shapes, batches, warmup, iters, rounds, threads,
         write_text(json_path, json.dumps([r.to_dict() for r in results], indent=2))
     if csv_path:
         write_csv(results, csv_path)
+
+
+def json_safe(value):
+    """NaN and infinities become None (JSON has no NaN: ``json.dumps`` would write invalid JSON)."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

@@ -14,10 +14,12 @@ from typing import Any, Optional
 
 import click
 
+from ..runtime import outputs
+from ..runtime.cliutil import OneLineGroup
 from ..runtime.errors import FcnsegError, one_line
 
 
-class _Group(click.Group):
+class _Group(OneLineGroup):
     """A click group that turns ``FcnsegError`` into one line on stderr and exit status 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -45,6 +47,21 @@ def _configure_logging(quiet: bool) -> None:
     logger.propagate = False
 
 
+FORCE_HELP = "Replace an existing output even when it is not an fcnseg artifact of the same kind (never an input)."
+
+
+def _sibling(model: str, suffix: str) -> Path:
+    src = Path(model)
+    return src.with_name(src.stem + suffix)
+
+
+def _guard(path: Any, kind: "outputs.ArtifactKind", inputs: list, force: bool, option: str = "-o") -> str:
+    """Check an output before any work (see ``fcnseg.runtime.outputs.check_output``); inputs must be readable."""
+    for item in inputs:
+        outputs.check_readable(item)
+    return str(outputs.check_output(path, kind, inputs=inputs, force=force, option=option))
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show the traceback of errors.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
@@ -67,12 +84,14 @@ def main(debug: bool, quiet: bool) -> None:
 @click.option("--no-verify", is_flag=True, help="Skip the comparison with PyTorch.")
 @click.option("--verify-shapes", metavar="NxHxW,...", help="Shapes to verify at [default: 1x97x131,1x375x500,"
               "1x520x520,2x97x131].")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 def onnx_cmd(checkpoint: str, output: Optional[str], arch: Optional[str], num_classes: Optional[int],
              argmax: bool, static_hw: Optional[str], opset: int, trt8: bool, min_size: int, max_size: int,
-             no_verify: bool, verify_shapes: Optional[str]) -> None:
+             no_verify: bool, verify_shapes: Optional[str], force: bool) -> None:
     """Export CHECKPOINT to ONNX, verified against PyTorch on ONNX Runtime."""
     from .onnx_export import TRT8_MAX_OPSET, export_onnx, parse_hw, parse_shapes
 
+    output = _guard(output or Path(checkpoint).with_suffix(".onnx"), outputs.ONNX_MODEL, [checkpoint], force)
     result = export_onnx(checkpoint, output, arch=arch, num_classes=num_classes, argmax=argmax,
                          static_hw=parse_hw(static_hw) if static_hw else None,
                          opset=min(opset, TRT8_MAX_OPSET) if trt8 else opset, verify=not no_verify,
@@ -86,11 +105,13 @@ def onnx_cmd(checkpoint: str, output: Optional[str], arch: Optional[str], num_cl
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="[default: MODEL_fp16.onnx]")
 @click.option("--no-verify", is_flag=True, help="Skip the comparison with the FP32 graph.")
 @click.option("--verify-shapes", metavar="NxHxW,...", help="Shapes to verify at.")
-def fp16_cmd(model: str, output: Optional[str], no_verify: bool, verify_shapes: Optional[str]) -> None:
+@click.option("--force", is_flag=True, help=FORCE_HELP)
+def fp16_cmd(model: str, output: Optional[str], no_verify: bool, verify_shapes: Optional[str], force: bool) -> None:
     """Convert an FP32 ONNX MODEL to FP16 (float32 inputs/outputs kept)."""
     from .fp16 import convert_fp16
     from .onnx_export import parse_shapes
 
+    output = _guard(output or _sibling(model, "_fp16.onnx"), outputs.ONNX_MODEL, [model], force)
     result = convert_fp16(model, output, verify=not no_verify,
                           verify_shapes=parse_shapes(verify_shapes) if verify_shapes else None)
     click.echo(result.path)
@@ -113,12 +134,16 @@ def fp16_cmd(model: str, output: Optional[str], no_verify: bool, verify_shapes: 
               help="tensorrt: symmetric Q/DQ TensorRT builds and fuses; cpu: ONNX Runtime's fast uint8 CPU layout.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="[default: MODEL_int8.onnx]")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 def int8_cmd(model: str, calib_root: str, calib_split: str, num_images: int, method: str, cache: Optional[str],
              eval_split: str, eval_images: Optional[int], max_drop: float, target: str, output: Optional[str],
-             no_progress: bool) -> None:
+             no_progress: bool, force: bool) -> None:
     """Quantize an FP32 ONNX MODEL to INT8 Q/DQ and report the mIoU drop against FP32."""
     from .int8 import quantize_int8
 
+    output = _guard(output or _sibling(model, "_int8.onnx"), outputs.ONNX_MODEL, [model], force)
+    if cache:
+        cache = _guard(cache, outputs.CALIBRATION_CACHE, [model, output], force, option="--cache")
     result = quantize_int8(model, output, calib_root=calib_root, calib_split=calib_split, num_images=num_images,
                            method=method, cache=cache, eval_split=eval_split, eval_images=eval_images,
                            max_drop=max_drop, target=target, progress=not no_progress)
@@ -149,12 +174,14 @@ def check_cmd(model: str) -> None:
 @click.option("--workspace", type=float, default=4.0, show_default=True, help="Workspace limit in GiB.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="Timing cache file (loaded and saved).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="[default: MODEL.plan]")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 def trt_cmd(model: str, fp16: bool, int8: bool, calib_root: Optional[str], min_shape: Optional[str],
             opt_shape: Optional[str], max_shape: Optional[str], workspace: float, timing_cache: Optional[str],
-            output: Optional[str]) -> None:
+            output: Optional[str], force: bool) -> None:
     """Build a TensorRT engine from MODEL (an FP32, FP16 or INT8 Q/DQ ONNX)."""
     from .tensorrt import parse_shape
 
+    output = _guard(output or Path(model).with_suffix(".plan"), outputs.ENGINE, [model], force)
     if fp16 and int8:
         raise click.UsageError("expected at most one of --fp16 and --int8, got both")
     shapes = {k: parse_shape(v) if v else None for k, v in

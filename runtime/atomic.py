@@ -1,14 +1,27 @@
-"""Atomic file writes: a temporary file in the same folder, then ``os.replace``. Never half-written."""
+"""Atomic file writes: a temporary file in the same folder, then ``os.replace``. Never half-written.
+
+The temporary file is named ``.<name>.fcnseg-<pid>-<random>.tmp`` and gets the permissions a plain ``open``
+would give (``0o666 & ~umask``: 0644 under umask 022), not ``mkstemp``'s 0600, so another user (a serving
+process) can read the artifact. A run killed between the two steps leaves its temporary file behind; the
+next atomic write into that folder removes such files when their writer is gone or they are over an hour old.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
+import threading
+import time
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, List, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
+TEMP_MARK = ".fcnseg-"
+STALE_SECONDS = 3600.0
+_TEMP_RE = re.compile(r"^\..+\.fcnseg-(\d+)-[^.]+\.tmp$")
+_umask_lock = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -16,10 +29,12 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it is removed."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale_temps(target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}{TEMP_MARK}{os.getpid()}-", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -27,11 +42,55 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         raise
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it and restoring it at once, under a lock)."""
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def remove_stale_temps(folder: PathLike, *, max_age: float = STALE_SECONDS) -> List[Path]:
+    """Remove this module's temporary files in ``folder`` whose writer process is gone or that are too old.
+
+    Only names of the form ``.<name>.fcnseg-<pid>-<random>.tmp`` are touched. Returns the removed paths.
+    """
+    removed: List[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = _TEMP_RE.match(entry.name)
+        if not match or not entry.is_file(follow_symlinks=False):
+            continue
+        with contextlib.suppress(OSError):
+            if not _pid_alive(int(match.group(1))) or now - entry.stat().st_mtime > max_age:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True   # someone else's live process (or a pid we cannot ask about): leave it to the age rule
+    return True
+
+
 def write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
 def write_text(path: PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -1,0 +1,177 @@
+"""Where a command may write: the one check every ``fcn-*`` output goes through before any long work.
+
+An existing file is replaced only when it is the same kind of artifact fcnseg wrote (an ONNX model with
+``fcnseg.*`` metadata, an engine with its sidecar, a calibration cache, a mask or overlay, a report) or
+when the user passes ``--force``; a command never writes over one of its own inputs, force or not.
+Folders that are files, paths that are folders and unwritable places (``/proc``) are refused up front,
+so no long run dies at its last step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Union
+
+from .errors import FcnsegError
+
+PathLike = Union[str, "os.PathLike[str]"]
+SOFTWARE = "fcnseg"   # the PNG "Software" text chunk fcnseg writes into masks and overlays
+
+
+@dataclass(frozen=True)
+class ArtifactKind:
+    """A kind of file fcnseg writes: its name in messages and a test that an existing file is one of ours."""
+
+    name: str
+    is_ours: Callable[[Path], bool]
+
+
+def _json(path: Path) -> Any:
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read(64 << 20).decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _is_fcnseg_onnx(path: Path) -> bool:
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not protobuf, truncated, unreadable: not ours
+        return False
+    return model.producer_name == "fcnseg" or any(p.key.startswith("fcnseg.") for p in model.metadata_props)
+
+
+def _is_fcnseg_engine(path: Path) -> bool:
+    for sidecar in (path.with_name(path.name + ".json"), path.with_suffix(".json")):
+        doc = _json(sidecar) if sidecar.is_file() else None
+        if isinstance(doc, dict) and ("metadata" in doc or "format" in doc):
+            return True
+    return False
+
+
+def _is_fcnseg_png(path: Path) -> bool:
+    try:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            return img.format == "PNG" and img.info.get("Software") == SOFTWARE
+    except Exception:
+        return False
+
+
+def _is_mask_npy(path: Path) -> bool:
+    try:
+        import numpy as np
+
+        a = np.load(str(path), allow_pickle=False, mmap_mode="r")
+        return a.ndim == 2 and a.dtype == np.uint8
+    except Exception:
+        return False
+
+
+def _json_dict_with(*keys: str) -> Callable[[Path], bool]:
+    return lambda p: isinstance(_json(p), dict) and all(k in _json(p) for k in keys)
+
+
+def _is_bench_json(path: Path) -> bool:
+    doc = _json(path)
+    return isinstance(doc, list) and all(isinstance(r, dict) and "model" in r and "e2e" in r for r in doc)
+
+
+def _is_bench_csv(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().startswith("model,backend,precision,shape,batch")
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+ONNX_MODEL = ArtifactKind("fcnseg ONNX model", _is_fcnseg_onnx)
+ENGINE = ArtifactKind("fcnseg engine (with its sidecar JSON)", _is_fcnseg_engine)
+CALIBRATION_CACHE = ArtifactKind("fcnseg calibration cache", _json_dict_with("ranges"))
+INT8_REPORT = ArtifactKind("fcnseg INT8 report", _json_dict_with("calibration_ids", "evaluation_ids"))
+MASK = ArtifactKind("fcnseg mask", lambda p: _is_mask_npy(p) if p.suffix.lower() == ".npy" else _is_fcnseg_png(p))
+OVERLAY = ArtifactKind("fcnseg overlay", _is_fcnseg_png)
+EVAL_JSON = ArtifactKind("fcnseg evaluation JSON", _json_dict_with("split", "models"))
+BENCH_JSON = ArtifactKind("fcnseg benchmark JSON", _is_bench_json)
+BENCH_CSV = ArtifactKind("fcnseg benchmark CSV", _is_bench_csv)
+
+
+def check_output(path: PathLike, kind: ArtifactKind, *, inputs: Iterable[PathLike] = (), force: bool = False,
+                 option: str = "-o") -> Path:
+    """Refuse an output path before any work is done; return it as a ``Path``.
+
+    Args:
+        path: the file the command is about to write.
+        kind: what it writes; an existing file of that kind (written by fcnseg) may be replaced.
+        inputs: the command's input files: never written over, even with ``force``.
+        force: replace an existing file of any kind.
+        option: the option that named ``path``, for the message.
+
+    Raises:
+        FcnsegError: the path is an input, a folder, under a file or an unwritable folder, or holds a file
+            that is not ``kind`` (without ``force``).
+    """
+    out = Path(path)
+    for item in inputs:
+        if _same_file(out, Path(item)):
+            raise FcnsegError(f"expected {option} to name a new file, got {str(out)!r} which is the command's own "
+                              f"input {str(item)!r}; try another {option} (inputs are never overwritten)")
+    check_writable_parent(out, option)
+    if out.is_dir():
+        raise FcnsegError(f"expected {option} to name a file, got {str(out)!r} which is a folder; "
+                          f"try {option} with a file name inside that folder")
+    if out.exists() and not force and not kind.is_ours(out):
+        raise FcnsegError(f"expected to write an {kind.name} to {str(out)!r}, but {out.name} exists and is not "
+                          f"an {kind.name}; pass --force to replace it, or try another {option}")
+    return out
+
+
+def check_writable_parent(path: PathLike, option: str = "-o") -> None:
+    """Refuse a path under a file, or in a folder the user cannot create files in (``/proc``, read-only)."""
+    out = Path(path)
+    parent = out.parent if str(out.parent) else Path(".")
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise FcnsegError(f"expected {option} in a folder, got {str(out)!r} whose parent {str(existing)!r} is a "
+                          f"file; try another {option}")
+    if not os.access(existing, os.W_OK | os.X_OK) or _is_virtual_fs(existing):
+        raise FcnsegError(f"expected a writable folder for {option}, got {str(out)!r}: permission denied in "
+                          f"{str(existing)!r}; try {option} under your home or working folder")
+
+
+def check_readable(path: PathLike, what: str = "file") -> Path:
+    """Say "permission denied" for an input that exists but cannot be read (instead of a parser's error)."""
+    p = Path(path)
+    if p.exists() and not os.access(p, os.R_OK):
+        raise FcnsegError(f"expected a readable {what}, got {str(p)!r}: permission denied; "
+                          f"try `chmod a+r {p}` or run as its owner")
+    return p
+
+
+def unique_path(path: Path, taken: set) -> Path:
+    """``path``, or ``<stem>_1<suffix>``, ``_2``... : the first whose lower-cased text is not in ``taken``."""
+    candidate, n = path, 1
+    while str(candidate).lower() in taken:
+        candidate, n = path.with_name(f"{path.stem}_{n}{path.suffix}"), n + 1
+    return candidate
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def _is_virtual_fs(folder: Path) -> bool:
+    resolved = folder.resolve()
+    return any(resolved == Path(v) or Path(v) in resolved.parents for v in ("/proc", "/sys"))

@@ -1,0 +1,204 @@
+"""The catalogue of bad invocations: each one line on stderr, a non-zero exit, nothing written or changed.
+
+Every row is (command, arguments, expected fragment of the one stderr line, exit code). Arguments may name
+the session's artifacts as ``{onnx}``, ``{onnx3}``, ``{voc}``, ``{ckpt}``, ``{image}``, ``{notes}``, ``{dir}``,
+``{file}`` (see ``ARTIFACTS``); ``{tmp}`` is the row's own empty folder (its working directory too). A row's
+optional ``setup(tmp)`` prepares extra files there. New cases are one row each. Commands run in-process
+through click's CliRunner; the few artifacts are built once per session (a 1x1-conv ONNX, a tiny VOC).
+
+``python tests/test_bad_inputs.py`` prints the table as markdown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+
+@dataclass(frozen=True)
+class Row:
+    command: str                    # "fcn-export onnx", "fcn-eval", ...
+    args: Tuple[str, ...]
+    fragment: str                   # expected in the one stderr line
+    exit_code: int = 2
+    setup: Optional[Callable[[Path], None]] = None
+    note: str = ""                  # what the row is about, for the printed table
+
+    @property
+    def id(self) -> str:
+        return f"{self.command} {' '.join(self.args)}".replace("{", "").replace("}", "")[:80]
+
+
+def _text(name: str, content: str = "my notes\n") -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        (tmp / name).write_text(content)
+    return setup
+
+
+def _folder(name: str) -> Callable[[Path], None]:
+    return lambda tmp: (tmp / name).mkdir()
+
+
+def _copy(key: str, name: str) -> Callable[[Path], None]:
+    return lambda tmp: shutil.copy(ARTIFACTS[key], tmp / name)
+
+
+ROWS: Sequence[Row] = (
+    # --- never write over an input, never replace what is not ours ------------------------------------------------
+    Row("fcn-export onnx", ("{ckpt}", "-o", "{ckpt}"), "which is the command's own input",
+        note="output over its own input"),
+    Row("fcn-export onnx", ("{ckpt}", "-o", "{ckpt}", "--force"), "which is the command's own input",
+        note="--force never writes over an input"),
+    Row("fcn-export fp16", ("{onnx}", "-o", "{onnx}"), "which is the command's own input"),
+    Row("fcn-export int8", ("{onnx}", "--calib-data", "{voc}", "-o", "{onnx}"), "which is the command's own input"),
+    Row("fcn-export onnx", ("{ckpt}", "-o", "{tmp}/notes.txt"), "notes.txt exists and is not an fcnseg ONNX model; "
+        "pass --force", setup=_text("notes.txt"), note="foreign file in the way"),
+    Row("fcn-export fp16", ("{onnx}", "-o", "{tmp}/notes.txt"), "is not an fcnseg ONNX model; pass --force",
+        setup=_text("notes.txt")),
+    Row("fcn-export int8", ("{onnx}", "--calib-data", "{voc}", "--cache", "{tmp}/notes.txt"),
+        "is not an fcnseg calibration cache; pass --force", setup=_text("notes.txt")),
+    Row("fcn-export int8", ("{onnx}", "--calib-data", "{voc}", "-o", "{tmp}/notes.txt"),
+        "is not an fcnseg ONNX model; pass --force", setup=_text("notes.txt")),
+    Row("fcn-export trt", ("{onnx}", "-o", "{tmp}/notes.plan"), "is not an fcnseg engine",
+        setup=_text("notes.plan")),
+    Row("fcn-eval", ("--model", "{onnx}", "--data-path", "{voc}", "--json", "{tmp}/notes.json"),
+        "is not an fcnseg evaluation JSON; pass --force", setup=_text("notes.json", '{"mine": 1}')),
+    Row("fcn-bench", ("--model", "{onnx}", "--json", "{tmp}/notes.json"), "is not an fcnseg benchmark JSON",
+        setup=_text("notes.json", '{"mine": 1}')),
+    Row("fcn-bench", ("--model", "{onnx}", "--csv", "{tmp}/notes.csv"), "is not an fcnseg benchmark CSV",
+        setup=_text("notes.csv", "a,b\n1,2\n")),
+    Row("fcn-predict", ("{image}", "-m", "{onnx}", "-o", "{tmp}/out"), "is not an fcnseg mask; pass --force",
+        setup=lambda tmp: (tmp / "out").mkdir() or (tmp / "out" / "cat.png").write_bytes(b"my png"),
+        note="a foreign cat.png in the output folder"),
+    # --- output paths that cannot be written -------------------------------------------------------------------
+    Row("fcn-eval", ("--model", "{onnx}", "--data-path", "{voc}", "--json", "{notes}/r.json"),
+        "is a file", note="--json under a file"),
+    Row("fcn-eval", ("--model", "{onnx}", "--data-path", "{voc}", "--json", "{tmp}/sub"), "which is a folder",
+        setup=_folder("sub")),
+    Row("fcn-eval", ("--model", "{onnx}", "--data-path", "{voc}", "--json", "/proc/r.json"), "permission denied"),
+    Row("fcn-bench", ("--model", "{onnx}", "--json", "{notes}/r.json"), "is a file"),
+    Row("fcn-bench", ("--model", "{onnx}", "--csv", "{tmp}/sub"), "which is a folder", setup=_folder("sub")),
+    Row("fcn-bench", ("--model", "{onnx}", "--json", "/proc/r.json"), "permission denied"),
+    Row("fcn-export onnx", ("{ckpt}", "-o", "{notes}/m.onnx"), "is a file"),
+    Row("fcn-export fp16", ("{onnx}", "-o", "{tmp}/sub"), "is a directory", setup=_folder("sub")),
+    Row("fcn-export fp16", ("{onnx}", "-o", "/proc/m.onnx"), "permission denied"),
+    Row("fcn-predict", ("{image}", "-m", "{onnx}", "-o", "{notes}/out"), "is a file"),
+    Row("fcn-predict", ("{image}", "-m", "{onnx}", "-o", "/proc/out"), "permission denied"),
+)
+
+ARTIFACTS: Dict[str, Path] = {}
+
+
+def _tiny_onnx(path: Path, num_classes: int) -> Path:
+    """A 1x1 conv with fcnseg metadata (input size 16, declared sizes 8..256)."""
+    import json
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from fcnseg.runtime.metadata import ModelMetadata
+
+    w = np.random.default_rng(num_classes).standard_normal((num_classes, 3, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "W"], ["logits"], kernel_shape=[1, 1])], "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", num_classes, "H", "W"])],
+        [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    props = ModelMetadata(arch="tiny", num_classes=num_classes, input_size=16).to_props()
+    props.update({"fcnseg.min_size": json.dumps(8), "fcnseg.max_size": json.dumps(256)})
+    helper.set_model_props(model, props)
+    model.producer_name = "fcnseg"
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory) -> Dict[str, Path]:
+    from PIL import Image
+
+    from fcnseg.train.synth import synthesize
+
+    root = tmp_path_factory.mktemp("catalogue")
+    ARTIFACTS["onnx"] = _tiny_onnx(root / "tiny.onnx", 4)
+    ARTIFACTS["onnx3"] = _tiny_onnx(root / "tiny3.onnx", 3)
+    ARTIFACTS["voc"] = synthesize(root / "voc", num_train=1, num_val=3, size=32, seed=0, progress=False)
+    ARTIFACTS["ckpt"] = root / "ckpt.pth"
+    ARTIFACTS["ckpt"].write_bytes(b"not really a checkpoint: rows using it fail before reading it")
+    ARTIFACTS["image"] = root / "cat.jpg"
+    Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(ARTIFACTS["image"])
+    ARTIFACTS["notes"] = root / "notes.txt"
+    ARTIFACTS["notes"].write_text("a plain file\n")
+    return ARTIFACTS
+
+
+def _entry(command: str):
+    from fcnseg.benchmarks.cli import bench_main, eval_main
+    from fcnseg.export.cli import main as export_main
+    from fcnseg.runtime.cli import predict_main
+    from fcnseg.train.cli import data_main, train_main
+
+    head, _, sub = command.partition(" ")
+    entry = {"fcn-export": export_main, "fcn-eval": eval_main, "fcn-bench": bench_main, "fcn-predict": predict_main,
+             "fcn-train": train_main, "fcn-data": data_main}[head]
+    return entry, sub.split() if sub else []
+
+
+def _snapshot(*folders: Path) -> Dict[str, Tuple[int, str]]:
+    state = {}
+    for folder in folders:
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                state[str(p)] = (p.stat().st_mode, hashlib.sha1(p.read_bytes()).hexdigest())
+            else:
+                state[str(p)] = (p.stat().st_mode, "dir")
+    return state
+
+
+def run_row(row: Row, tmp: Path) -> Tuple[int, str, str]:
+    """Run the row's command in-process; (exit code, stdout, stderr)."""
+    if row.setup:
+        row.setup(tmp)
+    fmt = {k: str(v) for k, v in ARTIFACTS.items()}
+    args = [a.format(tmp=tmp, **fmt) for a in row.args]
+    entry, sub = _entry(row.command)
+    result = CliRunner().invoke(entry, sub + args)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: r.id)
+def test_bad_input_is_one_line(row: Row, artifacts, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if row.setup:
+        row.setup(tmp_path)
+    shared = Path(artifacts["onnx"]).parent
+    before = _snapshot(tmp_path, shared)
+    code, _, err = run_row(Row(row.command, row.args, row.fragment, row.exit_code), tmp_path)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert row.fragment in lines[0], lines[0]
+    assert "Traceback" not in err
+    assert code == row.exit_code, err
+    assert _snapshot(tmp_path, shared) == before, "the command created or changed a file"
+
+
+def markdown_table() -> str:
+    out = ["| command | arguments | expected (one stderr line contains) | exit |", "|---|---|---|---|"]
+    for r in ROWS:
+        args = " ".join(r.args).replace("|", "\\|")
+        out.append(f"| `{r.command}` | `{args}` | {r.fragment} | {r.exit_code} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import os
-import threading
 import time
 from typing import Any, Dict, Optional, Sequence, Union
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from ..errors import FcnsegError, first_line
 from ..metadata import ModelMetadata
+from .base import BaseBackend
 
 # Short names accepted by ``providers=`` and ``fcn-predict --providers`` (case-insensitive).
 PROVIDER_ALIASES = {
@@ -59,7 +59,7 @@ def resolve_providers(requested: Optional[Sequence[str]], available: Sequence[st
     return chosen
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(BaseBackend):
     """Runs an exported ``.onnx`` model whose output is ``logits`` (N, C, h, w) or ``mask`` (N, h, w).
 
     Args:
@@ -73,6 +73,7 @@ class OnnxRuntimeBackend:
 
     def __init__(self, model_path: Union[str, "os.PathLike[str]"], *, providers: Optional[Sequence[str]] = None,
                  num_threads: Optional[int] = None) -> None:
+        super().__init__()
         ort = import_onnxruntime()
         self.path = str(model_path)
         opts = ort.SessionOptions()
@@ -95,17 +96,11 @@ class OnnxRuntimeBackend:
         self.outputs = _output_names(self.session, self.path)
         self.metadata.argmax = "logits" not in self.outputs
         self.providers = self.session.get_providers()
-        self._local = threading.local()
 
-    @property
-    def last_timing(self) -> Dict[str, float]:
-        """Seconds spent in this thread's last ``infer``: ``h2d`` and ``d2h`` are 0 (ORT copies inside run)."""
-        return dict(getattr(self._local, "timing", {"h2d": 0.0, "infer": 0.0, "d2h": 0.0}))
-
-    def infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
-        """Run one NCHW float32 batch; return ``{"logits": float32}`` and/or ``{"mask": uint8}``."""
+    def _infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
+        """Run one checked NCHW batch; return ``{"logits": float32}`` and/or ``{"mask": uint8}``."""
         n = batch.shape[0]
-        x = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        x = batch.astype(self.input_dtype, copy=False)
         if self.max_batch and n < self.max_batch:
             # A fixed-batch graph still serves fewer images: pad with zeros, drop the padding after.
             x = np.concatenate([x, np.zeros((self.max_batch - n,) + x.shape[1:], x.dtype)])
@@ -116,14 +111,14 @@ class OnnxRuntimeBackend:
             raise FcnsegError(f"ONNX Runtime could not run {self.path!r} on an input of shape {tuple(x.shape)} "
                               f"({first_line(e)}); expected an input fitting {self.input_shape}; "
                               "try another --size") from None
-        self._local.timing = {"h2d": 0.0, "infer": time.perf_counter() - t0, "d2h": 0.0}
+        self._set_timing(infer=time.perf_counter() - t0)  # ORT copies inside run: h2d and d2h stay 0
         out = {}
         for key, value in zip(self.outputs, results):
             value = np.asarray(value)[:n]
             out[key] = value.astype(np.float32, copy=False) if key == "logits" else value.astype(np.uint8, copy=False)
         return out
 
-    def close(self) -> None:
+    def _close(self) -> None:
         """Drop the session (ONNX Runtime frees its memory when the session is collected)."""
         self.session = None
 

@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 
 from ..errors import FcnsegError
+from .base import BaseBackend
 
 
 def _import_torch() -> Any:
@@ -26,7 +27,7 @@ def _import_torch() -> Any:
     return torch
 
 
-class PyTorchBackend:
+class PyTorchBackend(BaseBackend):
     """Runs ``model(x)["out"]`` of a checkpoint written by ``fcn-train`` (CUDA when available).
 
     Args:
@@ -40,6 +41,7 @@ class PyTorchBackend:
 
     def __init__(self, checkpoint: Union[str, "os.PathLike[str]"], *, device: Optional[str] = None,
                  num_threads: Optional[int] = None) -> None:
+        super().__init__()
         torch = _import_torch()
         from ...train.checkpoint import model_from_checkpoint
 
@@ -49,18 +51,17 @@ class PyTorchBackend:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, ckpt = model_from_checkpoint(checkpoint)
         self.model = model.to(self.device).eval()
-        self.metadata = ckpt.metadata()
-        self.max_batch = None
-        self.metadata.argmax = False
-        self.last_timing: Dict[str, float] = {"h2d": 0.0, "infer": 0.0, "d2h": 0.0}
+        metadata = ckpt.metadata()
+        metadata.argmax = False
+        self.metadata = metadata
         self._lock = threading.Lock()
 
-    def infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
-        """Run one NCHW float32 batch; return ``{"logits": (N, C, h, w) float32}``."""
+    def _infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
+        """Run one checked NCHW float32 batch; return ``{"logits": (N, C, h, w) float32}``."""
         torch = self._torch
         with self._lock, torch.inference_mode():
             t0 = time.perf_counter()
-            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+            x = torch.from_numpy(batch).to(self.device)
             self._sync()
             t1 = time.perf_counter()
             out = self.model(x)["out"]
@@ -70,15 +71,14 @@ class PyTorchBackend:
             t3 = time.perf_counter()
             on_gpu = self.device.type != "cpu"
             # On the CPU there is no transfer; report 0 as the other CPU backends do.
-            self.last_timing = {"h2d": t1 - t0 if on_gpu else 0.0, "infer": t2 - t1,
-                                "d2h": t3 - t2 if on_gpu else 0.0}
+            self._set_timing(h2d=t1 - t0 if on_gpu else 0.0, infer=t2 - t1, d2h=t3 - t2 if on_gpu else 0.0)
         return {"logits": logits}
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             self._torch.cuda.synchronize(self.device)
 
-    def close(self) -> None:
+    def _close(self) -> None:
         """Drop the model and return cached CUDA memory."""
         self.model = None
         if self.device.type == "cuda":

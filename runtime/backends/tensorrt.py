@@ -16,7 +16,9 @@ failed deserialization says what the engine needs and how to rebuild it.
 from __future__ import annotations
 
 import contextlib
-import json
+import ctypes
+import importlib
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +29,8 @@ import numpy as np
 
 from ..errors import FcnsegError, first_line
 from ..metadata import ModelMetadata
+from ..sidecar import EngineSidecar, sidecar_path, sm_name  # sidecar_path: re-exported
+from .base import BaseBackend
 from .cuda_memory import CudaMemory, device_info, load_cuda_memory
 
 if TYPE_CHECKING:
@@ -34,61 +38,126 @@ if TYPE_CHECKING:
 
 Shape = Tuple[int, ...]
 
-TRT_INSTALL_HINT = ("pip install tensorrt-cu12, or on Jetson it comes with JetPack: "
-                    "sudo apt install python3-libnvinfer")
+LIBRARIES = ("tensorrt", "tensorrt_rtx")
+INSTALL_HINTS = {
+    "tensorrt": "pip install tensorrt-cu12, or on Jetson it comes with JetPack: sudo apt install python3-libnvinfer",
+    "tensorrt_rtx": "pip install tensorrt-rtx (or pip install 'fcnseg[rtx]'); it builds engines on a CPU too",
+}
+TRT_INSTALL_HINT = INSTALL_HINTS["tensorrt"]
 
 
-def import_tensorrt() -> Any:
-    """Import the TensorRT Python bindings, or raise FcnsegError saying how to install them."""
+def import_tensorrt(library: str = "tensorrt") -> Any:
+    """Import a TensorRT library's Python bindings, or raise FcnsegError saying how to install it.
+
+    Args:
+        library: "tensorrt", "tensorrt_rtx" (TensorRT for RTX) or "auto" (tensorrt when importable,
+            else tensorrt_rtx).
+    """
+    if library == "auto":
+        try:
+            return import_tensorrt("tensorrt")
+        except FcnsegError as e:
+            try:
+                return import_tensorrt("tensorrt_rtx")
+            except FcnsegError:
+                raise FcnsegError(f"{e}; or TensorRT for RTX: {INSTALL_HINTS['tensorrt_rtx']}") from None
+    if library not in LIBRARIES:
+        raise FcnsegError(f"expected a TensorRT library in {LIBRARIES + ('auto',)}, got {library!r}; "
+                          "try --library auto")
+    what = f"TensorRT is not installed: expected the `{library}` Python package ({INSTALL_HINTS[library]})"
     try:
-        import tensorrt as trt_module
+        trt_module = importlib.import_module(library)
     except (ImportError, OSError) as e:  # OSError: bindings present, libnvinfer missing
-        raise FcnsegError(f"TensorRT is not installed: expected the `tensorrt` Python package ({TRT_INSTALL_HINT}); "
-                          f"got {'ImportError' if isinstance(e, ImportError) else type(e).__name__}: {e}") from None
+        raise FcnsegError(f"{what}; got {'ImportError' if isinstance(e, ImportError) else type(e).__name__}: "
+                          f"{e}") from None
     if not hasattr(trt_module, "Runtime"):
         # A bare `tensorrt` folder (e.g. type stubs only) imports as an empty namespace package.
-        raise FcnsegError(f"TensorRT is not installed: expected the `tensorrt` Python package ({TRT_INSTALL_HINT}); "
-                          f"got ImportError: `tensorrt` at {list(getattr(trt_module, '__path__', []))} has no "
-                          "bindings (type stubs only?)")
+        raise FcnsegError(f"{what}; got ImportError: `{library}` at {list(getattr(trt_module, '__path__', []))} "
+                          "has no bindings (type stubs only?)")
     return trt_module
 
 
-def sidecar_path(plan_path: Union[str, Path]) -> Path:
-    """Where an engine's sidecar JSON lives: ``model.plan`` -> ``model.plan.json``."""
-    p = Path(plan_path)
-    return p.with_name(p.name + ".json")
+def library_name(trt_module: Any) -> str:
+    """"tensorrt" or "tensorrt_rtx" for an imported module (a fake named otherwise counts as tensorrt)."""
+    name = str(getattr(trt_module, "__name__", "tensorrt")).split(".")[0]
+    return name if name in LIBRARIES else "tensorrt"
 
 
-def read_build_info(plan_path: Union[str, Path]) -> Dict[str, Any]:
-    """The engine's sidecar document ({} when there is none): TensorRT version, GPU, profile, metadata."""
-    p = Path(plan_path)
-    for candidate in (sidecar_path(p), p.with_suffix(".json")):
-        if candidate.is_file():
-            try:
-                doc = json.loads(candidate.read_text())
-            except (OSError, ValueError) as e:
-                raise FcnsegError(f"expected the engine's sidecar {str(candidate)!r} to be JSON written by "
-                                  f"fcn-export, got {e}; try rebuilding the engine with fcn-export trt") from None
-            return doc if isinstance(doc, dict) else {}
-    return {}
+def probe_gpu() -> Tuple[Optional[Dict[str, str]], str]:
+    """CUDA device 0 through the driver API (``libcuda``, via ctypes: no CUDA Python package needed).
+
+    Returns:
+        ({"name", "compute_capability"}, "") for a GPU, or (None, why there is none).
+    """
+    names = ("nvcuda.dll",) if sys.platform == "win32" else ("libcuda.so.1", "libcuda.so")
+    lib = None
+    for name in names:
+        with contextlib.suppress(OSError):
+            lib = ctypes.CDLL(name)
+            break
+    if lib is None:
+        return None, f"no NVIDIA driver: {names[0]} not found"
+    count, device, major, minor = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0)
+    err = lib.cuInit(0)
+    if err != 0:
+        return None, f"the NVIDIA driver found no usable CUDA device (cuInit error {err})"
+    if lib.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
+        return None, "the NVIDIA driver reports 0 CUDA devices"
+    buf = ctypes.create_string_buffer(256)
+    lib.cuDeviceGet(ctypes.byref(device), 0)
+    lib.cuDeviceGetName(buf, 256, device)
+    lib.cuDeviceGetAttribute(ctypes.byref(major), 75, device)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
+    lib.cuDeviceGetAttribute(ctypes.byref(minor), 76, device)  # ..._MINOR
+    return {"name": buf.value.decode(errors="replace"), "compute_capability": f"{major.value}.{minor.value}"}, ""
+
+
+def check_runnable(plan_path: Union[str, Path], sidecar: Optional[EngineSidecar],
+                   gpu: Optional[Dict[str, str]], reason: str = "") -> None:
+    """Raise FcnsegError with one line saying why this engine cannot run on ``gpu`` (None: no GPU at all)."""
+    plan = Path(plan_path)
+    onnx = (sidecar.onnx if sidecar is not None and sidecar.onnx else "MODEL.onnx")
+    if gpu is None:
+        raise FcnsegError(f"cannot run TensorRT engine {plan.name!r} here: expected a CUDA GPU, got none "
+                          f"({reason or 'no CUDA device'}); TensorRT engines run on NVIDIA GPUs only: try the ONNX "
+                          f"model ({onnx}) with onnxruntime or openvino")
+    if sidecar is None or sidecar.library != "tensorrt_rtx" or not sidecar.compute_capabilities:
+        return
+    cc = gpu.get("compute_capability", "unknown")
+    if cc in sidecar.compute_capabilities or not _cc_below_max(cc, sidecar.compute_capabilities):
+        return  # a listed target, or a newer GPU the library may still cover: let TensorRT decide
+    rtx_targets = {"7.5", "8.0", "8.6", "8.9", "12.0", "12.1"}  # TensorRT for RTX 1.x ComputeCapability members
+    fix = (f"fcn-export trt {onnx} --library tensorrt_rtx --compute-capability {cc}" if cc in rtx_targets
+           else f"fcn-export trt {onnx} --library tensorrt")
+    raise FcnsegError(f"cannot run TensorRT engine {plan.name!r} here: built with tensorrt_rtx "
+                      f"{sidecar.version_short} for {sidecar.targets()}; this GPU is {sm_name(cc)} "
+                      f"({gpu.get('name', 'unknown GPU')}): rebuild with `{fix}`")
+
+
+def _cc_below_max(cc: str, targets: Sequence[str]) -> bool:
+    def key(c: str) -> Tuple[int, ...]:
+        return tuple(int(p) for p in c.split("."))
+    try:
+        return key(cc) < max(key(t) for t in targets)
+    except ValueError:
+        return True
 
 
 def format_shape(shape: Sequence[int]) -> str:
     return "x".join(str(int(d)) for d in shape)
 
 
-def engine_mismatch_message(plan_path: Union[str, Path], build_info: Dict[str, Any], *, version: str,
-                            gpu: Dict[str, str], reason: str = "") -> str:
+def engine_mismatch_message(plan_path: Union[str, Path], sidecar: Optional[EngineSidecar], *, version: str,
+                            gpu: Dict[str, str], reason: str = "", library: str = "tensorrt") -> str:
     """Why an engine could not be deserialized here, and the command that rebuilds it."""
-    built_gpu = build_info.get("gpu") or {}
-    built = (f"TensorRT {build_info.get('tensorrt_version', 'unknown')} on "
-             f"{built_gpu.get('name', 'unknown GPU')} (compute capability {built_gpu.get('compute_capability', 'unknown')})")
-    here = f"TensorRT {version} on {gpu.get('name', 'unknown GPU')} (compute capability {gpu.get('compute_capability', 'unknown')})"
-    onnx_path = build_info.get("onnx") or "MODEL.onnx"
+    side = sidecar or EngineSidecar(library=library)
+    built = f"{side.library} {side.library_version} for {side.targets()}"
+    here = (f"{library} {version} on {gpu.get('name', 'unknown GPU')} (compute capability "
+            f"{gpu.get('compute_capability', 'unknown')})")
+    onnx_path = side.onnx or "MODEL.onnx"
     detail = f" ({reason})" if reason else ""
     return (f"could not load TensorRT engine {str(plan_path)!r}{detail}: expected an engine built with {here}, "
             f"got one built with {built}; engines are tied to the TensorRT version and GPU, so it must be "
-            f"rebuilt on this device: fcn-export trt {onnx_path} -o {plan_path}")
+            f"rebuilt on this device: fcn-export trt {onnx_path} --library {library} -o {plan_path}")
 
 
 @dataclass(frozen=True)
@@ -108,7 +177,7 @@ class _ThreadState:
     graphs: Dict[Shape, Any] = field(default_factory=dict)
 
 
-class TensorRTBackend:
+class TensorRTBackend(BaseBackend):
     """Run a TensorRT engine on NCHW float32 batches (the ``Backend`` protocol).
 
     Args:
@@ -116,6 +185,7 @@ class TensorRTBackend:
         metadata: overrides the sidecar's metadata.
         cuda_graphs: replay one captured CUDA graph per input shape (needs cuda-python).
         cuda: the CUDA memory implementation; default cuda-python, else pycuda.
+        gpu: {"name", "compute_capability"} of the GPU to run on; default: device 0 as the driver reports it.
 
     Raises:
         FcnsegError: TensorRT or CUDA bindings missing, an engine from another TensorRT version or
@@ -126,14 +196,22 @@ class TensorRTBackend:
     thread_safe = True  # one execution context per thread, see the module docstring
 
     def __init__(self, plan_path: Union[str, Path], *, metadata: Optional[ModelMetadata] = None,
-                 cuda_graphs: bool = False, cuda: Optional[CudaMemory] = None) -> None:
+                 cuda_graphs: bool = False, cuda: Optional[CudaMemory] = None,
+                 gpu: Optional[Dict[str, str]] = None) -> None:
         self.plan_path = Path(plan_path)
         if not self.plan_path.is_file():
             raise FcnsegError(f"expected a TensorRT engine file, got no file at {str(self.plan_path)!r}; "
                               "try building one with fcn-export trt MODEL.onnx -o model.plan")
-        self.build_info = read_build_info(self.plan_path)
-        import_tensorrt()
-        import tensorrt as trt  # checked just above; imported by name so mypy checks it against the stubs
+        self.sidecar = EngineSidecar.read(self.plan_path)
+        found, why = (gpu, "") if gpu is not None else probe_gpu()
+        check_runnable(self.plan_path, self.sidecar, found, why)
+        self.library = self.sidecar.library if self.sidecar is not None else "auto"
+        trt_module = import_tensorrt(self.library)
+        self.library = library_name(trt_module)
+        if TYPE_CHECKING:
+            import tensorrt as trt  # mypy checks the names below against the TensorRT stubs
+        else:
+            trt = trt_module
 
         self._cuda: CudaMemory = cuda if cuda is not None else load_cuda_memory()
         if cuda_graphs and not self._cuda.supports_graphs:
@@ -143,7 +221,7 @@ class TensorRTBackend:
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime: Optional[trt.Runtime] = trt.Runtime(self._logger)
         self._engine: Optional[trt.ICudaEngine] = self._deserialize(trt.__version__)
-        self.input, self.outputs = _engine_io(self._engine)
+        self.input, self.outputs = _engine_io(self._engine, trt_module)
         self.profile = _input_profile(self._engine, self.input.name)
         self.max_batch = self.profile[2][0]   # the Segmenter splits larger batches into runs of this size
         self.metadata = metadata or self._metadata_from_sidecar()
@@ -159,14 +237,14 @@ class TensorRTBackend:
         except Exception as e:  # TensorRT raises on some mismatches and returns None on others
             engine, reason = None, first_line(e)
         if engine is None:
-            raise FcnsegError(engine_mismatch_message(self.plan_path, self.build_info, version=version,
-                                                      gpu=device_info(), reason=reason))
+            raise FcnsegError(engine_mismatch_message(self.plan_path, self.sidecar, version=version,
+                                                      gpu=device_info(), reason=reason, library=self.library))
         return engine
 
     def _metadata_from_sidecar(self) -> ModelMetadata:
-        meta = self.build_info.get("metadata")
-        if isinstance(meta, dict):
-            return ModelMetadata.from_dict(meta)
+        meta = self.sidecar.model_metadata() if self.sidecar is not None else None
+        if meta is not None:
+            return meta
         # No sidecar (e.g. a trtexec engine): VOC defaults, with the output telling whether argmax is in-graph.
         return ModelMetadata(argmax=_output_key(self.outputs[0], len(self.outputs)) == "mask")
 
@@ -175,11 +253,10 @@ class TensorRTBackend:
         """Seconds spent in the calling thread's last ``infer``: "h2d", "infer", "d2h"."""
         return getattr(self._local, "timing", {"h2d": 0.0, "infer": 0.0, "d2h": 0.0})
 
-    def infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
+    def _infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
         """Run one NCHW batch; returns {"logits": (N,C,h,w) float32} or {"mask": (N,h,w) uint8}."""
         if self._engine is None:
             raise FcnsegError("expected an open TensorRTBackend, got one that was closed; try loading it again")
-        batch = self._check_batch(batch)
         state = self._thread_state()
         shapes = self._prepare(state, batch.shape)
         host_in = state.host[self.input.name][: batch.nbytes]
@@ -196,7 +273,7 @@ class TensorRTBackend:
         self._local.timing = {"h2d": t1 - t0, "infer": t2 - t1, "d2h": t3 - t2}
         return views
 
-    def _check_batch(self, batch: np.ndarray) -> np.ndarray:
+    def _check_input(self, batch: np.ndarray) -> np.ndarray:
         arr = np.asarray(batch)
         lo, hi = self.profile[0], self.profile[2]
         if arr.ndim != len(lo) or any(d < a or d > b for d, a, b in zip(arr.shape, lo, hi)):
@@ -329,8 +406,11 @@ class TensorRTBackend:
             self.close()
 
 
-def _engine_io(engine: trt.ICudaEngine) -> Tuple[TensorInfo, List[TensorInfo]]:
-    import tensorrt as trt
+def _engine_io(engine: trt.ICudaEngine, trt_module: Any) -> Tuple[TensorInfo, List[TensorInfo]]:
+    if TYPE_CHECKING:
+        import tensorrt as trt
+    else:
+        trt = trt_module
 
     inputs: List[TensorInfo] = []
     outputs: List[TensorInfo] = []

@@ -12,12 +12,13 @@ from typing import Optional, Sequence, Tuple
 
 import click
 
+from .cliutil import OneLineCommand
 from .errors import cli_errors
 from .postprocess import predict_files
 from .segmenter import Segmenter
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--model", "-m", required=True, type=click.Path(path_type=Path),
               help="Model file: .onnx, .plan/.engine (TensorRT) or .pth (PyTorch checkpoint).")
@@ -33,10 +34,11 @@ from .segmenter import Segmenter
 @click.option("--providers", multiple=True,
               help="ONNX Runtime providers in priority order, e.g. cuda,cpu (repeatable or comma-separated).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for inference.")
+@click.option("--force", is_flag=True, help="Replace files in --out that fcnseg did not write (never an input).")
 @cli_errors
 def predict_main(inputs: Tuple[Path, ...], model: Path, out: Path, with_overlay: bool, alpha: float, fmt: str,
-                 size: Optional[int], providers: Sequence[str], threads: Optional[int]) -> None:
-    """Segment INPUTS (images, or folders walked for .jpg/.jpeg/.png/.bmp) and write masks to --out."""
+                 size: Optional[int], providers: Sequence[str], threads: Optional[int], force: bool) -> None:
+    """Segment INPUTS (images, or folders walked for .jpg/.jpeg/.png/.bmp/.webp/.tif) and write masks to --out."""
     from tqdm import tqdm
 
     names = [p.strip() for item in providers for p in item.split(",") if p.strip()] or None
@@ -47,8 +49,11 @@ def predict_main(inputs: Tuple[Path, ...], model: Path, out: Path, with_overlay:
     with Segmenter.load(model, providers=names, size=size, num_threads=threads) as seg:
         m = seg.metadata
         summary = predict_files(seg, inputs, out, fmt=fmt, with_overlay=with_overlay, alpha=alpha,
-                                classes=m.classes, palette=m.palette, on_error=report,
+                                classes=m.classes, palette=m.palette, on_error=report, force=force,
                                 progress=lambda files: tqdm(files, unit="img", file=sys.stderr, disable=None))
+    for wanted, used in summary.renamed:
+        click.echo(f"fcn-predict: wrote {used} instead of {wanted} (another output of this run has that name)",
+                   err=True)
     click.echo(f"fcn-predict: wrote {len(summary.written)} files to {out}"
                + (f"; skipped {len(summary.failed)} unreadable images" if summary.failed else ""), err=True)
     sys.exit(1 if summary.failed else 0)

@@ -13,15 +13,16 @@ from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin
 
 from .atomic import atomic_path
 from .errors import FcnsegError
+from .outputs import MASK, OVERLAY, SOFTWARE, check_output, check_readable, check_writable_parent, unique_path
 from .preprocess import to_rgb_uint8
 from .voc import IGNORE_INDEX, VOC_CLASSES, voc_palette
 
 PathLike = Union[str, "os.PathLike[str]"]
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VOID_COLOR = (255, 255, 255)
 
 
@@ -110,28 +111,66 @@ def save_mask(path: PathLike, mask: np.ndarray, *, palette: Optional[Sequence[Se
             with open(tmp, "wb") as f:  # np.save(path) would append ".npy" to the temporary name
                 np.save(f, _check_mask(mask))
         else:
-            mask_to_pil(mask, palette).save(tmp, format="PNG")
+            mask_to_pil(mask, palette).save(tmp, format="PNG", pnginfo=_png_info())
 
 
 def save_image(path: PathLike, image: np.ndarray) -> None:
     """Write an HxWx3 uint8 image as PNG, atomically."""
     with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG")
+        Image.fromarray(image).save(tmp, format="PNG", pnginfo=_png_info())
 
 
-def read_image(path: PathLike) -> np.ndarray:
-    """Read an image file as an array ``Segmenter`` accepts (RGB, RGBA, L or 16-bit stay as they are)."""
+def _png_info() -> PngImagePlugin.PngInfo:
+    """The "Software: fcnseg" text chunk by which a later run recognises its own masks and overlays."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", SOFTWARE)
+    return info
+
+
+def open_image(path: PathLike, *, exif: bool = True) -> Image.Image:
+    """Open and decode an image file: the project's one image reader (prediction, calibration).
+
+    Args:
+        path: a JPEG, PNG, BMP, WebP or TIFF file.
+        exif: turn the pixels as the EXIF orientation tag says (as ``ImageOps.exif_transpose``), so the mask
+            matches the picture users see. Dataset readers pass False: their labels are drawn on the stored
+            pixels.
+
+    Raises:
+        FcnsegError: unreadable (permission denied), missing or undecodable files.
+    """
+    check_readable(path, "image")
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in ("RGB", "RGBA", "L"):
-                return np.asarray(img)
-            if img.mode.startswith("I"):  # 16-bit grayscale (read as "I;16" or 32-bit "I"): keep the depth
-                return np.clip(np.asarray(img), 0, 65535).astype(np.uint16)
-            alpha = "A" in img.getbands() or "transparency" in img.info
-            return np.asarray(img.convert("RGBA" if alpha else "RGB"))
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise FcnsegError(f"could not read {str(path)!r} as an image ({e}); expected a JPEG, PNG or BMP") from None
+            return ImageOps.exif_transpose(img) if exif and _orientation(img) not in (None, 1) else img.copy()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise FcnsegError(f"could not read {str(path)!r} as an image ({e}); expected a "
+                          f"{', '.join(s.lstrip('.').upper() for s in IMAGE_SUFFIXES)} file") from None
+
+
+def _orientation(img: Image.Image) -> Optional[int]:
+    try:
+        return img.getexif().get(0x0112)
+    except Exception:  # a broken EXIF block: keep the stored pixels
+        return None
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """Read an image file as an array ``Segmenter`` accepts (EXIF orientation applied).
+
+    RGB, RGBA and L stay as they are, 16-bit grayscale stays uint16, float ("F") TIFFs stay float32 (see
+    ``to_rgb_uint8`` for how values above 1 are treated); other modes become RGB(A).
+    """
+    img = open_image(path)
+    if img.mode in ("RGB", "RGBA", "L"):
+        return np.asarray(img)
+    if img.mode == "F":
+        return np.asarray(img, dtype=np.float32)
+    if img.mode.startswith("I"):  # 16-bit grayscale (read as "I;16" or 32-bit "I"): keep the depth
+        return np.clip(np.asarray(img), 0, 65535).astype(np.uint16)
+    alpha = "A" in img.getbands() or "transparency" in img.info
+    return np.asarray(img.convert("RGBA" if alpha else "RGB"))
 
 
 def _check_mask(mask: np.ndarray) -> np.ndarray:
@@ -147,10 +186,11 @@ def _check_mask(mask: np.ndarray) -> np.ndarray:
 
 @dataclass
 class PredictSummary:
-    """What ``predict_files`` did: files written and inputs skipped (path, reason)."""
+    """What ``predict_files`` did: files written, inputs skipped (path, reason) and renamed outputs (wanted, used)."""
 
     written: List[Path] = field(default_factory=list)
     failed: List[Tuple[Path, str]] = field(default_factory=list)
+    renamed: List[Tuple[Path, Path]] = field(default_factory=list)
 
 
 def find_images(inputs: Sequence[PathLike], *, exclude: Optional[PathLike] = None) -> List[Tuple[Path, Path]]:
@@ -194,8 +234,12 @@ def predict_files(predict: Callable[[np.ndarray], np.ndarray], inputs: Sequence[
                   fmt: str = "png", with_overlay: bool = False, alpha: float = 0.5,
                   classes: Sequence[str] = VOC_CLASSES, palette: Optional[Sequence[Sequence[int]]] = None,
                   progress: Optional[Callable[[List], Iterable]] = None,
-                  on_error: Optional[Callable[[Path, str], None]] = None) -> PredictSummary:
+                  on_error: Optional[Callable[[Path, str], None]] = None, force: bool = False) -> PredictSummary:
     """Segment image files and write ``OUT/<stem>.png`` (palette PNG) or ``.npy`` masks, optionally overlays.
+
+    Every output path is decided before the first image: an output never replaces an input (refused), nor
+    another output of the same run (renamed ``<name>_1.png``, listed in ``renamed``), nor an existing file
+    that is not an fcnseg mask/overlay (refused unless ``force``).
 
     Args:
         predict: image array -> HxW mask at the image's size (a ``Segmenter``).
@@ -206,16 +250,20 @@ def predict_files(predict: Callable[[np.ndarray], np.ndarray], inputs: Sequence[
         classes / palette: names and colours for PNG masks and legends.
         progress: wrapper such as ``tqdm`` around the list of files.
         on_error: called with (path, reason) for each unreadable image, which is then skipped.
+        force: replace existing files in ``out_dir`` that fcnseg did not write.
     """
     if fmt not in ("png", "npy"):
         raise FcnsegError(f"expected format png or npy, got {fmt!r}")
     out = Path(out_dir)
+    check_writable_parent(out / "x", "--out")
+    if out.exists() and not out.is_dir():
+        raise FcnsegError(f"expected --out to be a folder, got {str(out)!r} which is a file; try another --out")
     files = find_images(inputs, exclude=out)
     if not files:
         raise FcnsegError(f"expected images ({', '.join(IMAGE_SUFFIXES)}) in {[str(i) for i in inputs]}, got none")
-    _check_no_overwrite(files, out, fmt, with_overlay)
     summary = PredictSummary()
-    for path, stem in (progress(files) if progress else files):
+    plan = plan_outputs(files, out, fmt, with_overlay, force=force, renamed=summary.renamed)
+    for path, targets in (progress(plan) if progress else plan):
         try:
             image = read_image(path)
             mask = predict(image)
@@ -224,29 +272,43 @@ def predict_files(predict: Callable[[np.ndarray], np.ndarray], inputs: Sequence[
             if on_error:
                 on_error(path, str(e))
             continue
-        summary.written += _write_outputs(out / stem, image, mask, fmt, with_overlay, alpha, classes, palette)
+        summary.written += _write_outputs(targets, image, mask, alpha, classes, palette)
     return summary
 
 
-def _write_outputs(base: Path, image: np.ndarray, mask: np.ndarray, fmt: str, with_overlay: bool, alpha: float,
+def plan_outputs(files: List[Tuple[Path, Path]], out: Path, fmt: str, with_overlay: bool, *, force: bool = False,
+                 renamed: Optional[List[Tuple[Path, Path]]] = None) -> List[Tuple[Path, List[Path]]]:
+    """(input, [mask path, overlay path]) per image, checked and made unique (see ``predict_files``)."""
+    sources = {str(p.resolve()).lower() for p, _ in files}
+    taken: set = set()
+    plan = []
+    for path, stem in files:
+        base = out / stem
+        targets = []
+        for name, kind in [(f"{base.name}.{fmt}", MASK)] + ([(f"{base.name}_overlay.png", OVERLAY)] * with_overlay):
+            wanted = base.with_name(name)
+            if str(wanted.resolve()).lower() in sources:
+                raise FcnsegError(f"expected outputs apart from the inputs, got {str(wanted)!r} as both; "
+                                  "try another --out folder")
+            target = unique_path(wanted, taken)
+            if target != wanted and renamed is not None:
+                renamed.append((wanted, target))
+            taken.add(str(target).lower())
+            check_output(target, kind, force=force, option="--out")
+            targets.append(target)
+        plan.append((path, targets))
+    return plan
+
+
+def _write_outputs(targets: List[Path], image: np.ndarray, mask: np.ndarray, alpha: float,
                    classes: Sequence[str], palette: Optional[Sequence[Sequence[int]]]) -> List[Path]:
-    targets = [base.with_name(f"{base.name}.{fmt}")]
+    written: List[Path] = []
     try:
         save_mask(targets[0], mask, palette=palette)
-        if with_overlay:
-            targets.append(base.with_name(f"{base.name}_overlay.png"))
+        written.append(targets[0])
+        if len(targets) > 1:
             save_image(targets[1], overlay_with_legend(image, mask, alpha=alpha, classes=classes, palette=palette))
+            written.append(targets[1])
     except OSError as e:
-        raise FcnsegError(f"could not write {str(targets[-1])!r} ({e}); try another --out folder") from None
-    return targets
-
-
-def _check_no_overwrite(files: List[Tuple[Path, Path]], out: Path, fmt: str, with_overlay: bool) -> None:
-    sources = {p.resolve() for p, _ in files}
-    for _, stem in files:
-        base = out / stem
-        names = [f"{base.name}.{fmt}"] + ([f"{base.name}_overlay.png"] if with_overlay else [])
-        clash = next((base.with_name(n) for n in names if base.with_name(n).resolve() in sources), None)
-        if clash is not None:
-            raise FcnsegError(f"expected outputs apart from the inputs, got {str(clash)!r} as both; "
-                              "try another --out folder")
+        raise FcnsegError(f"could not write {str(targets[len(written)])!r} ({e}); try another --out folder") from None
+    return written

@@ -49,19 +49,17 @@ def eval_main(model, compare, more, data_path, split, limit, size, providers, to
         outputs.check_output(json_path, outputs.EVAL_JSON, inputs=paths, force=force, option="--json")
     prov = providers.split(",") if providers else None
     tol = {"fp32": tol_fp32, "fp16": tol_fp16, "int8": tol_int8}
-    rows = compare_models(paths, data_path, split, limit=limit, size=size, tolerances=tol, providers=prov)
-    click.echo(parity_table(rows))
+    result = compare_models(paths, data_path, split, limit=limit, size=size, tolerances=tol, providers=prov)
+    click.echo(parity_table(result))
     click.echo("\nper-class IoU (%) and deltas (points):")
-    click.echo(class_delta_table(rows))
+    click.echo(class_delta_table(result))
     if json_path:
         from ..runtime.atomic import write_text
 
-        doc = {"split": split, "models": [r.to_dict() for r in rows]}
+        doc = {"split": split, **result.to_dict()}
         write_text(json_path, json.dumps(json_safe(doc), indent=2, allow_nan=False))
-    failed = [r for r in rows if not r.ok]
-    if failed:
-        click.echo(f"error: {len(failed)} model(s) outside tolerance or failed: "
-                   + ", ".join(r.path for r in failed), err=True)
+    if not result:
+        click.echo(f"error: {result.summary()}", err=True)
         sys.exit(1)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..runtime.errors import FcnsegError
 from ..runtime.metrics import ConfusionMatrix
-from ..runtime.parity import MiouComparison, compare_miou, evaluate
+from ..runtime.parity import MiouComparison, ParityResult, compare_miou, evaluate
 from ..runtime.vocdata import VOCLayout, take
 
 # Allowed |mIoU delta| against the reference, in points, by precision.
@@ -43,11 +43,17 @@ class ModelEval:
 
     @property
     def ok(self) -> bool:
+        """Ran, and (for a compared row) within tolerance."""
         return self.status == "ok" and (self.comparison is None or bool(self.comparison))
+
+    @property
+    def verdict(self) -> str:
+        """"ok", "FAIL" (outside tolerance; the delta stays in the row) or the error status."""
+        return self.status if self.status != "ok" else ("ok" if self.ok else "FAIL")
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("path", "format", "precision", "status", "size_mb", "miou", "global_acc",
-                                           "ms_per_image", "backend")}
+                                           "ms_per_image", "backend", "verdict")}
         d["iou"] = [None if np.isnan(x) else float(x) for x in self.iou]
         if self.comparison is not None:
             c = self.comparison
@@ -99,10 +105,13 @@ def _progress(desc: str, total: int):
 
 def compare_models(paths: Sequence[str], data_path: str, split: str = "val", *, limit: Optional[int] = None,
                    size: Optional[int] = None, tolerances: Optional[dict] = None,
-                   providers: Optional[Sequence[str]] = None, progress: bool = True) -> list:
+                   providers: Optional[Sequence[str]] = None, progress: bool = True) -> ParityResult:
     """Evaluate every model on the same images; the first is the reference for the deltas.
 
     A model that fails to load or run gets a row with its error as status instead of stopping the table.
+
+    Returns:
+        A ``ParityResult`` of ``ModelEval`` rows: truthy when every model ran within its tolerance.
     """
     tol = {**TOLERANCES, **(tolerances or {})}
     rows: list = []
@@ -121,8 +130,7 @@ def compare_models(paths: Sequence[str], data_path: str, split: str = "val", *, 
         if row.status == "ok" and row.cm is not None and ref.cm is not None:
             row.comparison = compare_miou(ref.cm, row.cm, tolerance=tol.get(row.precision, 1.0),
                                           classes=ref.classes)
-    return rows
-
+    return ParityResult(rows)
 
 
 def parity_table(rows: Sequence[ModelEval]) -> str:
@@ -133,8 +141,7 @@ def parity_table(rows: Sequence[ModelEval]) -> str:
     body = []
     for r in rows:
         c = r.comparison
-        status = r.status if r.status != "ok" else ("ok" if c is None or c else "FAIL")
-        body.append([r.format, r.precision, status[:60], r.size_mb, r.miou * 100, c.delta if c else None,
+        body.append([r.format, r.precision, r.verdict[:60], r.size_mb, r.miou * 100, c.delta if c else None,
                      c.tolerance if c else None, r.global_acc * 100, r.ms_per_image, Path(r.path).name])
     return format_table(headers, body)
 

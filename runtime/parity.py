@@ -7,7 +7,7 @@ the two agree within the given tolerance (as Polygraphy's comparator results are
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -77,6 +77,66 @@ def compare_miou(ref: ConfusionMatrix, test: ConfusionMatrix, *, tolerance: floa
     """Compare two confusion matrices accumulated over the same images."""
     r, t = ref.compute(), test.compute()
     return MiouComparison(r["miou"], t["miou"], (t["iou"] - r["iou"]) * 100.0, tolerance, list(classes))
+
+
+class ParityRow(Protocol):
+    """What a ``ParityResult`` needs of a row (``fcnseg.benchmarks.evaluate.ModelEval`` is one)."""
+
+    path: str
+
+    @property
+    def ok(self) -> bool:
+        """True when the row ran and is within its tolerance."""
+        ...
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The row as JSON types, its delta included even when it failed."""
+        ...
+
+
+@dataclass
+class ParityResult:
+    """Models compared on the same data against a reference (the first row); truthy when every row passes.
+
+    Each row judges itself once (``row.ok``; a failed row keeps its delta), so callers need not re-judge:
+    ``if not result: print(result.failed)``. Iterating or indexing a result gives its rows.
+    """
+
+    rows: List[Any] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return all(row.ok for row in self.rows)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.rows[index]
+
+    @property
+    def reference(self) -> Any:
+        """The row the others are compared with."""
+        return self.rows[0]
+
+    @property
+    def failed(self) -> List[Any]:
+        """Rows outside tolerance or that could not run."""
+        return [row for row in self.rows if not row.ok]
+
+    def summary(self) -> str:
+        """One line: "parity OK (n models)" or which models failed."""
+        if self:
+            return f"parity OK ({len(self.rows)} models within tolerance of {self.reference.path})"
+        return (f"parity FAILED: {len(self.failed)} model(s) outside tolerance or failed: "
+                + ", ".join(str(row.path) for row in self.failed))
+
+    def to_dict(self) -> Dict[str, Any]:
+        """``{"passed": bool, "failed": [paths], "models": [row dicts]}``."""
+        return {"passed": bool(self), "failed": [str(r.path) for r in self.failed],
+                "models": [r.to_dict() for r in self.rows]}
 
 
 def evaluate(predict: Callable[[np.ndarray], np.ndarray], samples: Iterable[tuple[np.ndarray, np.ndarray]],

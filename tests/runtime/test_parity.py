@@ -28,3 +28,23 @@ def test_evaluate_accumulates_predictions():
     samples = [(np.zeros((4, 5, 3), np.uint8), np.ones((4, 5), np.uint8))] * 3
     cm = evaluate(lambda img: np.ones(img.shape[:2], np.uint8), samples, 2)
     assert cm.mat[1, 1] == 60 and cm.compute()["miou"] == 1.0
+
+
+class _Row:
+    def __init__(self, path, ok, delta):
+        self.path, self.ok, self.delta = path, ok, delta
+
+    def to_dict(self):
+        return {"path": self.path, "delta_points": self.delta, "passed": self.ok}
+
+
+def test_parity_result_is_truthy_only_when_every_row_passes_and_keeps_failed_deltas():
+    from fcnseg.runtime.parity import ParityResult
+
+    good = ParityResult([_Row("ref.pth", True, None), _Row("a.onnx", True, 0.01)])
+    assert good and good.failed == [] and "parity OK" in good.summary() and len(good) == 2
+    bad = ParityResult([_Row("ref.pth", True, None), _Row("a.onnx", True, 0.01), _Row("b.onnx", False, -3.5)])
+    assert not bad and [r.path for r in bad.failed] == ["b.onnx"] and bad.reference.path == "ref.pth"
+    assert "b.onnx" in bad.summary() and [r.path for r in bad] == ["ref.pth", "a.onnx", "b.onnx"]
+    doc = bad.to_dict()
+    assert doc["passed"] is False and doc["failed"] == ["b.onnx"] and doc["models"][2]["delta_points"] == -3.5

@@ -62,6 +62,10 @@ class ModelEval:
         return d
 
 
+class _ClassMismatch(FcnsegError):
+    """Models of a comparison with different class counts: the whole comparison is refused."""
+
+
 def model_size_mb(path: "str | Path") -> float:
     """File size in MB, counting ONNX external-data files next to it."""
     p = Path(path)
@@ -72,12 +76,18 @@ def model_size_mb(path: "str | Path") -> float:
 
 def evaluate_model(path: str, data_path: str, split: str = "val", *, limit: Optional[int] = None,
                    size: Optional[int] = None, providers: Optional[Sequence[str]] = None,
-                   progress: bool = True) -> ModelEval:
-    """Evaluate one model file (.pth, .onnx, .plan) through the runtime on a VOC split."""
+                   progress: bool = True, num_classes: Optional[int] = None) -> ModelEval:
+    """Evaluate one model file (.pth, .onnx, .plan) through the runtime on a VOC split.
+
+    ``num_classes``: the class count the model must have (a comparison's reference), checked before any image.
+    """
     from ..runtime.segmenter import Segmenter
 
     seg = Segmenter.load(path, size=size, providers=onnx_providers(path, providers))
     meta = seg.metadata
+    if num_classes is not None and meta.num_classes != num_classes:
+        raise _ClassMismatch(f"expected models with the reference's {num_classes} classes, got "
+                             f"{meta.num_classes} in {path}; try --compare with models of the same class list")
     layout = VOCLayout(data_path, split, num_classes=meta.num_classes)
     n = len(layout) if limit is None else min(limit, len(layout))
     bar = _progress(f"eval {Path(path).name}", n) if progress else None
@@ -100,7 +110,8 @@ def onnx_providers(path: str, providers: Optional[Sequence[str]]) -> Optional[Se
 def _progress(desc: str, total: int):
     from tqdm import tqdm
 
-    return lambda it: tqdm(it, desc=desc, total=total, leave=False, dynamic_ncols=True)
+    # disable=None: no bar when stderr is not a terminal (logs, CI), so an error stays one line
+    return lambda it: tqdm(it, desc=desc, total=total, leave=False, dynamic_ncols=True, disable=None)
 
 
 def compare_models(paths: Sequence[str], data_path: str, split: str = "val", *, limit: Optional[int] = None,
@@ -118,7 +129,9 @@ def compare_models(paths: Sequence[str], data_path: str, split: str = "val", *, 
     for path in paths:
         try:
             row = evaluate_model(path, data_path, split, limit=limit, size=size, providers=providers,
-                                 progress=progress)
+                                 progress=progress, num_classes=len(rows[0].classes) if rows and rows[0].classes else None)
+        except _ClassMismatch:
+            raise   # no delta table is meaningful across class lists
         except FcnsegError as e:
             row = ModelEval(path=str(path), format=FORMATS.get(Path(path).suffix, "?"), precision="?",
                             status=f"error: {e}")

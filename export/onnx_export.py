@@ -112,6 +112,10 @@ def export_onnx(ckpt_path: PathLike, output: Optional[PathLike] = None, *, arch:
         raise FcnsegError(f"expected at most 256 classes for a uint8 mask (--argmax), got {meta.num_classes}; "
                           "try exporting without --argmax")
     meta.precision, meta.argmax = "fp32", argmax
+    if static_hw is not None:   # the runtime resizes every image to exactly HxW (and needs no other size)
+        meta.input_hw, meta.input_size = [int(v) for v in static_hw], int(min(static_hw))
+        min_size, max_size = int(min(static_hw)), int(max(static_hw))
+    meta.min_size, meta.max_size = min_size, max_size
     wrapper = export_wrapper(model, argmax=argmax).eval()
     proto = simplify(torch_to_onnx(wrapper, opset=opset, static_hw=static_hw))
     check_resize_modes(proto)

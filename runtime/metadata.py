@@ -30,6 +30,9 @@ class ModelMetadata:
         precision: "fp32", "fp16" or "int8".
         argmax: True when the graph ends in ArgMax and outputs a uint8 ``mask`` instead of ``logits``.
         miou: validation mIoU recorded at training time, if known.
+        min_size / max_size: the input height/width range the graph is declared for (``fcn-export onnx
+            --min-size/--max-size``); the runtime refuses a ``size`` outside it. None: not declared.
+        input_hw: [H, W] of a graph with a static input (``--static``): images are resized to exactly this.
     """
 
     arch: str = "unknown"
@@ -43,6 +46,9 @@ class ModelMetadata:
     precision: str = "fp32"
     argmax: bool = False
     miou: Optional[float] = None
+    min_size: Optional[int] = None
+    max_size: Optional[int] = None
+    input_hw: Optional[list] = None
 
     def __post_init__(self) -> None:
         # Defaults describe VOC's 21 classes; another class count gets generic names and a longer palette.

@@ -7,7 +7,8 @@ original size with nearest-neighbour resizing.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import warnings
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -40,8 +41,23 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     if a.dtype == np.uint16:
         return ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     if np.issubdtype(a.dtype, np.floating):
-        return (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        return _float_to_uint8(a)
     raise FcnsegError(f"expected a uint8, uint16 or float image, got dtype {a.dtype}; try converting it to uint8 RGB")
+
+
+def _float_to_uint8(a: np.ndarray) -> np.ndarray:
+    """Float [0, 1] -> uint8; NaN/inf refused; values up to 255 taken as 0..255 with a warning."""
+    if not np.isfinite(a).all():
+        raise FcnsegError(f"expected a float image with finite values in [0, 1], got {int((~np.isfinite(a)).sum())} "
+                          "NaN/inf pixels; try np.nan_to_num(image) or a uint8 image")
+    low, high = float(a.min()), float(a.max())
+    if low < 0.0 or high > 255.0:
+        raise FcnsegError(f"expected a float image in [0, 1] (or 0..255), got values in [{low:g}, {high:g}]; "
+                          "try scaling it to [0, 1] or converting it to uint8")
+    if high > 1.0:
+        warnings.warn(f"float image with values up to {high:g}: taken as 0..255, not [0, 1]", stacklevel=4)
+        return (a + 0.5).astype(np.uint8)
+    return (a * 255.0 + 0.5).astype(np.uint8)
 
 
 def resized_hw(height: int, width: int, size: Optional[int]) -> tuple[int, int]:
@@ -71,9 +87,17 @@ def normalize(image: np.ndarray, mean: Sequence[float] = MEAN, std: Sequence[flo
 
 
 def preprocess(image: np.ndarray, *, size: Optional[int] = None,
-               mean: Sequence[float] = MEAN, std: Sequence[float] = STD) -> np.ndarray:
-    """One image (any layout ``to_rgb_uint8`` accepts) -> a 1x3xhxw float32 network input."""
-    rgb = resize_image(to_rgb_uint8(image), size)
+               mean: Sequence[float] = MEAN, std: Sequence[float] = STD,
+               hw: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    """One image (any layout ``to_rgb_uint8`` accepts) -> a 1x3xhxw float32 network input.
+
+    ``hw`` (a static graph's input) resizes to exactly (H, W) instead, aspect ratio not kept.
+    """
+    rgb = to_rgb_uint8(image)
+    if hw is not None and tuple(rgb.shape[:2]) != tuple(hw):
+        rgb = np.asarray(Image.fromarray(rgb).resize((int(hw[1]), int(hw[0])), Image.BILINEAR))
+    elif hw is None:
+        rgb = resize_image(rgb, size)
     return normalize(rgb, mean, std)[None]
 
 

@@ -9,7 +9,6 @@ back to each image's original size with nearest-neighbour resizing.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 import time
@@ -23,6 +22,7 @@ from .backends.base import Backend
 from .errors import FcnsegError
 from .metadata import ModelMetadata
 from .preprocess import preprocess, resize_mask
+from .sidecar import EngineSidecar
 
 PathLike = Union[str, "os.PathLike[str]"]
 SUFFIXES = {".onnx": "ONNX Runtime", ".plan": "TensorRT", ".engine": "TensorRT", ".pth": "PyTorch",
@@ -51,6 +51,8 @@ class Segmenter:
         meta = getattr(backend, "metadata", None)
         self.metadata: ModelMetadata = meta if meta is not None else ModelMetadata()
         self.size = _resolve_size(size, self.metadata.input_size)
+        self.input_hw = _static_hw(self.metadata, backend)   # a static graph: every image resized to this
+        _check_size_range(self.size, self.metadata, self.input_hw)
         self._lock: Optional[threading.Lock] = None if getattr(backend, "thread_safe", False) else threading.Lock()
         self._local = threading.local()
 
@@ -92,7 +94,7 @@ class Segmenter:
             return []
         t0 = time.perf_counter()
         m = self.metadata
-        inputs = [preprocess(im, size=self.size, mean=m.mean, std=m.std) for im in images]
+        inputs = [preprocess(im, size=self.size, mean=m.mean, std=m.std, hw=self.input_hw) for im in images]
         t1 = time.perf_counter()
         outputs, key, timing = self._infer(inputs, logits)
         t2 = time.perf_counter()
@@ -178,7 +180,8 @@ def _tensorrt_backend(plan: Path) -> Backend:
         raise FcnsegError(f"expected TensorRT and its CUDA bindings to run {plan.name!r}, got an import error "
                           f"({e}); try `pip install tensorrt cuda-python` on a machine with an NVIDIA GPU, "
                           "or run the .onnx model with onnxruntime") from None
-    metadata = read_sidecar(plan)
+    sidecar = EngineSidecar.read(plan)   # the one sidecar reader; the backend imports the library it names
+    metadata = sidecar.model_metadata() if sidecar is not None else None
     backend = TensorRTBackend(plan, metadata=metadata)
     if metadata is None:
         # Warned only once the engine loaded, so a missing TensorRT is reported alone.
@@ -188,32 +191,32 @@ def _tensorrt_backend(plan: Path) -> Backend:
     return backend
 
 
-def read_sidecar(plan: PathLike) -> Optional[ModelMetadata]:
-    """Read the metadata an engine's sidecar JSON holds under "metadata" (``model.plan.json`` or ``model.json``).
-
-    Returns None when there is no sidecar or it holds no "metadata" (the backend then falls back to
-    defaults); a sidecar that is not JSON is an error.
-    """
-    p = Path(plan)
-    for sidecar in (p.with_name(p.name + ".json"), p.with_suffix(".json")):
-        if not sidecar.is_file():
-            continue
-        try:
-            doc = json.loads(sidecar.read_text())
-        except (OSError, ValueError) as e:
-            raise FcnsegError(f"could not read the engine's sidecar {str(sidecar)!r} ({e}); expected JSON "
-                              "written by fcn-export; try exporting the engine again") from None
-        meta = doc.get("metadata") if isinstance(doc, dict) else None
-        return ModelMetadata.from_dict(meta) if isinstance(meta, dict) else None
-    return None
-
-
 def _resolve_size(size: Optional[int], default: Optional[int]) -> Optional[int]:
     if size is None:
         return default
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0:
         raise FcnsegError(f"expected size to be a positive integer (0: no resizing), got {size!r}")
     return int(size) or None
+
+
+def _static_hw(meta: ModelMetadata, backend: Any) -> Optional[Tuple[int, int]]:
+    """(H, W) of a static-input graph: from the metadata, else from the backend's fixed input shape."""
+    if meta.input_hw:
+        return int(meta.input_hw[0]), int(meta.input_hw[1])
+    shape = tuple(getattr(backend, "input_shape", ()) or ())
+    if len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape[2:]):
+        return int(shape[2]), int(shape[3])
+    return None
+
+
+def _check_size_range(size: Optional[int], meta: ModelMetadata, static_hw: Optional[Tuple[int, int]]) -> None:
+    """Refuse a size outside the model's declared range before any image is resized to it (no OOM kill)."""
+    if size is None or static_hw is not None:
+        return
+    low, high = meta.min_size, meta.max_size
+    if (high is not None and size > high) or (low is not None and size < low):
+        raise FcnsegError(f"expected --size within the model's declared input range {low or 1}..{high or 'any'} "
+                          f"(fcnseg.min_size/max_size), got {size}; try --size {meta.input_size or high}")
 
 
 def _as_images(image: Any) -> Tuple[List[np.ndarray], str]:

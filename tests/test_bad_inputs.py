@@ -1,8 +1,8 @@
 """The catalogue of bad invocations: each one line on stderr, a non-zero exit, nothing written or changed.
 
 Every row is (command, arguments, expected fragment of the one stderr line, exit code). Arguments may name
-the session's artifacts as ``{onnx}``, ``{onnx3}``, ``{voc}``, ``{ckpt}``, ``{image}``, ``{notes}``, ``{dir}``,
-``{file}`` (see ``ARTIFACTS``); ``{tmp}`` is the row's own empty folder (its working directory too). A row's
+the session's artifacts as ``{onnx}``, ``{onnx5}``, ``{voc}``, ``{ckpt}``, ``{image}``, ``{notes}``
+(see ``ARTIFACTS``); ``{tmp}`` is the row's own empty folder (its working directory too). A row's
 optional ``setup(tmp)`` prepares extra files there. New cases are one row each. Commands run in-process
 through click's CliRunner; the few artifacts are built once per session (a 1x1-conv ONNX, a tiny VOC).
 
@@ -94,6 +94,19 @@ ROWS: Sequence[Row] = (
     Row("fcn-predict", ("{image}", "-m", "{onnx}", "-o", "/proc/out"), "permission denied"),
 )
 
+ROWS += (
+    # --- refused before any work ------------------------------------------------------------------------------------
+    Row("fcn-bench", ("--model", "{onnx}", "--batch", "0"), "'--batch': 0 is not in the range x>=1"),
+    Row("fcn-bench", ("--model", "{onnx}", "--rounds", "0"), "'--rounds': 0 is not in the range x>=1"),
+    Row("fcn-bench", ("--model", "{onnx}", "--iters", "0"), "'--iters': 0 is not in the range x>=1"),
+    Row("fcn-eval", ("--model", "{onnx}", "--data-path", "{voc}", "--limit", "0", "--json", "{tmp}/r.json"),
+        "'--limit': 0 is not in the range x>=1", note="was NaN written into JSON"),
+    Row("fcn-eval", ("--data-path", "{voc}", "--compare", "{onnx}", "{onnx5}"),
+        "expected models with the reference's 21 classes, got 5"),
+    Row("fcn-predict", ("{image}", "-m", "{onnx}", "-o", "{tmp}/out", "--size", "100000"),
+        "expected --size within the model's declared input range 8..256", note="was OOM-killed"),
+)
+
 ARTIFACTS: Dict[str, Path] = {}
 
 
@@ -128,8 +141,8 @@ def artifacts(tmp_path_factory) -> Dict[str, Path]:
     from fcnseg.train.synth import synthesize
 
     root = tmp_path_factory.mktemp("catalogue")
-    ARTIFACTS["onnx"] = _tiny_onnx(root / "tiny.onnx", 4)
-    ARTIFACTS["onnx3"] = _tiny_onnx(root / "tiny3.onnx", 3)
+    ARTIFACTS["onnx"] = _tiny_onnx(root / "tiny.onnx", 21)
+    ARTIFACTS["onnx5"] = _tiny_onnx(root / "tiny5.onnx", 5)
     ARTIFACTS["voc"] = synthesize(root / "voc", num_train=1, num_val=3, size=32, seed=0, progress=False)
     ARTIFACTS["ckpt"] = root / "ckpt.pth"
     ARTIFACTS["ckpt"].write_bytes(b"not really a checkpoint: rows using it fail before reading it")

@@ -201,8 +201,8 @@ def test_static_batch_and_shape(tmp_path):
     images = [random_image(8, 8, s) for s in range(3)]
     for image, mask in zip(images, seg(images)):
         np.testing.assert_array_equal(mask, reference(image, size=None))
-    with pytest.raises(FcnsegError, match="try another --size"):
-        seg(random_image(10, 10))
+    # another size is resized to the static 8x8 input and the mask comes back at the image's size (issue 9)
+    assert seg(random_image(10, 14)).shape == (10, 14)
 
 
 def test_shared_between_threads(segs):

@@ -16,14 +16,15 @@ from .cliutil import OneLineCommand
 from .errors import cli_errors
 from .postprocess import predict_files
 from .segmenter import Segmenter
+from .stream_cli import StreamOptions, run_stream, stream_options
 
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=str)
 @click.option("--model", "-m", required=True, type=click.Path(path_type=Path),
               help="Model file: .onnx, .plan/.engine (TensorRT) or .pth (PyTorch checkpoint).")
-@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder (mirrors sub-folders of input folders).")
+@click.option("--out", "-o", required=True, type=str,
+              help="Output folder (mirrors sub-folders of input folders); for streams a video file, folder or URL.")
 @click.option("--overlay", "with_overlay", is_flag=True, help="Also write <name>_overlay.png with a legend.")
 @click.option("--alpha", default=0.5, show_default=True, type=click.FloatRange(0.0, 1.0),
               help="Overlay opacity of the class colours.")
@@ -35,10 +36,20 @@ from .segmenter import Segmenter
               help="ONNX Runtime providers in priority order, e.g. cuda,cpu (repeatable or comma-separated).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for inference.")
 @click.option("--force", is_flag=True, help="Replace files in --out that fcnseg did not write (never an input).")
+@stream_options
 @cli_errors
-def predict_main(inputs: Tuple[Path, ...], model: Path, out: Path, with_overlay: bool, alpha: float, fmt: str,
-                 size: Optional[int], providers: Sequence[str], threads: Optional[int], force: bool) -> None:
-    """Segment INPUTS (images, or folders walked for .jpg/.jpeg/.png/.bmp/.webp/.tif) and write masks to --out."""
+def predict_main(inputs: Tuple[str, ...], model: Path, out: str, with_overlay: bool, alpha: float, fmt: str,
+                 size: Optional[int], providers: Sequence[str], threads: Optional[int], force: bool,
+                 stream: StreamOptions) -> None:
+    """Segment INPUTS (images, or folders walked for .jpg/.jpeg/.png/.bmp/.webp/.tif) and write masks to --out.
+
+    Streams, as jetson-inference's segnet: INPUTS may be one video file, V4L2 camera (/dev/video0), Jetson CSI
+    camera (csi://0), network stream (rtsp://, rtp://, udp://) or glob/folder of frames, and --out a video file
+    (.mp4, .mkv, .avi), a folder of frames, udp://HOST:PORT or rtp://HOST:PORT (MPEG-TS) or http://HOST:PORT (a
+    live MJPEG preview for a browser). Decoding, inference and encoding overlap; live sources (cameras, network)
+    drop stale frames rather than fall behind (latency over completeness), files never drop a frame. Ctrl-C
+    closes the output cleanly; exit 1 when the source stops early (what was written still plays).
+    """
     from tqdm import tqdm
 
     names = [p.strip() for item in providers for p in item.split(",") if p.strip()] or None
@@ -47,6 +58,8 @@ def predict_main(inputs: Tuple[Path, ...], model: Path, out: Path, with_overlay:
         tqdm.write(f"fcn-predict: skipped {path}: {reason}", file=sys.stderr)
 
     with Segmenter.load(model, providers=names, size=size, num_threads=threads) as seg:
+        if stream.applies(inputs, out):   # video, camera, network: the frame loop of fcnseg.runtime.stream
+            sys.exit(run_stream(seg, inputs, out, stream, alpha=alpha, fmt=fmt, force=force))
         m = seg.metadata
         summary = predict_files(seg, inputs, out, fmt=fmt, with_overlay=with_overlay, alpha=alpha,
                                 classes=m.classes, palette=m.palette, on_error=report, force=force,

@@ -1,0 +1,150 @@
+"""The stream half of ``fcn-predict``: its options, when they apply, and the call into ``segment_stream``.
+
+``fcn-predict`` segments image files as before; a video file, camera, stream URL or glob as SOURCE, a video
+file or URL as ``--out``, or any of the options below switches it to the frame loop of
+``fcnseg.runtime.stream``.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import click
+
+from .errors import FcnsegError
+from .outputs import MASK, ArtifactKind, check_output, check_writable_parent
+from .postprocess import IMAGE_SUFFIXES
+from .stream import VISUALIZE, StreamStats, segment_stream
+from .video_io import OUTPUT_FORMATS, is_fcnseg_video, is_stream_spec
+
+VIDEO = ArtifactKind("fcnseg video", is_fcnseg_video)
+STATS = ArtifactKind("fcnseg stream statistics file", lambda p: p.read_text(errors="replace")[:9] in ("", '{"frame":'))
+EXIT_STOPPED, EXIT_INTERRUPTED = 1, 130
+
+
+@dataclass
+class StreamOptions:
+    """The stream options of ``fcn-predict`` (None: not given)."""
+
+    visualize: Optional[str] = None
+    legend: bool = True
+    save_masks: Optional[str] = None
+    stats: Optional[str] = None
+    max_frames: Optional[int] = None
+    timeout: Optional[float] = None
+    batch: Optional[int] = None
+    sequential: bool = False
+
+    def applies(self, inputs: Sequence[str], out: str) -> bool:
+        """True when the frame loop should run instead of the image-file mode."""
+        given = (self.visualize, self.save_masks, self.stats, self.max_frames, self.timeout, self.batch)
+        return (any(v is not None for v in given) or self.sequential or not self.legend
+                or any(is_stream_spec(i) for i in inputs) or "://" in out
+                or Path(out).suffix.lower() in OUTPUT_FORMATS)
+
+
+_OPTIONS = [
+    click.option("--visualize", type=click.Choice(VISUALIZE), default=None,
+                 help="Stream output: the frame with class colours (overlay), the colours alone (mask), or the "
+                      "frame and the colours next to each other (side-by-side) [default: overlay]."),
+    click.option("--legend/--no-legend", default=True, show_default=True, help="Stream output: a class legend."),
+    click.option("--save-masks", type=str, default=None, metavar="DIR",
+                 help="Stream: also write one mask per frame, DIR/<frame number>.png (or .npy with --format)."),
+    click.option("--stats", type=str, default=None, metavar="FILE",
+                 help="Stream: per-frame pixel share of each class, as JSON lines."),
+    click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stream: stop after N frames."),
+    click.option("--timeout", type=click.FloatRange(min=0.1), default=None,
+                 help="Stream: seconds a network source or camera may stay silent [default: 10]."),
+    click.option("--batch", type=click.IntRange(min=1), default=None,
+                 help="Stream: frames per inference call [default: 1 for live sources, else the engine's limit]."),
+    click.option("--sequential", is_flag=True, help="Stream: one frame at a time, no overlap (for comparison)."),
+]
+
+
+def stream_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the stream options to a click command; they reach it as one ``stream: StreamOptions`` argument."""
+    names = [f.name for f in fields(StreamOptions)]
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        stream = StreamOptions(**{n: kwargs.pop(n) for n in names})
+        return fn(*args, stream=stream, **kwargs)
+
+    for option in reversed(_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def run_stream(segmenter: Any, inputs: Sequence[str], out: str, opts: StreamOptions, *, alpha: float,
+               fmt: str = "png", force: bool = False) -> int:
+    """Check the outputs, run ``segment_stream`` with a progress line, report; returns the exit status."""
+    source = _source(inputs)
+    files = [source] if isinstance(source, str) and Path(source).is_file() else []
+    _check_outputs(out, opts, inputs=files, force=force)
+    progress = _Progress()
+    stats = segment_stream(segmenter, source, out, visualize=opts.visualize or "overlay", alpha=alpha,
+                           legend=opts.legend, save_masks=opts.save_masks, stats=opts.stats, mask_format=fmt,
+                           max_frames=opts.max_frames, pipelined=not opts.sequential, batch=opts.batch,
+                           timeout=opts.timeout, progress=progress)
+    progress.done()
+    click.echo(f"fcn-predict: {stats.summary()}; wrote {out}", err=True)
+    if stats.interrupted:
+        click.echo(f"fcn-predict: interrupted; {out} closed after {stats.frames} frames", err=True)
+        return EXIT_INTERRUPTED
+    if stats.error is not None:
+        click.echo(f"error: {stats.error}", err=True)
+        return EXIT_STOPPED
+    return 0
+
+
+def _source(inputs: Sequence[str]) -> Any:
+    if len(inputs) == 1:
+        return inputs[0]
+    odd = [i for i in inputs if Path(i).suffix.lower() not in IMAGE_SUFFIXES or not Path(i).is_file()]
+    if odd:
+        raise FcnsegError(f"expected one SOURCE (or image files as frames), got {len(inputs)} inputs including "
+                          f"{odd[0]!r}; try one video, camera or URL per run")
+    return list(inputs)
+
+
+def _check_outputs(out: str, opts: StreamOptions, *, inputs: Sequence[str], force: bool) -> None:
+    """Refuse outputs over inputs or over files fcnseg did not write, before the first frame."""
+    if "://" not in out:
+        if Path(out).suffix.lower() in OUTPUT_FORMATS:
+            check_output(out, VIDEO, inputs=inputs, force=force, option="--out")
+        elif Path(out).is_file():
+            raise FcnsegError(f"expected --out to be a video file ({', '.join(OUTPUT_FORMATS)}), a folder or a URL, "
+                              f"got {out!r} which is another kind of file; try out.mp4")
+        else:
+            check_writable_parent(Path(out) / "frame", option="--out")
+    if opts.stats is not None:
+        check_output(opts.stats, STATS, inputs=inputs, force=force, option="--stats")
+    if opts.save_masks is not None:
+        check_writable_parent(Path(opts.save_masks) / "mask", option="--save-masks")
+        clash = next((p for p in Path(opts.save_masks).glob("[0-9]*.*") if not force and not MASK.is_ours(p)), None)
+        if clash is not None:
+            raise FcnsegError(f"expected --save-masks to hold only fcnseg masks, got {str(clash)!r}; pass --force "
+                              "to replace such files, or try another folder")
+
+
+class _Progress:
+    """A live progress line on a terminal (none when stderr is a file or a pipe)."""
+
+    def __init__(self, every: float = 0.5) -> None:
+        self.tty, self.every, self.last = sys.stderr.isatty(), every, 0.0
+
+    def __call__(self, stats: StreamStats) -> None:
+        now = time.monotonic()
+        if self.tty and now - self.last >= self.every:
+            self.last = now
+            sys.stderr.write(f"\rfcn-predict: {stats.frames} frames, {stats.fps:.1f} FPS, {stats.dropped} dropped ")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.tty and self.last:
+            sys.stderr.write("\n")

@@ -58,16 +58,42 @@ class VOCLayout:
     def load_pil(self, i: int) -> tuple[Image.Image, Image.Image]:
         """The i-th sample as (RGB image, "L" mask) PIL images, with the mask's values checked."""
         img = _open(self.image_path(i)).convert("RGB")
+        mask, arr = self._label(i)
+        self._check_sizes(i, img.size, mask.size)
+        return img, Image.fromarray(arr, mode="L") if mask.mode == "P" else mask
+
+    def check_pair(self, i: int) -> None:
+        """Check the i-th pair without decoding the image: both files readable, label mode, values and sizes.
+
+        Fast enough to scan a whole split before training (the image's header gives its size).
+
+        Raises:
+            FcnsegError: the first problem found, naming the file.
+        """
+        path = self.image_path(i)
+        try:
+            with Image.open(path) as img:
+                size = img.size
+        except FileNotFoundError:
+            raise FcnsegError(f"expected the file {path}, which does not exist (listed in the split file)") from None
+        except OSError as e:
+            raise FcnsegError(f"could not read {path}: {e}; expected a valid JPEG/PNG") from None
+        mask, _ = self._label(i)
+        self._check_sizes(i, size, mask.size)
+
+    def _label(self, i: int) -> tuple[Image.Image, np.ndarray]:
         mask = _open(self.mask_path(i))
         if mask.mode not in ("P", "L"):
             raise FcnsegError(f"expected a palette ('P') or 'L' label PNG, got mode {mask.mode!r} in "
                               f"{self.mask_path(i)}; VOC labels store class ids, not colours")
         arr = np.asarray(mask)
         self._check_values(arr, self.mask_path(i))
-        if img.size != mask.size:
-            raise FcnsegError(f"expected image and label of the same size, got {img.size} and {mask.size} "
+        return mask, arr
+
+    def _check_sizes(self, i: int, image_size: tuple, mask_size: tuple) -> None:
+        if image_size != mask_size:
+            raise FcnsegError(f"expected image and label of the same size, got {image_size} and {mask_size} "
                               f"for {self.ids[i]}")
-        return img, Image.fromarray(arr, mode="L") if mask.mode == "P" else mask
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """The i-th sample as (HxWx3 uint8 image, HxW uint8 mask)."""
@@ -79,7 +105,8 @@ class VOCLayout:
             yield self.load(i)
 
     def _check_values(self, arr: np.ndarray, path: Path) -> None:
-        values = np.unique(arr)
+        # bincount of uint8 labels: one pass, no sort (np.unique sorts every pixel)
+        values = np.flatnonzero(np.bincount(arr.ravel(), minlength=256)) if arr.dtype == np.uint8 else np.unique(arr)
         bad = values[(values >= self.num_classes) & (values != IGNORE_INDEX)]
         if bad.size:
             raise FcnsegError(f"expected label values in 0..{self.num_classes - 1} or {IGNORE_INDEX}, got "

@@ -2,7 +2,7 @@
 
 Format: ``{"model", "optimizer", "lr_scheduler", "epoch", "args"}`` as torchvision's reference writes,
 plus ``num_classes``, ``arch``, ``classes``, ``mean``, ``std``, ``base_size`` and ``miou``. ``args`` is a
-plain dict (an ``argparse.Namespace`` would not load under ``weights_only=True``).
+plain dict; torchvision's own checkpoints (``args`` an ``argparse.Namespace``) are read too (see ``weights``).
 """
 
 from __future__ import annotations
@@ -17,26 +17,17 @@ from ..runtime.atomic import atomic_path
 from ..runtime.errors import FcnsegError, first_line
 from ..runtime.metadata import ModelMetadata
 from ..runtime.voc import BASE_SIZE, MEAN, STD, VOC_CLASSES
+from .models import MODELS, get_model
+from .weights import arch_from_state, args_dict, classes_from_state, read_checkpoint, state_dict_of
+
+__all__ = ["save_checkpoint", "read_checkpoint", "LoadedCheckpoint", "load_checkpoint", "parse_checkpoint",
+           "model_from_checkpoint"]
 
 
 def save_checkpoint(obj: Mapping[str, Any], path: "str | os.PathLike[str]") -> None:
     """Write ``obj`` with ``torch.save`` to a temporary file, then rename it over ``path``."""
     with atomic_path(path) as tmp:
         torch.save(dict(obj), tmp)
-
-
-def read_checkpoint(path: "str | os.PathLike[str]") -> dict:
-    """Load a checkpoint file with ``weights_only=True``; one clear error for missing or corrupt files."""
-    if not os.path.isfile(path):
-        raise FcnsegError(f"expected a checkpoint file, got {path!r} which does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for truncated or foreign files
-        raise FcnsegError(f"could not read checkpoint {path!r} ({type(e).__name__}: {first_line(e, 200)}); "
-                          "expected a file written by torch.save, e.g. by fcn-train") from None
-    if not isinstance(obj, dict):
-        raise FcnsegError(f"expected a checkpoint dict or state dict in {path!r}, got {type(obj).__name__}")
-    return obj
 
 
 @dataclass
@@ -65,26 +56,18 @@ def load_checkpoint(path: "str | os.PathLike[str]") -> LoadedCheckpoint:
 
 
 def parse_checkpoint(obj: dict, path: "str | os.PathLike[str]" = "<checkpoint>") -> LoadedCheckpoint:
-    """Split an already-read checkpoint dict into state dict and information (``path`` is for messages)."""
-    if "model" in obj and isinstance(obj["model"], Mapping):
-        sd = dict(obj["model"])
-        info = {k: v for k, v in obj.items() if k not in ("model", "optimizer", "lr_scheduler", "scaler")}
-    else:
-        sd, info = obj, {}
-    if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise FcnsegError(f"expected a state dict of tensors in {str(path)!r}, got keys {list(sd)[:5]}")
-    args = info.get("args")
-    arch = info.get("arch") or (args.get("model") if isinstance(args, Mapping) else None)
-    num_classes = info.get("num_classes") or _classes_from_state(sd)
+    """Split an already-read checkpoint dict into state dict and information (``path`` is for messages).
+
+    The architecture is the one recorded (``arch``, else torchvision's ``args.model``), else told from the keys.
+    """
+    sd = state_dict_of(obj, path)
+    wrapped = isinstance(obj.get("model"), Mapping)
+    info = {k: v for k, v in obj.items() if k not in ("model", "optimizer", "lr_scheduler", "scaler")} if wrapped else {}
+    if "args" in info:
+        info["args"] = args_dict(info["args"])
+    arch = info.get("arch") or info.get("args", {}).get("model") or arch_from_state(sd)
+    num_classes = info.get("num_classes") or classes_from_state(sd)
     return LoadedCheckpoint(sd, arch, num_classes, info)
-
-
-def _classes_from_state(sd: Mapping[str, torch.Tensor]) -> Optional[int]:
-    """The class count of the main head, read from the last classifier layer's weight."""
-    for key in ("classifier.4.weight", "score_fr.weight", "classifier.weight"):
-        if key in sd:
-            return int(sd[key].shape[0])
-    return None
 
 
 def model_from_checkpoint(path: "str | os.PathLike[str]", *, arch: Optional[str] = None,
@@ -96,8 +79,6 @@ def model_from_checkpoint(path: "str | os.PathLike[str]", *, arch: Optional[str]
         arch: model name; required when the file does not say it, checked when it does.
         num_classes: expected class count; checked against the file.
     """
-    from .models import MODELS, get_model
-
     ckpt = load_checkpoint(path)
     if arch and ckpt.arch and arch != ckpt.arch:
         raise FcnsegError(f"expected a checkpoint of {arch}, got one of {ckpt.arch} in {str(path)!r}; "

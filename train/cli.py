@@ -2,39 +2,46 @@
 
 from __future__ import annotations
 
-import os
-
 import click
 
 from ..runtime.errors import cli_errors
-from ..runtime.voc import BASE_SIZE, CROP_SIZE, NUM_CLASSES
+from .config import TrainConfig
+
+
+def _d(name: str):
+    return TrainConfig.default(name)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--data-path", required=True, type=click.Path(), help="folder containing VOCdevkit/VOC2012")
-@click.option("--model", default="fcn_resnet50", help="fcn_resnet50, fcn_resnet101, fcn8s_resnet18, fcn8s_resnet34")
+@click.option("--model", default=_d("model"), help="fcn_resnet50, fcn_resnet101, fcn8s_resnet18, fcn8s_resnet34")
 @click.option("--aux-loss", is_flag=True, help="train the auxiliary head on layer3 (weight 0.5)")
-@click.option("--epochs", default=30)
-@click.option("-b", "--batch-size", default=8, help="images per process")
-@click.option("--lr", default=0.01)
-@click.option("-j", "--workers", default=min(4, os.cpu_count() or 1), help="data loading workers")
-@click.option("--output-dir", default="runs/fcn", type=click.Path())
-@click.option("--resume", default=None, type=click.Path(), help="checkpoint.pth to continue from")
+@click.option("--epochs", default=_d("epochs"))
+@click.option("-b", "--batch-size", default=_d("batch_size"), help="images per process")
+@click.option("--lr", default=_d("lr"))
+@click.option("-j", "--workers", default=_d("workers"), help="data loading workers")
+@click.option("--output-dir", default=_d("output_dir"), type=click.Path())
+@click.option("--resume", default=None, type=click.Path(), help="checkpoint.pth to continue from (same options; "
+              "another --epochs or -b re-plans the LR decay)")
+@click.option("--force", is_flag=True, help="start over in an --output-dir holding a previous run (it is moved to "
+              "OUTPUT_DIR/previous-<time>/)")
+@click.option("--skip-data-check", "--no-scan", "skip_data_check", is_flag=True,
+              help="do not check every image/label pair before training (for huge datasets)")
 @click.option("--amp", is_flag=True, help="mixed precision (CUDA)")
-@click.option("--base-size", default=BASE_SIZE)
-@click.option("--crop-size", default=CROP_SIZE)
+@click.option("--base-size", default=_d("base_size"))
+@click.option("--crop-size", default=_d("crop_size"))
 @click.option("--pretrained", default=None, type=click.Path(), help="local weights file (torchvision FCN or ResNet)")
-@click.option("--num-classes", default=NUM_CLASSES)
-@click.option("--device", default=None, help="cuda, cpu (default: cuda when available)")
+@click.option("--num-classes", default=_d("num_classes"))
+@click.option("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
 @click.option("--sync-bn", is_flag=True, help="SyncBatchNorm under torchrun")
-@click.option("--seed", default=0)
-@click.option("--val-split", default="val")
+@click.option("--seed", default=_d("seed"))
+@click.option("--val-split", default=_d("val_split"))
 @cli_errors
-def train_main(**opts) -> None:
+def train_main(skip_data_check: bool, **opts) -> None:
     """Train an FCN on a VOC-layout dataset (torchvision reference recipe; works under torchrun)."""
-    from .engine import TrainConfig, train
+    from .engine import train
 
-    train(TrainConfig(**opts))
+    train(TrainConfig(check_data=not skip_data_check, **opts))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

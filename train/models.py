@@ -29,7 +29,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.fcn import FCN, FCNHead
 
 from ..runtime.errors import FcnsegError
-from .checkpoint import _classes_from_state, read_checkpoint
+from .weights import classes_from_state, read_checkpoint, state_dict_of
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -216,10 +216,7 @@ def load_pretrained(model: nn.Module, path: PathLike) -> list[str]:
     Raises:
         FcnsegError: unreadable file, or weights of another architecture; nothing is loaded then.
     """
-    obj = read_checkpoint(path)
-    sd = obj["model"] if isinstance(obj.get("model"), Mapping) else obj
-    if not sd or not all(isinstance(v, Tensor) for v in sd.values()):
-        raise FcnsegError(f"expected a state dict of tensors in {str(path)!r}, got keys {list(sd)[:5]}")
+    sd = state_dict_of(read_checkpoint(path), path)
     if any(k.startswith("backbone.") for k in sd):
         return _load_full(model, dict(sd), path)
     if "conv1.weight" in sd and any(k.startswith("layer1.") for k in sd):
@@ -235,8 +232,8 @@ def _load_full(model: nn.Module, sd: dict, path: PathLike) -> list[str]:
     has_aux = any(k.startswith("aux_classifier.") for k in own)
     if not has_aux:
         sd = {k: v for k, v in sd.items() if not k.startswith("aux_classifier.")}
-    want = _classes_from_state(own)
-    got = _classes_from_state(sd)
+    want = classes_from_state(own)
+    got = classes_from_state(sd)
     skipped = []
     if got is not None and got != want:
         # Only tensors with a class dimension (score convs, their biases, the per-class upsampling) may differ.

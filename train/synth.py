@@ -13,6 +13,7 @@ get a void (255) ring along every object boundary, like VOC's.
 from __future__ import annotations
 
 import colorsys
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ SHAPES = ("ellipse", "rectangle", "triangle", "star", "cross", "ring")
 HUES = tuple(36.0 * i for i in range(10))
 TEXTURES = ("solid", "stripes", "dots")
 JPEG_QUALITY = 90
+# Written into VOCdevkit/VOC2012 first: the folder is ours, and may be written again.
+MARKER = ".fcnseg-synth.json"
 # Sizes relative to the shorter image side: object radius range, texture period range.
 _RADIUS = (0.16, 0.32)
 _PERIOD = (0.05, 0.08)
@@ -81,13 +84,16 @@ def synthesize(root: PathLike, *, num_train: int = 200, num_val: int = 50, size:
         ``root`` as a Path: the folder to pass as ``--data-path``.
 
     Raises:
-        FcnsegError: for non-positive counts or a size under 32 pixels.
+        FcnsegError: for non-positive counts or a size under 32 pixels; when ``root`` is a file, or holds a
+            dataset that synthesize did not write (no ``MARKER`` file), which it never writes into.
     """
     for name, value, low in (("num_train", num_train, 1), ("num_val", num_val, 1), ("size", size, 32)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise FcnsegError(f"expected {name} to be an integer >= {low}, got {value!r}")
     root = Path(root)
     base = root / "VOCdevkit" / "VOC2012"
+    _check_root(root, base)
+    write_text(base / MARKER, json.dumps({"num_train": num_train, "num_val": num_val, "size": size, "seed": seed}))
     splits = {"train": [f"synth_{i:06d}" for i in range(1, num_train + 1)],
               "val": [f"synth_{i:06d}" for i in range(num_train + 1, num_train + num_val + 1)]}
     with tqdm(total=num_train + num_val, desc="synthesizing VOC", unit="img", disable=not progress) as bar:
@@ -102,6 +108,25 @@ def synthesize(root: PathLike, *, num_train: int = 200, num_val: int = 50, size:
     for split, ids in (*splits.items(), ("trainval", splits["train"] + splits["val"])):
         write_text(lists / f"{split}.txt", "".join(f"{i}\n" for i in ids))
     return root
+
+
+def _check_root(root: Path, base: Path) -> None:
+    """Refuse a file, and any VOC-like content synthesize did not write, before writing anything."""
+    parent = root
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise FcnsegError(f"expected ROOT to be a folder (new or empty), got {str(root)!r} "
+                          f"{'which is' if parent == root else 'under'} the file {str(parent)!r}; try another ROOT")
+    for folder in (base, root):
+        if (folder / MARKER).is_file():
+            continue
+        found = [p for sub in ("ImageSets/Segmentation", "JPEGImages", "SegmentationClass")
+                 if (folder / sub).is_dir() for p in (folder / sub).iterdir()]
+        if found:
+            raise FcnsegError(f"expected ROOT to be new or to hold a dataset written by fcn-data synth, got "
+                              f"{str(folder)!r} holding {len(found)} files it did not write (e.g. "
+                              f"{found[0].relative_to(folder)}); try another ROOT, this one is left untouched")
 
 
 def _class_schedule(rng: np.random.Generator, num_images: int) -> list:

@@ -36,7 +36,7 @@ def test_layout_is_exactly_voc(tiny):
     assert lists["trainval"] == lists["train"] + lists["val"]
     expected = {f"JPEGImages/{i}.jpg" for i in lists["trainval"]} | {f"SegmentationClass/{i}.png"
                                                                      for i in lists["trainval"]}
-    expected |= {f"ImageSets/Segmentation/{s}.txt" for s in SPLITS}
+    expected |= {f"ImageSets/Segmentation/{s}.txt" for s in SPLITS} | {synth.MARKER}
     assert set(_files(base)) == expected  # nothing else, in particular no leftover temporary files
     assert {p.name for p in root.iterdir()} == {"VOCdevkit"}
 
@@ -120,3 +120,23 @@ def test_bad_arguments_are_clear_errors(tmp_path, kwargs, name):
     with pytest.raises(FcnsegError, match=name):
         synthesize(tmp_path, **{"progress": False, **kwargs})
     assert not any(tmp_path.iterdir())
+
+
+def test_refuses_a_dataset_it_did_not_write_and_a_file(tmp_path):
+    real = tmp_path / "voc" / "VOCdevkit" / "VOC2012"
+    (real / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (real / "ImageSets" / "Segmentation" / "train.txt").write_text("2007_000032\n")
+    with pytest.raises(FcnsegError, match="holding 1 files it did not write .*train.txt.*left untouched"):
+        synthesize(tmp_path / "voc", num_train=2, num_val=1, size=48, progress=False)
+    assert (real / "ImageSets" / "Segmentation" / "train.txt").read_text() == "2007_000032\n"
+    assert sorted(p.name for p in real.rglob("*")) == ["ImageSets", "Segmentation", "train.txt"]
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FcnsegError, match="expected ROOT to be a folder .*which is the file"):
+        synthesize(tmp_path / "notes.txt", num_train=2, num_val=1, size=48, progress=False)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_writes_again_over_its_own_dataset(tmp_path):
+    base = _make(tmp_path, seed=0, num_train=2, num_val=1)
+    before = _files(base)
+    assert _make(tmp_path, seed=0, num_train=2, num_val=1) == base and _files(base) == before

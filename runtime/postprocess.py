@@ -71,7 +71,7 @@ def legend(classes: Sequence[str], palette: Optional[Sequence[Sequence[int]]], p
     ids = sorted({int(i) for i in present_ids if 0 <= int(i) < len(classes)})
     font = ImageFont.load_default()
     names = [str(classes[i]) for i in ids] or ["(no classes)"]
-    text_w = max(int(font.getbbox(n)[2]) for n in names)
+    text_w = max(_text_width(font, n) for n in names)
     swatch = row_height - 4
     img = Image.new("RGB", (swatch + text_w + 14, row_height * len(names) + 4), "white")
     draw = ImageDraw.Draw(img)
@@ -171,6 +171,13 @@ def read_image(path: PathLike) -> np.ndarray:
         return np.clip(np.asarray(img), 0, 65535).astype(np.uint16)
     alpha = "A" in img.getbands() or "transparency" in img.info
     return np.asarray(img.convert("RGBA" if alpha else "RGB"))
+
+
+def _text_width(font: ImageFont.ImageFont, text: str) -> int:
+    # The default bitmap font has getbbox from Pillow 9.2 and getsize until Pillow 10 (JetPack 5 ships 7.0).
+    if hasattr(font, "getbbox"):
+        return int(font.getbbox(text)[2])
+    return int(font.getsize(text)[0])
 
 
 def _check_mask(mask: np.ndarray) -> np.ndarray:

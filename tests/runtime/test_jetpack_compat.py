@@ -1,0 +1,173 @@
+"""The runtime installs and runs on the Pythons of JetPack 5.1, 6 and 7 with their numpy and Pillow, without torch.
+
+For each JetPack a virtual environment is made with that Python and the numpy/Pillow JetPack ships
+(cached under ``.venv-jetpack/`` keyed by the pins, so only the first run downloads), the runtime wheel
+built from ``runtime/pyproject.toml`` is installed into it with pip's dependency check, and
+``jetpack_checks.py`` runs there and here on the same inputs. Every array and metadata document it writes
+must be equal in both. Interpreters that are not installed are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pytest
+
+from fcnseg.runtime.metadata import ModelMetadata
+from fcnseg.runtime.sidecar import EngineSidecar
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+CHECKS = HERE / "jetpack_checks.py"
+VENVS = Path(os.environ.get("FCNSEG_JETPACK_VENVS", ROOT / ".venv-jetpack"))
+# (name, Python, numpy, Pillow) as each JetPack's Ubuntu ships them (python3-numpy / python3-pil).
+JETPACKS = [("jetpack5.1", "3.8", "1.17.4", "7.0.0"),
+            ("jetpack6", "3.10", "1.21.5", "9.0.1"),
+            ("jetpack7", "3.12", "1.26.4", "10.2.0")]
+PIP = ["-m", "pip", "--disable-pip-version-check", "--no-input"]
+
+
+def find_python(version: str) -> Optional[str]:
+    """An interpreter for ``version``: on PATH, or a pyenv install (its shim only works when selected)."""
+    root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    candidates = [shutil.which(f"python{version}")] + sorted(glob.glob(f"{root}/versions/{version}.*/bin/python{version}"))
+    for exe in filter(None, candidates):
+        try:
+            out = subprocess.run([exe, "-c", "import sys, venv; print('%d.%d' % sys.version_info[:2])"],
+                                 capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if out.returncode == 0 and out.stdout.strip() == version:
+            return exe
+    return None
+
+
+def jetpack_venv(python: str, version: str, numpy_pin: str, pillow_pin: str) -> Path:
+    """A venv with the pinned numpy/Pillow (and pytest, which the fake TensorRT module's file imports); cached."""
+    VENVS.mkdir(parents=True, exist_ok=True)
+    venv = VENVS / f"py{version}-numpy{numpy_pin}-pillow{pillow_pin}"
+    with open(VENVS / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # two test runs at once must not build the same venv
+        if not (venv / ".ready").is_file():
+            shutil.rmtree(venv, ignore_errors=True)
+            subprocess.run([python, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
+            _run([str(venv / "bin/python"), *PIP, "install", "-q", "--only-binary=:all:", f"numpy=={numpy_pin}",
+                  f"pillow=={pillow_pin}", "pytest"], timeout=300)
+            (venv / ".ready").write_text(f"numpy=={numpy_pin} pillow=={pillow_pin}\n")
+    return venv
+
+
+def _run(cmd, **kw) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, "PYTHONNOUSERSITE": "1"}, **kw)
+    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="session")
+def runtime_wheel(tmp_path_factory):
+    from fcnseg.export.runtime_wheel import build_runtime_wheel
+
+    return build_runtime_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+def tiny_onnx(path: Path, meta: ModelMetadata) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["input"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, "H", "W"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for k, v in meta.to_props().items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def inputs(tmp_path_factory):
+    """Images of every layout the runtime accepts, a tiny ONNX with metadata, a fake engine with its sidecar."""
+    d = tmp_path_factory.mktemp("jetpack_inputs")
+    rng = np.random.default_rng(13)
+    images = {"rgb": rng.integers(0, 256, (37, 53, 3), dtype=np.uint8),
+              "gray": rng.integers(0, 256, (20, 31), dtype=np.uint8),
+              "rgba": rng.integers(0, 256, (24, 18, 4), dtype=np.uint8),
+              "u16": rng.integers(0, 65536, (19, 25, 3), dtype=np.uint16),
+              "float": rng.random((30, 22, 3), dtype=np.float32)}
+    np.savez(d / "images.npz", **images)
+    tiny_onnx(d / "tiny.onnx", ModelMetadata(arch="fcn8s_resnet18", num_classes=3, input_size=97, miou=0.61))
+    plan = d / "engine.plan"
+    plan.write_bytes(b"FAKEPLAN")   # what the fake TensorRT runtime of test_tensorrt_backend.py deserializes
+    EngineSidecar(library="tensorrt", library_version="8.5.2", precision="fp16",
+                  gpu={"name": "Orin", "compute_capability": "8.7"}, onnx="tiny.onnx",
+                  metadata=ModelMetadata(arch="tiny", num_classes=4, input_size=16).to_dict()).write(plan)
+    return d
+
+
+@pytest.fixture(scope="session")
+def reference(inputs, tmp_path_factory):
+    """The checks' results in this (the main) environment."""
+    out = tmp_path_factory.mktemp("jetpack_ref")
+    _run([sys.executable, str(CHECKS), str(inputs), str(out)], cwd=str(out), timeout=300)
+    return out
+
+
+def compare(ref: Path, got: Path) -> list:
+    """Names of the results that differ (every .npy array equal, every .json document equal)."""
+    names = sorted(p.name for p in ref.iterdir() if p.suffix in (".npy", ".json") and p.name != "versions.json")
+    assert names, f"no results written to {ref}"
+    missing = [n for n in names if not (got / n).is_file()]
+    assert not missing, f"results missing in {got}: {missing}"
+    differ = []
+    for name in names:
+        if name.endswith(".npy"):
+            a, b = np.load(ref / name), np.load(got / name)
+            if a.dtype != b.dtype or a.shape != b.shape or not np.array_equal(a, b):
+                differ.append(name)
+        elif json.loads((ref / name).read_text()) != json.loads((got / name).read_text()):
+            differ.append(name)
+    return differ
+
+
+@pytest.mark.parametrize("name,version,numpy_pin,pillow_pin", JETPACKS, ids=[j[0] for j in JETPACKS])
+def test_runtime_on_jetpack_python(name, version, numpy_pin, pillow_pin, runtime_wheel, inputs, reference, tmp_path):
+    python = find_python(version)
+    if python is None:
+        pytest.skip(f"Python {version} ({name}) is not installed here (looked on PATH and in pyenv)")
+    venv = jetpack_venv(python, version, numpy_pin, pillow_pin)
+    py = str(venv / "bin/python")
+    # pip must accept the interpreter (requires-python), and `pip check` JetPack's numpy/Pillow as the deps.
+    _run([py, *PIP, "install", "-q", "--no-index", "--no-deps", "--force-reinstall", str(runtime_wheel)], timeout=120)
+    _run([py, *PIP, "check"], timeout=60)
+    proc = _run([py, str(CHECKS), str(inputs), str(tmp_path)], cwd=str(tmp_path), timeout=300)
+    print(f"{name}: {proc.stdout.strip()}")
+    info = json.loads((tmp_path / "versions.json").read_text())
+    assert (info["python"].rsplit(".", 1)[0], info["numpy"], info["pillow"]) == (version, numpy_pin, pillow_pin)
+    assert Path(info["runtime_path"]).is_relative_to(venv), "the runtime must come from the installed wheel"
+    assert not info["torch"] and not info["onnx"] and not info["onnxruntime"]
+    differ = compare(reference, tmp_path)
+    assert not differ, f"{name} ({proc.stdout.strip()}) differs from the main environment in: {differ}"
+
+
+def test_runtime_wheel_matches_the_package_version(runtime_wheel):
+    """runtime/pyproject.toml follows the main pyproject.toml's version (one release, two distributions)."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    main = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    runtime = tomllib.loads((ROOT / "runtime/pyproject.toml").read_text())["project"]
+    assert runtime["version"] == main and runtime_wheel.name == f"fcnseg_runtime-{main}-py3-none-any.whl"
+    assert runtime["requires-python"] == ">=3.8" and runtime["dependencies"] == ["numpy>=1.17", "pillow>=7"]
+    # Every subpackage of the runtime is listed, so the wheel is the whole runtime.
+    listed = set(tomllib.loads((ROOT / "runtime/pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(("fcnseg", "runtime") + p.parent.relative_to(ROOT / "runtime").parts)
+             for p in (ROOT / "runtime").rglob("__init__.py")}
+    assert found == listed

@@ -15,15 +15,27 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --no-deps tensorrt-stubs==10.13.0.35.1
 	touch $(STAMP)
 
-venv: $(STAMP)
+# Triton Inference Server for the serving tests and fcn-serve: the tritonserver bundled by nvidia-pytriton, in
+# an environment of its own because pytriton pins numpy < 2. Its Python backend runs this checkout's runtime.
+TRITON_VENV  := .venv-triton
+TRITON_STAMP := $(TRITON_VENV)/.fcnseg-installed
+
+$(TRITON_STAMP): pyproject.toml
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
+	$(TRITON_VENV)/bin/python -m pip install -q "nvidia-pytriton==0.7.0" "onnxruntime>=1.18,<1.20" "pillow>=9"
+	$(TRITON_VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $(TRITON_STAMP)
+
+venv: $(STAMP) $(TRITON_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m fcnseg.benchmarks.demo --out $(DEMO_OUT)
 
-test: $(STAMP)
+test: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # FCN-ResNet50 at 520x520 on this CPU: PyTorch FP32 vs ONNX Runtime FP32 / INT8 (both layouts), end to end.

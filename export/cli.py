@@ -17,6 +17,7 @@ import click
 from ..runtime import outputs
 from ..runtime.cliutil import OneLineGroup
 from ..runtime.errors import FcnsegError, one_line
+from . import triton
 
 
 class _Group(OneLineGroup):
@@ -161,6 +162,30 @@ def check_cmd(model: str) -> None:
     click.echo(str(report))
     if not report:
         click.get_current_context().exit(1)
+
+
+@main.command("triton")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--repo", "repo_dir", required=True, type=click.Path(file_okay=False), help="Model repository folder.")
+@click.option("--name", default=triton.DEFAULT_NAME, show_default=True, help="Model name (the ensemble: NAME_image).")
+@click.option("--max-batch", type=int, help="Largest batch [default: 8, within a .plan's profile].")
+@click.option("--instances", type=int, default=triton.Batching.instances, show_default=True)
+@click.option("--preferred-batch", metavar="N,N", help="Preferred batch sizes [default: 4,8 up to --max-batch].")
+@click.option("--max-queue-delay-us", type=int, default=triton.Batching.max_queue_delay_us, show_default=True)
+@click.option("--kind", type=click.Choice(triton.KINDS), default=triton.Batching.kind, show_default=True)
+@click.option("--backend", type=click.Choice(triton.ONNX_BACKENDS), default=triton.ONNX_BACKENDS[0],
+              show_default=True, help="Triton backend for an .onnx (openvino: --kind cpu).")
+@click.option("--with-preprocessing", is_flag=True, help="Add an ensemble taking encoded images, returning masks.")
+@click.option("--force", is_flag=True, help="Replace model folders that exist.")
+def triton_cmd(model: str, repo_dir: str, name: str, max_batch: Optional[int], instances: int,
+               preferred_batch: Optional[str], max_queue_delay_us: int, kind: str, backend: str,
+               with_preprocessing: bool, force: bool) -> None:
+    """Write a Triton model repository serving MODEL (.onnx or .plan with its sidecar)."""
+    batching = triton.Batching(max_batch=max_batch, instances=instances, max_queue_delay_us=max_queue_delay_us,
+                               kind=kind, preferred=triton.parse_batch_sizes(preferred_batch))
+    repo = triton.export_triton(model, repo_dir, name=name, batching=batching, onnx_backend=backend,
+                                with_preprocessing=with_preprocessing, force=force)
+    click.echo(repo.root / repo.entry)
 
 
 @main.command("trt")

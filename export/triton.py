@@ -1,0 +1,408 @@
+"""Triton Inference Server model repositories for fcnseg models.
+
+``export_triton`` writes what a stock ``tritonserver --model-repository DIR`` loads: the network itself
+(``model.plan`` on ``tensorrt_plan``, ``model.onnx`` on ``onnxruntime_onnx`` or the ``openvino`` backend) with
+a ``config.pbtxt`` (max batch, dtypes and dynamic dims, dynamic batching, instance groups, the engine's
+optimization profile respected), optionally an ensemble that takes encoded images (a Python-backend
+preprocessing step, the network, a Python-backend step that returns the mask at the image's size), and a
+README with the server and client commands. ``export_segmenter`` writes one Python-backend model that runs
+``fcnseg.runtime.Segmenter`` on any model file fcnseg loads (what ``fcn-serve`` serves).
+
+Configs are built as ``tritonclient``'s ``ModelConfig`` protobuf (Triton's own schema) and written in its
+text format, so a misspelt field cannot reach a file. Python-backend models are ``triton_model.py``, copied.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from ..runtime.errors import FcnsegError
+from ..runtime.metadata import ModelMetadata
+
+log = logging.getLogger(__name__)
+PathLike = Union[str, "os.PathLike[str]"]
+DEFAULT_NAME = "fcn"
+DEFAULT_MAX_BATCH = 8
+DEFAULT_PREFERRED = (4, 8)
+KINDS = ("gpu", "cpu")
+ONNX_BACKENDS = ("onnxruntime", "openvino")
+PYTHON_MODEL = Path(__file__).with_name("triton_model.py")
+TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8",
+                "int32": "TYPE_INT32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL", "bytes": "TYPE_STRING"}
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How Triton batches and places a model.
+
+    Attributes:
+        max_batch: largest batch Triton forms; None = ``DEFAULT_MAX_BATCH``, capped at an engine's profile.
+        preferred: batch sizes the dynamic batcher aims for; None = ``DEFAULT_PREFERRED`` within ``max_batch``.
+        max_queue_delay_us: how long a request may wait for others to form a batch.
+        instances: model instances (per GPU with kind "gpu").
+        kind: "gpu" (KIND_GPU) or "cpu" (KIND_CPU).
+    """
+
+    max_batch: Optional[int] = None
+    preferred: Optional[Tuple[int, ...]] = None
+    max_queue_delay_us: int = 500
+    instances: int = 1
+    kind: str = "gpu"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output: numpy dtype name ("bytes" for strings), dims without the batch dimension."""
+
+    name: str
+    dtype: str
+    dims: Tuple[int, ...]
+    ragged: bool = False
+
+
+@dataclass
+class ModelIO:
+    """A network's tensors, the largest batch it accepts (None: any) and its fcnseg metadata."""
+
+    inputs: List[TensorSpec]
+    outputs: List[TensorSpec]
+    max_batch: Optional[int]
+    metadata: ModelMetadata
+    profile: Optional[Dict[str, Any]] = None
+
+    @property
+    def result(self) -> TensorSpec:
+        """The output the mask comes from: the in-graph ``mask``, else ``logits``, else the first."""
+        by_name = {t.name: t for t in self.outputs}
+        return by_name.get("mask") or by_name.get("logits") or self.outputs[0]
+
+
+@dataclass
+class TritonRepository:
+    """What ``export_triton`` / ``export_segmenter`` wrote.
+
+    Attributes:
+        root: the repository folder (give it to ``tritonserver --model-repository``).
+        models: model folders written, in load order.
+        entry: the model clients call.
+        readme: the README with the commands.
+    """
+
+    root: Path
+    models: List[str]
+    entry: str
+    readme: Path
+    configs: Dict[str, Any] = field(default_factory=dict)
+
+    def config_path(self, name: str) -> Path:
+        return self.root / name / "config.pbtxt"
+
+
+def _config_pb2() -> Any:
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except ImportError as e:
+        raise FcnsegError(f"expected tritonclient for Triton's model-config schema, got an import error ({e}); "
+                          "try `pip install 'tritonclient[grpc]'` (fcnseg's `triton` extra)") from None
+    return model_config_pb2
+
+
+# ---------------------------------------------------------------- reading the network's tensors
+
+def read_onnx_io(path: PathLike) -> ModelIO:
+    """Inputs, outputs (dims without batch, -1 where symbolic) and metadata of an ONNX graph."""
+    import onnx
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    from .onnx_export import read_metadata
+
+    model = onnx.load(str(path), load_external_data=False)
+    init = {i.name for i in model.graph.initializer}
+
+    def spec(v: Any) -> Tuple[TensorSpec, Optional[int]]:
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
+        dtype = tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
+        return TensorSpec(v.name, dtype, tuple(dims[1:])), (dims[0] if dims and dims[0] > 0 else None)
+
+    inputs = [spec(v) for v in model.graph.input if v.name not in init]
+    outputs = [spec(v)[0] for v in model.graph.output]
+    return ModelIO([s for s, _ in inputs], outputs, inputs[0][1], read_metadata(model)[0])
+
+
+def read_plan_io(path: PathLike) -> ModelIO:
+    """Tensors, profile and metadata of a TensorRT engine, from its sidecar ``<plan>.json``."""
+    doc = _sidecar_doc(Path(path))
+    io = doc.get("io") or {"inputs": doc.get("inputs", []), "outputs": doc.get("outputs", [])}
+    profile = doc.get("profile") or {}
+    if not io.get("inputs") or not io.get("outputs") or not profile.get("max"):
+        raise FcnsegError(f"expected the sidecar of {str(path)!r} to list the engine's inputs, outputs and "
+                          f"profile, got keys {sorted(doc)}; try rebuilding the engine with `fcn-export trt`")
+
+    def spec(t: Mapping[str, Any]) -> TensorSpec:
+        return TensorSpec(t["name"], str(t["dtype"]), tuple(int(d) for d in t["shape"][1:]))
+
+    if doc.get("library") == "tensorrt_rtx":
+        log.warning("%s was built with TensorRT for RTX: Triton's tensorrt_plan backend runs engines built by the "
+                    "full TensorRT of the server's release; rebuild it there (fcn-export trt --library tensorrt)",
+                    Path(path).name)
+    meta = doc.get("metadata")
+    return ModelIO([spec(t) for t in io["inputs"]], [spec(t) for t in io["outputs"]], int(profile["max"][0]),
+                   ModelMetadata.from_dict(meta) if isinstance(meta, dict) else ModelMetadata(), dict(profile))
+
+
+def _sidecar_doc(plan: Path) -> Dict[str, Any]:
+    try:
+        from ..runtime.sidecar import EngineSidecar
+    except ImportError:  # older tree: the sidecar is plain JSON read here
+        EngineSidecar = None
+    if EngineSidecar is not None:
+        sidecar = EngineSidecar.read(plan)
+        if sidecar is not None:
+            return sidecar.to_dict()
+    for candidate in (plan.with_name(plan.name + ".json"), plan.with_suffix(".json")):
+        if candidate.is_file():
+            return json.loads(candidate.read_text())
+    raise FcnsegError(f"expected a sidecar {plan.name}.json next to {str(plan)!r}, got none; try the .plan "
+                      "written by `fcn-export trt`, which writes both")
+
+
+# ---------------------------------------------------------------- configs
+
+def resolve_batching(batching: Batching, limit: Optional[int]) -> Tuple[int, Tuple[int, ...]]:
+    """Max batch and preferred sizes within the network's limit (an engine profile's max N)."""
+    wanted = batching.max_batch
+    if wanted is not None and (wanted < 1 or (limit is not None and wanted > limit)):
+        raise FcnsegError(f"expected --max-batch between 1 and {limit or 'any'} (the model's largest batch), got "
+                          f"{wanted}; try --max-batch {limit or DEFAULT_MAX_BATCH}")
+    max_batch = wanted or min(DEFAULT_MAX_BATCH, limit or DEFAULT_MAX_BATCH)
+    if batching.preferred is None:
+        return max_batch, tuple(p for p in DEFAULT_PREFERRED if p <= max_batch)
+    bad = [p for p in batching.preferred if not 1 <= p <= max_batch]
+    if bad:
+        raise FcnsegError(f"expected preferred batch sizes between 1 and the max batch {max_batch}, got {bad}; "
+                          f"try --preferred-batch {','.join(str(p) for p in DEFAULT_PREFERRED if p <= max_batch)}")
+    return max_batch, tuple(batching.preferred)
+
+
+def model_config(name: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], *, max_batch: int,
+                 batching: Optional[Batching] = None, preferred: Sequence[int] = (), platform: str = "",
+                 backend: str = "", filename: str = "", parameters: Optional[Mapping[str, str]] = None) -> Any:
+    """A ``ModelConfig`` message; dynamic batching and instance groups when ``batching`` is given."""
+    pb = _config_pb2()
+    config = pb.ModelConfig(name=name, platform=platform, backend=backend, max_batch_size=max_batch,
+                            default_model_filename=filename)
+    for t in inputs:
+        config.input.add(name=t.name, data_type=_triton_type(t), dims=list(t.dims), allow_ragged_batch=t.ragged)
+    for t in outputs:
+        config.output.add(name=t.name, data_type=_triton_type(t), dims=list(t.dims))
+    if batching is not None:
+        config.dynamic_batching.preferred_batch_size.extend(preferred)
+        config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
+        kind = pb.ModelInstanceGroup.KIND_GPU if batching.kind == "gpu" else pb.ModelInstanceGroup.KIND_CPU
+        config.instance_group.add(kind=kind, count=batching.instances)
+    for key, value in (parameters or {}).items():
+        config.parameters[key].string_value = value
+    return config
+
+
+def _triton_type(t: TensorSpec) -> int:
+    if t.dtype not in TRITON_TYPES:
+        raise FcnsegError(f"expected a tensor type Triton serves ({', '.join(TRITON_TYPES)}), got {t.dtype!r} for "
+                          f"{t.name!r}; try re-exporting the model with fcn-export")
+    return int(getattr(_config_pb2(), TRITON_TYPES[t.dtype]))
+
+
+def config_text(config: Any) -> str:
+    """The ``config.pbtxt`` text of a ``ModelConfig`` message."""
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(config)
+
+
+def network_config(name: str, model: Path, io: ModelIO, batching: Batching, onnx_backend: str) -> Any:
+    """The config of the network itself (``tensorrt_plan``, ``onnxruntime_onnx`` or ``openvino``)."""
+    max_batch, preferred = resolve_batching(batching, io.max_batch)
+    if model.suffix in (".plan", ".engine"):
+        kind = dict(platform="tensorrt_plan", filename="model.plan")
+    elif onnx_backend == "openvino":
+        kind = dict(backend="openvino", filename="model.onnx")
+    else:
+        kind = dict(platform="onnxruntime_onnx", filename="model.onnx")
+    return model_config(name, io.inputs, io.outputs, max_batch=max_batch, batching=batching,
+                        preferred=preferred, **kind)
+
+
+def python_config(name: str, role: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], *,
+                  max_batch: int, batching: Batching, preferred: Sequence[int] = (),
+                  parameters: Optional[Mapping[str, str]] = None) -> Any:
+    """A Python-backend model running ``triton_model.py`` in ``role`` (instances on the CPU)."""
+    cpu = Batching(max_batch=max_batch, preferred=tuple(preferred), max_queue_delay_us=batching.max_queue_delay_us,
+                   instances=batching.instances, kind="cpu")
+    return model_config(name, inputs, outputs, max_batch=max_batch, batching=cpu, preferred=preferred,
+                        backend="python", parameters={"fcnseg_role": role, **(parameters or {})})
+
+
+def ensemble_configs(name: str, io: ModelIO, max_batch: int, batching: Batching) -> Dict[str, Any]:
+    """Preprocess (encoded image -> input), the network ``name``, postprocess (-> mask at the image's size)."""
+    image, size, mask = TensorSpec("image", "bytes", (1,)), TensorSpec("size", "int32", (2,)), \
+        TensorSpec("mask", "uint8", (-1, -1))
+    net_in, net_out = io.inputs[0], io.result
+    meta = json.dumps(io.metadata.to_dict())
+    pre = python_config(f"{name}_preprocess", "preprocess", [image], [TensorSpec("input", "float32", net_in.dims), size],
+                        max_batch=max_batch, batching=batching, parameters={"fcnseg_metadata": meta})
+    post = python_config(f"{name}_postprocess", "postprocess",
+                         [TensorSpec("scores", net_out.dtype, net_out.dims, ragged=True), TensorSpec("size", "int32", (2,))],
+                         [mask], max_batch=max_batch, batching=batching)
+    ens = model_config(f"{name}_image", [image], [mask], max_batch=max_batch, platform="ensemble")
+    steps = [(pre.name, {"image": "image"}, {"input": "net_input", "size": "size"}),
+             (name, {net_in.name: "net_input"}, {net_out.name: "scores"}),
+             (post.name, {"scores": "scores", "size": "size"}, {"mask": "mask"})]
+    for model_name, inputs, outputs in steps:
+        step = ens.ensemble_scheduling.step.add(model_name=model_name, model_version=-1)
+        step.input_map.update(inputs)
+        step.output_map.update(outputs)
+    return {pre.name: pre, post.name: post, ens.name: ens}
+
+
+# ---------------------------------------------------------------- writing the repository
+
+def export_triton(model: PathLike, repo: PathLike, *, name: str = DEFAULT_NAME, batching: Batching = Batching(),
+                  onnx_backend: str = "onnxruntime", with_preprocessing: bool = False,
+                  force: bool = False) -> TritonRepository:
+    """Write a Triton model repository serving ``model`` (an fcnseg ``.onnx`` or ``.plan``).
+
+    Args:
+        model: the network; a ``.plan`` needs its sidecar ``<plan>.json`` (profile, tensors, metadata).
+        repo: the repository folder (created; other models in it are left alone).
+        name: the network's model name; with preprocessing, also ``<name>_preprocess``,
+            ``<name>_postprocess`` and the ensemble ``<name>_image`` that clients call with image bytes.
+        batching: max batch, preferred sizes, queue delay, instances and their kind.
+        onnx_backend: "onnxruntime" or "openvino" (CPU) for an ``.onnx``.
+        with_preprocessing: add the ensemble (encoded image in, mask at the image's size out).
+        force: replace model folders (and the README) that already exist.
+
+    Raises:
+        FcnsegError: an unknown file type, a missing sidecar, batching outside the engine's profile, or
+            model folders that exist without ``force``.
+    """
+    path = _check_model(model, (".onnx", ".plan", ".engine"))
+    _check_choices(batching, onnx_backend, path)
+    io = read_plan_io(path) if path.suffix in (".plan", ".engine") else read_onnx_io(path)
+    net = network_config(name, path, io, batching, onnx_backend)
+    configs: Dict[str, Any] = {name: net}
+    files = {name: {net.default_model_filename: path}}
+    if net.platform == "tensorrt_plan":
+        sidecar = [p for p in (path.with_name(path.name + ".json"), path.with_suffix(".json")) if p.is_file()]
+        files[name].update({"model.plan.json": sidecar[0]} if sidecar else {})
+    if with_preprocessing:
+        extra = ensemble_configs(name, io, net.max_batch_size, batching)
+        configs.update(extra)
+        files.update({n: {"model.py": PYTHON_MODEL} for n, c in extra.items() if c.backend == "python"})
+        files[f"{name}_image"] = {}
+    entry = f"{name}_image" if with_preprocessing else name
+    return write_repository(Path(repo), configs, files, entry=entry, force=force)
+
+
+def export_segmenter(model: PathLike, repo: PathLike, *, name: str = "fcnseg",
+                     batching: Batching = Batching(kind="cpu"), size: Optional[int] = None,
+                     num_threads: Optional[int] = None, force: bool = False) -> TritonRepository:
+    """Write a repository with one Python-backend model running ``fcnseg.runtime.Segmenter`` on ``model``.
+
+    Clients send ``image`` (UINT8 HxWx3 RGB, any size) and get ``mask`` (UINT8 HxW at that size); requests
+    that arrive together are segmented in one call. Any file ``Segmenter.load`` opens works (``.onnx``,
+    ``.plan`` with its sidecar, ``.pth``); the Triton Python environment needs fcnseg's runtime and the
+    model's inference library. ``size`` and ``num_threads`` are passed to ``Segmenter.load``.
+    """
+    path = _check_model(model, (".onnx", ".plan", ".engine", ".pth", ".pt"))
+    max_batch, preferred = resolve_batching(batching, None)
+    params = {"fcnseg_model": "model" + path.suffix, "fcnseg_size": str(size or ""),
+              "fcnseg_num_threads": str(num_threads or "")}
+    config = python_config(name, "segmenter", [TensorSpec("image", "uint8", (-1, -1, 3), ragged=True)],
+                           [TensorSpec("mask", "uint8", (-1, -1))], max_batch=max_batch, batching=batching,
+                           preferred=preferred, parameters=params)
+    files: Dict[str, Path] = {"model.py": PYTHON_MODEL, params["fcnseg_model"]: path}
+    sidecar = path.with_name(path.name + ".json")
+    if sidecar.is_file():
+        files[params["fcnseg_model"] + ".json"] = sidecar
+    return write_repository(Path(repo), {name: config}, {name: files}, entry=name, force=force)
+
+
+def _check_model(model: PathLike, suffixes: Sequence[str]) -> Path:
+    path = Path(model)
+    if path.suffix.lower() not in suffixes:
+        raise FcnsegError(f"expected a model file ending in {', '.join(suffixes)}, got {str(path)!r}; "
+                          "try the .onnx or .plan written by fcn-export")
+    if not path.is_file():
+        raise FcnsegError(f"expected a model file, got {str(path)!r} which does not exist; check the path")
+    return path
+
+
+def _check_choices(batching: Batching, onnx_backend: str, model: Path) -> None:
+    if batching.kind not in KINDS:
+        raise FcnsegError(f"expected kind in {KINDS}, got {batching.kind!r}; try --kind cpu")
+    if onnx_backend not in ONNX_BACKENDS:
+        raise FcnsegError(f"expected an ONNX backend in {ONNX_BACKENDS}, got {onnx_backend!r}")
+    if onnx_backend == "openvino" and (batching.kind != "cpu" or model.suffix != ".onnx"):
+        raise FcnsegError(f"expected an .onnx with --kind cpu for the OpenVINO backend, got {model.name!r} with "
+                          f"--kind {batching.kind}; try --kind cpu")
+    if batching.instances < 1 or batching.max_queue_delay_us < 0:
+        raise FcnsegError(f"expected --instances >= 1 and --max-queue-delay-us >= 0, got {batching.instances} "
+                          f"and {batching.max_queue_delay_us}")
+
+
+def write_repository(repo: Path, configs: Mapping[str, Any], files: Mapping[str, Mapping[str, Path]], *,
+                     entry: str, force: bool = False) -> TritonRepository:
+    """Write each model folder (``config.pbtxt``, ``1/<files>``) and the README, each folder atomically."""
+    from .triton_readme import readme_text
+
+    readme = repo / "README.md"
+    taken = [str(repo / n) for n in configs if (repo / n).exists()] + ([str(readme)] if readme.exists() else [])
+    if taken and not force:
+        raise FcnsegError(f"expected new model folders in {str(repo)!r}, got existing {', '.join(taken)}; "
+                          "try --force to replace them, or another --repo or --name")
+    repo.mkdir(parents=True, exist_ok=True)
+    for name, config in configs.items():
+        _write_model_dir(repo / name, config_text(config), files.get(name, {}))
+    from ..runtime.atomic import write_text
+
+    result = TritonRepository(repo, list(configs), entry, readme, dict(configs))
+    write_text(readme, readme_text(result))
+    log.info("wrote Triton repository %s: %s (clients call %r)", repo, ", ".join(configs), entry)
+    return result
+
+
+def _write_model_dir(target: Path, config: str, files: Mapping[str, Path]) -> None:
+    """Fill a temporary folder next to ``target``, then swap it in (the old one, if any, is removed after)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        (tmp / "config.pbtxt").write_text(config)
+        (tmp / "1").mkdir()
+        for dest, source in files.items():
+            shutil.copyfile(source, tmp / "1" / dest)
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def parse_batch_sizes(text: Optional[str]) -> Optional[Tuple[int, ...]]:
+    """"4,8" -> (4, 8); None or "" -> None (the defaults)."""
+    if not text:
+        return None
+    try:
+        return tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise FcnsegError(f"expected comma-separated batch sizes like 4,8, got {text!r}") from None

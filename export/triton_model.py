@@ -1,0 +1,140 @@
+"""Triton Python-backend model for fcnseg, copied as ``<model>/1/model.py`` by ``fcnseg.export.triton``.
+
+One file serves three roles, chosen by the config parameter ``fcnseg_role``:
+
+- ``segmenter``: ``image`` (UINT8, HxWx3 RGB) -> ``mask`` (UINT8, HxW at the image's size), running
+  ``fcnseg.runtime.Segmenter`` on the model file next to this one (parameter ``fcnseg_model``), with every
+  request of a dynamic batch segmented in one call;
+- ``preprocess``: ``image`` (BYTES, an encoded JPEG/PNG/...) -> ``input`` (FP32 3xhxw, resized and normalised
+  by ``fcnseg.runtime.preprocess.preprocess`` with the model's metadata) and ``size`` (INT32, the image's HxW);
+- ``postprocess``: ``scores`` (FP32 logits Cxhxw, or the in-graph UINT8 mask hxw) and ``size`` -> ``mask``.
+
+It runs inside Triton's Python backend stub, whose interpreter must have ``fcnseg`` (runtime only: numpy,
+pillow and, for ``segmenter``, the model's inference library) installed. ``triton_python_backend_utils``
+is imported inside the methods, so the functions above the class can be imported and tested anywhere.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from fcnseg.runtime.errors import FcnsegError, one_line
+from fcnseg.runtime.metadata import ModelMetadata
+from fcnseg.runtime.preprocess import preprocess, resize_mask
+
+ROLES = ("segmenter", "preprocess", "postprocess")
+
+
+def config_parameters(model_config: Dict[str, Any]) -> Dict[str, str]:
+    """The string parameters of a model config as Triton hands it to ``initialize`` (JSON-decoded)."""
+    return {k: v.get("string_value", "") for k, v in model_config.get("parameters", {}).items()}
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Encoded image bytes -> HxWx3 uint8 RGB, EXIF orientation applied (as ``fcnseg.runtime`` reads files)."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise FcnsegError(f"could not decode the request's image ({e}); expected the bytes of a JPEG, PNG, BMP, "
+                          "WebP or TIFF file") from None
+
+
+def preprocess_encoded(data: bytes, meta: ModelMetadata) -> Tuple[np.ndarray, np.ndarray]:
+    """Encoded image -> (the 1x3xhxw network input, its original [H, W] as int32)."""
+    image = decode_image(data)
+    hw = tuple(meta.input_hw) if getattr(meta, "input_hw", None) else None
+    kwargs: Dict[str, Any] = {"hw": hw} if hw else {}
+    x = preprocess(image, size=meta.input_size, mean=meta.mean, std=meta.std, **kwargs)
+    return x, np.asarray(image.shape[:2], dtype=np.int32)
+
+
+def postprocess_scores(scores: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """One image's network output (Cxhxw logits or an hxw mask) -> HxW uint8 mask at ``size``."""
+    mask = scores.argmax(axis=0) if scores.ndim == 3 else scores
+    return resize_mask(np.ascontiguousarray(mask, dtype=np.uint8), int(size[0]), int(size[1]))
+
+
+class TritonPythonModel:
+    """The model Triton's Python backend instantiates (see the module docstring for the roles)."""
+
+    def initialize(self, args: Dict[str, str]) -> None:
+        params = config_parameters(json.loads(args["model_config"]))
+        self.role = params.get("fcnseg_role", "")
+        if self.role not in ROLES:
+            raise FcnsegError(f"expected parameter fcnseg_role in {ROLES}, got {self.role!r}; "
+                              "try writing the repository again with fcn-export triton")
+        self.metadata = ModelMetadata.from_dict(json.loads(params.get("fcnseg_metadata") or "{}"))
+        if self.role == "segmenter":
+            from fcnseg.runtime import Segmenter
+
+            here = Path(args["model_repository"]) / args["model_version"]
+            threads = int(params["fcnseg_num_threads"]) if params.get("fcnseg_num_threads") else None
+            size = int(params["fcnseg_size"]) if params.get("fcnseg_size") else None
+            self.segmenter = Segmenter.load(here / params["fcnseg_model"], size=size, num_threads=threads)
+
+    def execute(self, requests: List[Any]) -> List[Any]:
+        import triton_python_backend_utils as pb_utils
+
+        if self.role == "segmenter":
+            return self._segment(requests, pb_utils)
+        handle = self._preprocess if self.role == "preprocess" else self._postprocess
+        return [_respond(pb_utils, handle, request) for request in requests]
+
+    def _segment(self, requests: List[Any], pb_utils: Any) -> List[Any]:
+        """All images of all requests in one Segmenter call (it batches equal shapes); per request on error."""
+        arrays = [pb_utils.get_input_tensor_by_name(r, "image").as_numpy() for r in requests]
+        try:
+            masks = self.segmenter([im for a in arrays for im in a])
+        except FcnsegError:
+            return [_respond(pb_utils, lambda a: [("mask", np.stack(self.segmenter(list(a))))], a) for a in arrays]
+        out, start = [], 0
+        for a in arrays:
+            out.append(_response(pb_utils, [("mask", np.stack(masks[start:start + len(a)]))]))
+            start += len(a)
+        return out
+
+    def _preprocess(self, request: Any) -> List[Tuple[str, np.ndarray]]:
+        import triton_python_backend_utils as pb_utils
+
+        data = pb_utils.get_input_tensor_by_name(request, "image").as_numpy().reshape(-1)
+        pairs = [preprocess_encoded(bytes(d), self.metadata) for d in data]
+        shapes = {x.shape for x, _ in pairs}
+        if len(shapes) > 1:
+            raise FcnsegError(f"expected images of one size per request, got network inputs {sorted(shapes)}; "
+                              "try one image per request")
+        return [("input", np.concatenate([x for x, _ in pairs])), ("size", np.stack([s for _, s in pairs]))]
+
+    def _postprocess(self, request: Any) -> List[Tuple[str, np.ndarray]]:
+        import triton_python_backend_utils as pb_utils
+
+        scores = pb_utils.get_input_tensor_by_name(request, "scores").as_numpy()
+        sizes = pb_utils.get_input_tensor_by_name(request, "size").as_numpy()
+        masks = [postprocess_scores(s, hw) for s, hw in zip(scores, sizes)]
+        if len({m.shape for m in masks}) > 1:
+            raise FcnsegError("expected images of one size per request, got several; try one image per request")
+        return [("mask", np.stack(masks))]
+
+    def finalize(self) -> None:
+        if getattr(self, "segmenter", None) is not None:
+            self.segmenter.close()
+
+
+def _response(pb_utils: Any, outputs: List[Tuple[str, np.ndarray]]) -> Any:
+    return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(n, np.ascontiguousarray(a)) for n, a in outputs])
+
+
+def _respond(pb_utils: Any, handle: Any, request: Any) -> Any:
+    """One request's response; a bad input (``FcnsegError``) fails that request only, with its message."""
+    try:
+        return _response(pb_utils, handle(request))
+    except FcnsegError as e:
+        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(one_line(e)))

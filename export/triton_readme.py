@@ -1,0 +1,88 @@
+"""The README written into a Triton model repository: its tree, the server command and a client per entry model."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, List
+
+if TYPE_CHECKING:
+    from .triton import TritonRepository
+
+CLIENTS = {
+    "image_bytes": '''```python
+import numpy as np
+import tritonclient.http as httpclient
+
+client = httpclient.InferenceServerClient("127.0.0.1:8000")
+data = np.array([[open("image.jpg", "rb").read()]], dtype=object)      # 1 x 1 encoded image
+image = httpclient.InferInput("image", data.shape, "BYTES")
+image.set_data_from_numpy(data)
+mask = client.infer("{entry}", [image]).as_numpy("mask")[0]            # HxW uint8 class ids, the image's size
+```''',
+    "image_array": '''```python
+import numpy as np
+import tritonclient.http as httpclient
+from PIL import Image
+
+client = httpclient.InferenceServerClient("127.0.0.1:8000")
+rgb = np.asarray(Image.open("image.jpg").convert("RGB"))[None]          # 1 x H x W x 3 uint8
+image = httpclient.InferInput("image", rgb.shape, "UINT8")
+image.set_data_from_numpy(rgb)
+mask = client.infer("{entry}", [image]).as_numpy("mask")[0]            # HxW uint8 class ids, the image's size
+```''',
+    "tensor": '''```python
+import numpy as np
+import tritonclient.http as httpclient
+from PIL import Image
+from fcnseg.runtime.preprocess import preprocess
+
+client = httpclient.InferenceServerClient("127.0.0.1:8000")
+x = preprocess(np.asarray(Image.open("image.jpg").convert("RGB")), size={size})   # 1x3xhxw float32, normalised
+inp = httpclient.InferInput("{input}", x.shape, "FP32")
+inp.set_data_from_numpy(x)
+out = client.infer("{entry}", [inp]).as_numpy("{output}")[0]            # {what}
+```''',
+}
+
+
+def _tree(repo: "TritonRepository") -> List[str]:
+    lines = [f"{repo.root.name}/", "  README.md"]
+    for name in repo.models:
+        lines.append(f"  {name}/")
+        lines.append("    config.pbtxt")
+        files = sorted(p.name for p in (repo.root / name / "1").glob("*")) if (repo.root / name / "1").is_dir() else []
+        lines.append("    1/" + ("  " + ", ".join(files) if files else ""))
+    return lines
+
+
+def _client(repo: "TritonRepository") -> str:
+    config: Any = repo.configs[repo.entry]
+    first_in, first_out = config.input[0], config.output[0]
+    if config.platform == "ensemble":
+        return CLIENTS["image_bytes"].format(entry=repo.entry)
+    if config.backend == "python":
+        return CLIENTS["image_array"].format(entry=repo.entry)
+    what = ("Hxw uint8 class ids at the network's resolution" if first_out.name == "mask"
+            else "CxHxW float32 class scores: argmax(0) is the mask")
+    size = config.parameters["fcnseg_size"].string_value if "fcnseg_size" in config.parameters else "520"
+    return CLIENTS["tensor"].format(entry=repo.entry, input=first_in.name, output=first_out.name, what=what,
+                                    size=size)
+
+
+def readme_text(repo: "TritonRepository") -> str:
+    """Markdown: what the repository holds, how to start Triton on it, and how to call the entry model."""
+    python_models = [n for n in repo.models if repo.configs[n].backend == "python"]
+    note = ("" if not python_models else
+            f"\nThe Python-backend models ({', '.join(python_models)}) import `fcnseg.runtime`: the Python that "
+            "Triton's Python backend runs needs `pip install --no-deps fcnseg` plus numpy, pillow and the model's "
+            "inference library (onnxruntime for an .onnx).\n")
+    return "\n".join([
+        f"# Triton model repository written by `fcn-export triton`", "",
+        f"Clients call **{repo.entry}**.", "", "```", *_tree(repo), "```", note,
+        "## Start the server", "", "```bash",
+        f"tritonserver --model-repository {repo.root.resolve()}",
+        f"# or, with fcnseg's bundled server (Python-backend models):  fcn-serve --repo {repo.root.resolve()}",
+        "curl -sf 127.0.0.1:8000/v2/health/ready && echo ready", "```", "",
+        "## Call it (HTTP; `tritonclient.grpc` on port 8001 works the same)", "", _client(repo), "",
+        "Throughput and p50/p90/p99 latency at 1, 4 and 16 concurrent clients:", "", "```bash",
+        f"fcn-bench --triton 127.0.0.1:8000 --triton-model {repo.entry}", "```", "",
+    ])

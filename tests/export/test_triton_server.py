@@ -1,0 +1,173 @@
+"""A real Triton Inference Server (the tritonserver bundled by nvidia-pytriton, in .venv-triton) on 127.0.0.1.
+
+The repository is written by fcnseg.export.triton: the Python-backend model ``fcnseg`` runs Segmenter (ONNX
+Runtime, CPU) on the tiny fcn8s_resnet18 export, and the ensemble's Python steps ``fcn_preprocess`` /
+``fcn_postprocess`` are loaded next to it (the bundled server has no ONNX Runtime backend for the network
+step). Masks come back over HTTP and gRPC and are compared with the local Segmenter pixel for pixel; a
+bounded concurrent load (8 clients x 25 requests) must fail nothing and make the dynamic batcher form
+batches larger than one. Set FCNSEG_TRITON_REPORT=path to get the figures as JSON.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from PIL import Image
+from tritonclient.utils import InferenceServerException
+
+from fcnseg.export.triton import Batching, export_segmenter, export_triton
+from fcnseg.export.triton_model import postprocess_scores, preprocess_encoded
+from fcnseg.runtime import FcnsegError, Segmenter
+
+CLIENTS, REQUESTS = 8, 25
+SIZES = [(48, 64), (64, 48), (33, 71), (48, 64)]
+
+
+@pytest.fixture(scope="module")
+def install():
+    from fcnseg.serve import TritonInstall
+
+    try:
+        return TritonInstall.find()
+    except FcnsegError as e:
+        pytest.skip(f"needs the tritonserver bundled by nvidia-pytriton in .venv-triton (make test creates it): {e}")
+
+
+@pytest.fixture(scope="module")
+def server(install, r18_onnx, tmp_path_factory):
+    """The running server; stopped by the fixture's finalizer whatever the tests did."""
+    from fcnseg.serve import TritonServer
+
+    root = tmp_path_factory.mktemp("triton")
+    repo = export_segmenter(r18_onnx, root / "repo", batching=Batching(kind="cpu", max_queue_delay_us=5000)).root
+    ensemble = export_triton(r18_onnx, root / "ensemble", with_preprocessing=True).root
+    for step in ("fcn_preprocess", "fcn_postprocess"):
+        shutil.copytree(ensemble / step, repo / step)
+    with TritonServer(repo, install=install, models=["fcnseg", "fcn_preprocess", "fcn_postprocess"]) as srv:
+        srv.wait_ready(timeout=90)
+        yield srv
+    assert srv.process.poll() is not None
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(7)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in SIZES]
+
+
+@pytest.fixture(scope="module")
+def reference(r18_onnx, images):
+    with Segmenter.load(r18_onnx) as seg:
+        return [seg(im) for im in images]
+
+
+def infer(client, module, image: np.ndarray) -> np.ndarray:
+    batch = image if image.ndim == 4 else image[None]
+    inp = module.InferInput("image", list(batch.shape), "UINT8")
+    inp.set_data_from_numpy(batch)
+    return client.infer("fcnseg", [inp]).as_numpy("mask")
+
+
+@pytest.mark.parametrize("module", [httpclient, grpcclient], ids=["http", "grpc"])
+def test_masks_match_local_segmenter(server, module, images, reference):
+    url = server.http_url if module is httpclient else server.grpc_url
+    client = module.InferenceServerClient(url)
+    try:
+        assert client.is_model_ready("fcnseg")
+        for image, ref in zip(images, reference):
+            mask = infer(client, module, image)
+            assert mask.shape == (1,) + image.shape[:2] and int((mask[0] != ref).sum()) == 0
+        two = infer(client, module, np.stack([images[0], images[3]]))      # one request, two images
+        assert int((two != np.stack([reference[0], reference[3]])).sum()) == 0
+    finally:
+        client.close()
+
+
+def _client_run(url: str, images, reference, seed: int) -> int:
+    """REQUESTS requests from one client; returns the mismatching pixels it saw."""
+    client = httpclient.InferenceServerClient(url, network_timeout=60)
+    order = np.random.default_rng(seed).integers(0, len(images), REQUESTS)
+    try:
+        return sum(int((infer(client, httpclient, images[i])[0] != reference[i]).sum()) for i in order)
+    finally:
+        client.close()
+
+
+def test_concurrent_load_forms_batches(server, images, reference):
+    stats_before = _stats(server)
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        mismatches = sum(pool.map(lambda s: _client_run(server.http_url, images, reference, s), range(CLIENTS)))
+    stats = _stats(server)
+    requests = stats["inference_count"] - stats_before["inference_count"]
+    executions = stats["execution_count"] - stats_before["execution_count"]
+    failed = stats["inference_stats"]["fail"].get("count", 0)
+    batches = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats["batch_stats"]}
+    metrics = _metrics(server)
+    assert mismatches == 0 and failed == 0 and requests == CLIENTS * REQUESTS
+    assert max(batches) > 1 and executions < requests, batches
+    assert metrics["nv_inference_count"] / metrics["nv_inference_exec_count"] > 1.0
+    if os.environ.get("FCNSEG_TRITON_REPORT"):
+        report = {"requests": requests, "executions": executions, "mean_batch": requests / executions,
+                  "mismatched_pixels": mismatches, "failed": failed, "batch_sizes": batches, "metrics": metrics}
+        with open(os.environ["FCNSEG_TRITON_REPORT"], "w") as f:
+            json.dump(report, f, indent=2)
+
+
+def _stats(server) -> dict:
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        return client.get_inference_statistics("fcnseg")["model_stats"][0]
+    finally:
+        client.close()
+
+
+def _metrics(server) -> dict:
+    """nv_inference_count and nv_inference_exec_count of the fcnseg model from the Prometheus endpoint."""
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as r:
+        text = r.read().decode()
+    found = {}
+    for name in ("nv_inference_count", "nv_inference_exec_count"):
+        match = re.search(rf'^{name}{{[^}}]*model="fcnseg"[^}}]*}} (\S+)$', text, re.M)
+        assert match, f"{name} missing from the metrics"
+        found[name] = float(match.group(1))
+    return found
+
+
+def test_ensemble_python_steps_on_server(server, r18_onnx, images):
+    """fcn_preprocess and fcn_postprocess, served, agree with the same functions run here."""
+    seg = Segmenter.load(r18_onnx)
+    buf = io.BytesIO()
+    Image.fromarray(images[2]).save(buf, format="PNG")
+    data = np.array([[buf.getvalue()]], dtype=object)
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        inp = grpcclient.InferInput("image", [1, 1], "BYTES")
+        inp.set_data_from_numpy(data)
+        result = client.infer("fcn_preprocess", [inp])
+        x, size = preprocess_encoded(buf.getvalue(), seg.metadata)
+        assert np.array_equal(result.as_numpy("input"), x) and result.as_numpy("size").tolist() == [size.tolist()]
+        scores = np.random.default_rng(3).standard_normal((1, 21, 16, 24)).astype(np.float32)
+        inputs = [grpcclient.InferInput("scores", list(scores.shape), "FP32"),
+                  grpcclient.InferInput("size", [1, 2], "INT32")]
+        inputs[0].set_data_from_numpy(scores)
+        inputs[1].set_data_from_numpy(size[None])
+        mask = client.infer("fcn_postprocess", inputs).as_numpy("mask")
+        assert np.array_equal(mask[0], postprocess_scores(scores[0], size))
+        bad = grpcclient.InferInput("image", [1, 1], "BYTES")
+        bad.set_data_from_numpy(np.array([[b"not an image"]], dtype=object))
+        with pytest.raises(InferenceServerException, match="could not decode"):
+            client.infer("fcn_preprocess", [bad])
+        assert client.is_server_live()
+    finally:
+        client.close()
+        seg.close()

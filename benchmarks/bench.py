@@ -4,6 +4,11 @@ Stages come from ``Segmenter.last_timing`` (preprocess, host->device, inference,
 postprocess); end to end is timed around the call. After warm-up, each model runs ``iters`` times per
 (shape, batch); models are interleaved round-robin in blocks so that drift in a noisy machine's speed
 hits all of them alike, and speed-ups are reported as ratios to the first model.
+
+A model is a ``ModelSpec``: a file, the backend to run it on (None: the Segmenter's choice) and a mode:
+"e2e" (``Segmenter``: preprocess + inference + postprocess) or "model" (the inference library alone on a
+preprocessed float32 NCHW input, as its own user would run it: OpenVINO compiled with its defaults,
+ONNX Runtime's and PyTorch's backends without the Segmenter around them).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -58,6 +63,9 @@ class BenchResult:
     peak_device_mb: Optional[float] = None
     speedup: Optional[float] = None
     extra: dict = field(default_factory=dict)
+    mode: str = "e2e"
+    precision_hint: str = ""
+    label: str = ""
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -65,19 +73,80 @@ class BenchResult:
         return asdict(self)
 
 
+MODES = ("e2e", "model")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One row of a benchmark: a model file, the backend to run it with, and what is timed.
+
+    Attributes:
+        path: .onnx, .plan/.engine or .pth.
+        backend: "openvino", "onnxruntime", "tensorrt", "pytorch"; None: the Segmenter's choice.
+        precision_hint: OpenVINO's ("f32", "bf16"); None: its default (ours for e2e, OpenVINO's own for "model").
+        mode: "e2e" (Segmenter end to end) or "model" (the library alone on a preprocessed input).
+        label: the row's name in tables (default: file name, backend, mode).
+    """
+
+    path: str
+    backend: Optional[str] = None
+    precision_hint: Optional[str] = None
+    mode: str = "e2e"
+    label: str = ""
+
+    def name(self, backend: str) -> str:
+        return self.label or f"{Path(self.path).name} {backend}{' model only' if self.mode == 'model' else ''}"
+
+
+def model_specs(paths: Sequence[str], backends: Sequence[Optional[str]] = (None,), *,
+                precision_hint: Optional[str] = None, providers: Optional[Sequence[str]] = None,
+                modes: Sequence[str] = ("e2e",)) -> List[ModelSpec]:
+    """Every path in every mode; each .onnx once per backend (other files keep their own backend).
+
+    A backend left as None is resolved here (the Segmenter's choice), so each row names the one it ran.
+    ``precision_hint`` goes to the rows that run on OpenVINO only.
+    """
+    from ..runtime.segmenter import choose_backend
+
+    specs = []
+    for path in paths:
+        for backend in (backends or (None,)) if str(path).lower().endswith(".onnx") else (None,):
+            chosen = choose_backend(path, backend, providers=providers if backend in (None, "onnxruntime") else None)
+            hint = precision_hint if chosen == "openvino" else None
+            specs.extend(ModelSpec(str(path), chosen, hint, mode) for mode in modes)
+    return list(dict.fromkeys(specs))
+
+
+def backend_note(specs: Sequence[ModelSpec]) -> str:
+    """A line saying that .onnx models ran on ONNX Runtime because OpenVINO is not installed ("" otherwise)."""
+    from ..runtime.backends.openvino import INSTALL_HINT, openvino_available
+
+    if any(s.path.lower().endswith(".onnx") and s.backend == "onnxruntime" for s in specs) \
+            and not openvino_available():
+        return (f"note: OpenVINO is not installed, so .onnx models ran on ONNX Runtime; `{INSTALL_HINT}` for the "
+                "faster CPU backend")
+    return ""
+
+
 @dataclass
 class _Runner:
-    path: str
-    seg: object
-    images: np.ndarray
+    spec: ModelSpec
+    seg: Any                 # the Segmenter (e2e), the backend (model only) or None (OpenVINO's own)
+    call: Callable[[], Any]
+    backend: str
+    precision: str
+    hint: str = ""
     e2e: list = field(default_factory=list)
     stages: dict = field(default_factory=lambda: {s: [] for s in STAGES})
 
     def once(self) -> None:
         t0 = time.perf_counter()
-        self.seg(self.images if len(self.images) > 1 else self.images[0])
-        self.e2e.append(time.perf_counter() - t0)
-        timing = getattr(self.seg, "last_timing", {}) or {}
+        self.call()
+        dt = time.perf_counter() - t0
+        self.e2e.append(dt)
+        timing = {"infer": dt}   # model only: all of it is inference
+        if self.spec.mode == "e2e":
+            timing = getattr(self.seg, "last_timing", None) or {}
         for s in STAGES:
             self.stages[s].append(float(timing.get(s, 0.0)))
 
@@ -102,12 +171,53 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _load(path: str, hw: tuple, providers, num_threads):
+def _runner(spec: ModelSpec, images: np.ndarray, hw: tuple, providers, num_threads) -> _Runner:
     from ..runtime.segmenter import Segmenter
     from .evaluate import onnx_providers
 
+    prov = onnx_providers(spec.path, providers) if spec.backend in (None, "onnxruntime") else None
+    if spec.mode == "model" and spec.backend == "openvino":
+        return _native_openvino(spec, images, hw, num_threads)
     # size = the shorter side makes the runtime's resize a no-op, so the network sees exactly HxW.
-    return Segmenter.load(path, size=min(hw), providers=onnx_providers(path, providers), num_threads=num_threads)
+    seg = Segmenter.load(spec.path, backend=spec.backend, size=min(hw), providers=prov, num_threads=num_threads,
+                         precision_hint=spec.precision_hint)
+    hint = str(getattr(seg.backend, "precision_hint", "") or "")
+    if spec.mode == "e2e":
+        batch: Any = images if len(images) > 1 else images[0]
+        return _Runner(spec, seg, lambda: seg(batch), seg.backend.name, seg.metadata.precision, hint)
+    x = _network_input(images, seg.metadata)
+    return _Runner(spec, seg.backend, lambda: seg.backend.infer(x), seg.backend.name, seg.metadata.precision, hint)
+
+
+def _network_input(images: np.ndarray, meta: Any) -> np.ndarray:
+    """The float32 NCHW batch the Segmenter would compute (images already at the network's size)."""
+    from ..runtime.preprocess import preprocess
+
+    return np.concatenate([preprocess(im, size=None, mean=meta.mean, std=meta.std) for im in images])
+
+
+def _native_openvino(spec: ModelSpec, images: np.ndarray, hw: tuple, num_threads: Optional[int]) -> _Runner:
+    """OpenVINO as its own user runs it: compile the .onnx with OpenVINO's defaults, infer a float32 NCHW batch.
+
+    Outputs are shared, not copied, so this is OpenVINO's fastest plain call.
+    """
+    from ..runtime.backends.openvino import _read_metadata, import_openvino
+
+    ov = import_openvino()
+    core = ov.Core()
+    model = core.read_model(spec.path)   # what OpenVINO's own user writes
+    config: dict = {}
+    if spec.precision_hint:
+        config["INFERENCE_PRECISION_HINT"] = spec.precision_hint
+    if num_threads:
+        config["INFERENCE_NUM_THREADS"] = int(num_threads)
+    compiled = core.compile_model(model, "CPU", config)
+    meta = _read_metadata(model, spec.path)
+    request = compiled.create_infer_request()
+    x = _network_input(images, meta)
+    hint = spec.precision_hint or compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    return _Runner(spec, None, lambda: request.infer({0: x}, share_inputs=True, share_outputs=True),
+                   "openvino", meta.precision, hint)
 
 
 def _device_mb(seg) -> Optional[float]:
@@ -127,15 +237,16 @@ def _reset_device_peak() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def bench_shape(paths: Sequence[str], hw: tuple, batch: int, *, warmup: int = 5, iters: int = 50,
+def bench_shape(specs: Sequence[Union[str, ModelSpec]], hw: tuple, batch: int, *, warmup: int = 5, iters: int = 50,
                 rounds: int = 5, providers=None, num_threads: Optional[int] = None, seed: int = 0) -> list:
     """Benchmark every model at one (H, W, batch), interleaving models in ``rounds`` blocks."""
     images = np.random.default_rng(seed).integers(0, 256, size=(batch, *hw, 3), dtype=np.uint8)
     runners, peaks = [], []
-    for path in paths:
+    for spec in specs:
         reset_peak_rss()
         _reset_device_peak()
-        r = _Runner(path, _load(path, hw, providers, num_threads), images)
+        r = _runner(spec if isinstance(spec, ModelSpec) else ModelSpec(str(spec)), images, hw, providers,
+                    num_threads)
         for _ in range(warmup):
             r.once()
         r.e2e.clear()
@@ -152,18 +263,21 @@ def bench_shape(paths: Sequence[str], hw: tuple, batch: int, *, warmup: int = 5,
 
 def _result(r: _Runner, hw: tuple, batch: int, peak: float) -> BenchResult:
     e2e = Stats.of(r.e2e)
-    return BenchResult(model=r.path, backend=r.seg.backend.name, precision=r.seg.metadata.precision,
+    return BenchResult(model=r.spec.path, backend=r.backend, precision=r.precision,
                        shape=tuple(hw), batch=batch, iters=len(r.e2e), e2e=e2e,
                        stages={s: Stats.of(v) for s, v in r.stages.items()},
-                       images_per_s=batch * 1e3 / e2e.median, peak_host_mb=peak, peak_device_mb=_device_mb(r.seg))
+                       images_per_s=batch * 1e3 / e2e.median, peak_host_mb=peak,
+                       peak_device_mb=_device_mb(r.seg) if r.spec.mode == "e2e" else None, mode=r.spec.mode,
+                       precision_hint=r.hint, label=r.spec.name(r.backend))
 
 
-def bench_models(paths: Sequence[str], shapes: Sequence[tuple], batches: Sequence[int], **kw) -> list:
+def bench_models(specs: Sequence[Union[str, ModelSpec]], shapes: Sequence[tuple], batches: Sequence[int],
+                 **kw) -> list:
     """All (shape, batch) combinations; ``speedup`` = first model's median e2e / this model's."""
     results = []
     for hw in shapes:
         for batch in batches:
-            group = bench_shape(paths, hw, batch, **kw)
+            group = bench_shape(specs, hw, batch, **kw)
             for res in group:
                 res.speedup = group[0].e2e.median / res.e2e.median
             results.extend(group)
@@ -174,13 +288,14 @@ def bench_table(results: Sequence[BenchResult]) -> str:
     """Readable table: medians per stage, end-to-end statistics, throughput and speed-up."""
     from .tables import format_table
 
-    headers = ["model", "backend", "prec", "shape", "batch", "pre ms", "h2d", "infer", "d2h", "post", "e2e med",
+    headers = ["model", "backend", "prec", "hint", "mode", "shape", "batch", "pre ms", "h2d", "infer", "d2h", "post", "e2e med",
                "mean", "p90", "p99", "min", "max", "img/s", "speedup", "pre+post %", "host MB", "dev MB"]
     rows = []
     for r in results:
         s = {k: v.median for k, v in r.stages.items()}
         pp = (s["preprocess"] + s["postprocess"]) / r.e2e.median * 100
-        rows.append([Path(r.model).name, r.backend, r.precision, "x".join(map(str, r.shape)), r.batch,
+        rows.append([r.label or Path(r.model).name, r.backend, r.precision, r.precision_hint, r.mode,
+                     "x".join(map(str, r.shape)), r.batch,
                      s["preprocess"], s["h2d"], s["infer"], s["d2h"], s["postprocess"], r.e2e.median, r.e2e.mean,
                      r.e2e.p90, r.e2e.p99, r.e2e.min, r.e2e.max, r.images_per_s, r.speedup, pp, r.peak_host_mb,
                      r.peak_device_mb])
@@ -196,12 +311,12 @@ def write_csv(results: Sequence[BenchResult], path: "str | os.PathLike[str]") ->
 
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["model", "backend", "precision", "shape", "batch", *[f"{s}_ms" for s in STAGES], "e2e_median_ms",
+    w.writerow(["model", "backend", "precision", "precision_hint", "mode", "shape", "batch", *[f"{s}_ms" for s in STAGES], "e2e_median_ms",
                 "e2e_mean_ms", "e2e_p90_ms", "e2e_p99_ms", "e2e_min_ms", "e2e_max_ms", "images_per_s", "speedup",
                 "peak_host_mb", "peak_device_mb"])
     for r in results:
         e = r.e2e
-        w.writerow([r.model, r.backend, r.precision, "x".join(map(str, r.shape)), r.batch,
+        w.writerow([r.model, r.backend, r.precision, r.precision_hint, r.mode, "x".join(map(str, r.shape)), r.batch,
                     *[f"{r.stages[s].median:.4f}" for s in STAGES], f"{e.median:.4f}", f"{e.mean:.4f}",
                     f"{e.p90:.4f}", f"{e.p99:.4f}", f"{e.min:.4f}", f"{e.max:.4f}", f"{r.images_per_s:.3f}",
                     f"{r.speedup:.3f}" if r.speedup else "", f"{r.peak_host_mb:.1f}",

@@ -8,7 +8,9 @@ import click
 
 from ..runtime import outputs
 from ..runtime.cliutil import OneLineCommand
+from ..runtime.backends.openvino import PRECISION_HINTS
 from ..runtime.errors import FcnsegError, cli_errors
+from ..runtime.segmenter import BACKEND_NAMES
 
 CTX = {"help_option_names": ["-h", "--help"], "show_default": True}
 FORCE_HELP = "replace an existing --json/--csv even when it is not an fcnseg report of the same kind"
@@ -24,14 +26,18 @@ FORCE_HELP = "replace an existing --json/--csv even when it is not an fcnseg rep
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="evaluate only the first N images")
 @click.option("--size", type=int, default=None, help="shorter side at inference (default: the model's)")
 @click.option("--providers", default=None, help="ONNX Runtime providers, comma-separated")
+@click.option("--backend", "backends", multiple=True, type=click.Choice(BACKEND_NAMES),
+              help="run each .onnx with this backend; repeat for one row per backend [default: the fastest installed]")
+@click.option("--precision-hint", type=click.Choice(PRECISION_HINTS), default=None,
+              help="OpenVINO precision for non-INT8 layers [default: f32, for parity]")
 @click.option("--tol-fp32", default=0.05, help="allowed |mIoU delta| in points")
 @click.option("--tol-fp16", default=0.2)
 @click.option("--tol-int8", default=1.0)
 @click.option("--json", "json_path", default=None, type=click.Path(), help="write all results as JSON")
 @click.option("--force", is_flag=True, help=FORCE_HELP)
 @cli_errors
-def eval_main(model, compare, more, data_path, split, limit, size, providers, tol_fp32, tol_fp16, tol_int8,
-              json_path, force) -> None:
+def eval_main(model, compare, more, data_path, split, limit, size, providers, backends, precision_hint, tol_fp32,
+              tol_fp16, tol_int8, json_path, force) -> None:
     """Evaluate a model's mIoU on a VOC split, or compare several models on the same images.
 
     \b
@@ -49,7 +55,8 @@ def eval_main(model, compare, more, data_path, split, limit, size, providers, to
         outputs.check_output(json_path, outputs.EVAL_JSON, inputs=paths, force=force, option="--json")
     prov = providers.split(",") if providers else None
     tol = {"fp32": tol_fp32, "fp16": tol_fp16, "int8": tol_int8}
-    result = compare_models(paths, data_path, split, limit=limit, size=size, tolerances=tol, providers=prov)
+    result = compare_models(paths, data_path, split, limit=limit, size=size, tolerances=tol, providers=prov,
+                            backends=list(backends) or [None], precision_hint=precision_hint)
     click.echo(parity_table(result))
     click.echo("\nper-class IoU (%) and deltas (points):")
     click.echo(class_delta_table(result))
@@ -71,16 +78,34 @@ def eval_main(model, compare, more, data_path, split, limit, size, providers, to
 @click.option("--warmup", type=click.IntRange(min=0), default=5)
 @click.option("--iters", type=click.IntRange(min=1), default=50)
 @click.option("--rounds", type=click.IntRange(min=1), default=5, help="interleave the models in this many blocks")
-@click.option("--threads", type=int, default=None, help="intra-op threads (ONNX Runtime, PyTorch)")
+@click.option("--threads", type=int, default=None, help="CPU threads (OpenVINO, ONNX Runtime intra-op, PyTorch)")
 @click.option("--providers", default=None, help="ONNX Runtime providers, comma-separated")
+@click.option("--backend", "backends", multiple=True, type=click.Choice(BACKEND_NAMES),
+              help="run each .onnx with this backend; repeat to compare [default: the fastest installed]")
+@click.option("--precision-hint", type=click.Choice(PRECISION_HINTS), default=None,
+              help="OpenVINO precision for non-INT8 layers (bf16: faster on CPUs with BF16) [default: f32]")
+@click.option("--model-only", is_flag=True, help="also time each library alone on a preprocessed input "
+              "(OpenVINO compiled with its own defaults)")
+@click.option("--triton", "triton_url", default=None, metavar="HOST:PORT", help="load a Triton server at "
+              "--concurrency clients instead (throughput, p50/p90/p99); --model is timed in-process alongside")
+@click.option("--triton-model", default="fcnseg", help="the model the Triton server serves (with --triton)")
+@click.option("--concurrency", multiple=True, type=click.IntRange(min=1), default=[1, 4, 16],
+              help="concurrent clients (with --triton); repeatable")
+@click.option("--requests", type=click.IntRange(min=1), default=20, help="requests per client (with --triton)")
+@click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", help="with --triton")
 @click.option("--json", "json_path", default=None, type=click.Path())
 @click.option("--csv", "csv_path", default=None, type=click.Path())
 @click.option("--force", is_flag=True, help=FORCE_HELP)
 @cli_errors
-def bench_main(engines, models, shapes, batches, warmup, iters, rounds, threads, providers, json_path,
+def bench_main(triton_url, triton_model, concurrency, requests, protocol, engines, models, shapes, batches, warmup, iters, rounds, threads, providers, backends, precision_hint, model_only, json_path,
                csv_path, force) -> None:
     """Latency per stage and end to end, for one or several models in one run (ratios side by side)."""
-    from .bench import bench_models, bench_table, parse_hw, write_csv
+    if triton_url:
+        from .triton_bench import run_triton_cli
+
+        return run_triton_cli(triton_url, triton_model, models, shapes, concurrency, requests, protocol, json_path,
+                              force)
+    from .bench import backend_note, bench_models, bench_table, model_specs, parse_hw, write_csv
 
     paths = list(models) + list(engines)
     if not paths:
@@ -88,10 +113,15 @@ def bench_main(engines, models, shapes, batches, warmup, iters, rounds, threads,
     for path, kind, option in ((json_path, outputs.BENCH_JSON, "--json"), (csv_path, outputs.BENCH_CSV, "--csv")):
         if path:
             outputs.check_output(path, kind, inputs=paths, force=force, option=option)
-    results = bench_models(paths, [parse_hw(s) for s in shapes], list(batches), warmup=warmup, iters=iters,
-                           rounds=rounds, providers=providers.split(",") if providers else None,
-                           num_threads=threads)
+    prov = providers.split(",") if providers else None
+    specs = model_specs(paths, list(backends) or [None], precision_hint=precision_hint, providers=prov,
+                        modes=("e2e", "model") if model_only else ("e2e",))
+    results = bench_models(specs, [parse_hw(s) for s in shapes], list(batches), warmup=warmup, iters=iters,
+                           rounds=rounds, providers=prov, num_threads=threads)
     click.echo(bench_table(results))
+    note = backend_note(specs)
+    if note:
+        click.echo(note)
     if json_path:
         from ..runtime.atomic import write_text
 

@@ -37,6 +37,7 @@ class ModelEval:
     iou: list = field(default_factory=list)
     ms_per_image: float = float("nan")
     backend: str = ""
+    precision_hint: str = ""      # OpenVINO's inference precision for non-INT8 layers ("" for other backends)
     classes: list = field(default_factory=list)
     comparison: Optional[MiouComparison] = None
     cm: Optional[ConfusionMatrix] = field(default=None, repr=False)
@@ -53,7 +54,7 @@ class ModelEval:
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("path", "format", "precision", "status", "size_mb", "miou", "global_acc",
-                                           "ms_per_image", "backend", "verdict")}
+                                           "ms_per_image", "backend", "precision_hint", "verdict")}
         d["iou"] = [None if np.isnan(x) else float(x) for x in self.iou]
         if self.comparison is not None:
             c = self.comparison
@@ -76,14 +77,17 @@ def model_size_mb(path: "str | Path") -> float:
 
 def evaluate_model(path: str, data_path: str, split: str = "val", *, limit: Optional[int] = None,
                    size: Optional[int] = None, providers: Optional[Sequence[str]] = None,
-                   progress: bool = True, num_classes: Optional[int] = None) -> ModelEval:
+                   progress: bool = True, num_classes: Optional[int] = None, backend: Optional[str] = None,
+                   precision_hint: Optional[str] = None) -> ModelEval:
     """Evaluate one model file (.pth, .onnx, .plan) through the runtime on a VOC split.
 
     ``num_classes``: the class count the model must have (a comparison's reference), checked before any image.
+    ``backend`` / ``precision_hint``: as ``Segmenter.load`` (None: the fastest backend installed, f32).
     """
     from ..runtime.segmenter import Segmenter
 
-    seg = Segmenter.load(path, size=size, providers=onnx_providers(path, providers))
+    prov = onnx_providers(path, providers) if backend in (None, "onnxruntime") else None
+    seg = Segmenter.load(path, backend=backend, size=size, providers=prov, precision_hint=precision_hint)
     meta = seg.metadata
     if num_classes is not None and meta.num_classes != num_classes:
         raise _ClassMismatch(f"expected models with the reference's {num_classes} classes, got "
@@ -99,7 +103,7 @@ def evaluate_model(path: str, data_path: str, split: str = "val", *, limit: Opti
                      precision=meta.precision,
                      size_mb=model_size_mb(path), miou=r["miou"], global_acc=r["global_acc"], iou=list(r["iou"]),
                      ms_per_image=elapsed / max(n, 1) * 1e3, backend=seg.backend.name, classes=list(meta.classes),
-                     cm=cm)
+                     cm=cm, precision_hint=str(getattr(seg.backend, "precision_hint", "") or ""))
 
 
 def onnx_providers(path: str, providers: Optional[Sequence[str]]) -> Optional[Sequence[str]]:
@@ -116,25 +120,32 @@ def _progress(desc: str, total: int):
 
 def compare_models(paths: Sequence[str], data_path: str, split: str = "val", *, limit: Optional[int] = None,
                    size: Optional[int] = None, tolerances: Optional[dict] = None,
-                   providers: Optional[Sequence[str]] = None, progress: bool = True) -> ParityResult:
+                   providers: Optional[Sequence[str]] = None, progress: bool = True,
+                   backends: Sequence[Optional[str]] = (None,), precision_hint: Optional[str] = None) -> ParityResult:
     """Evaluate every model on the same images; the first is the reference for the deltas.
 
     A model that fails to load or run gets a row with its error as status instead of stopping the table.
+    Each .onnx is evaluated once per entry of ``backends`` (None: the fastest installed); ``precision_hint``
+    applies to the OpenVINO rows.
 
     Returns:
         A ``ParityResult`` of ``ModelEval`` rows: truthy when every model ran within its tolerance.
     """
+    from .bench import model_specs
+
     tol = {**TOLERANCES, **(tolerances or {})}
     rows: list = []
-    for path in paths:
+    for spec in model_specs(paths, backends, precision_hint=precision_hint, providers=providers):
+        path = spec.path
         try:
             row = evaluate_model(path, data_path, split, limit=limit, size=size, providers=providers,
-                                 progress=progress, num_classes=len(rows[0].classes) if rows and rows[0].classes else None)
+                                 progress=progress, num_classes=len(rows[0].classes) if rows and rows[0].classes else None,
+                                 backend=spec.backend, precision_hint=spec.precision_hint)
         except _ClassMismatch:
             raise   # no delta table is meaningful across class lists
         except FcnsegError as e:
             row = ModelEval(path=str(path), format=FORMATS.get(Path(path).suffix, "?"), precision="?",
-                            status=f"error: {e}")
+                            status=f"error: {e}", backend=spec.backend or "")
         rows.append(row)
     ref = rows[0]
     if ref.status != "ok":
@@ -150,11 +161,13 @@ def parity_table(rows: Sequence[ModelEval]) -> str:
     """One row per model in the style of Ultralytics' benchmark table."""
     from .tables import format_table
 
-    headers = ["format", "precision", "status", "size MB", "mIoU", "delta", "tol", "pixel acc", "ms/image", "file"]
+    headers = ["format", "backend", "precision", "status", "size MB", "mIoU", "delta", "tol", "pixel acc", "ms/image",
+               "file"]
     body = []
     for r in rows:
         c = r.comparison
-        body.append([r.format, r.precision, r.verdict[:60], r.size_mb, r.miou * 100, c.delta if c else None,
+        backend = f"{r.backend}/{r.precision_hint}" if r.precision_hint else r.backend
+        body.append([r.format, backend, r.precision, r.verdict[:60], r.size_mb, r.miou * 100, c.delta if c else None,
                      c.tolerance if c else None, r.global_acc * 100, r.ms_per_image, Path(r.path).name])
     return format_table(headers, body)
 

@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Mapping, Optional
 
+from .errors import FcnsegError, first_line
 from .voc import BASE_SIZE, MEAN, STD, VOC_CLASSES, voc_palette
 
 PREFIX = "fcnseg."
@@ -79,3 +80,15 @@ class ModelMetadata:
     def from_dict(cls, d: Mapping) -> "ModelMetadata":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def metadata_from_props(props: Mapping[str, str], source: str) -> ModelMetadata:
+    """``ModelMetadata.from_props`` for a model file's props; unreadable values become one ``FcnsegError``.
+
+    Shared by the ONNX Runtime and OpenVINO backends (``source`` names the file in the message).
+    """
+    try:
+        return ModelMetadata.from_props(props)
+    except (ValueError, TypeError) as e:
+        raise FcnsegError(f"expected fcnseg.* metadata_props holding JSON in {source!r}, got unreadable values "
+                          f"({first_line(e)}); try re-exporting with fcn-export") from None

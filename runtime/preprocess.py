@@ -93,12 +93,16 @@ def preprocess(image: np.ndarray, *, size: Optional[int] = None,
 
     ``hw`` (a static graph's input) resizes to exactly (H, W) instead, aspect ratio not kept.
     """
+    return normalize(resize_rgb(image, size=size, hw=hw), mean, std)[None]
+
+
+def resize_rgb(image: np.ndarray, *, size: Optional[int] = None,
+               hw: Optional[Tuple[int, int]] = None) -> np.ndarray:
+    """``preprocess`` without the normalisation: the resized HxWx3 uint8 RGB image (for graphs that normalise)."""
     rgb = to_rgb_uint8(image)
     if hw is not None and tuple(rgb.shape[:2]) != tuple(hw):
-        rgb = np.asarray(Image.fromarray(rgb).resize((int(hw[1]), int(hw[0])), Image.BILINEAR))
-    elif hw is None:
-        rgb = resize_image(rgb, size)
-    return normalize(rgb, mean, std)[None]
+        return np.asarray(Image.fromarray(rgb).resize((int(hw[1]), int(hw[0])), Image.BILINEAR))
+    return resize_image(rgb, size) if hw is None else rgb
 
 
 def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -1,7 +1,8 @@
 """``Segmenter``: image in, class mask out, on any backend, with numpy (and pillow) alone.
 
-The backend is chosen by file suffix and imported only then: ``.onnx`` -> ONNX Runtime, ``.plan`` /
-``.engine`` -> TensorRT, ``.pth`` -> PyTorch (the training reference). Preprocessing is
+The backend is chosen by file suffix and imported only then: ``.onnx`` -> OpenVINO when it is installed
+(the fastest CPU engine) else ONNX Runtime, ``.plan`` / ``.engine`` -> TensorRT, ``.pth`` -> PyTorch (the
+training reference); ``backend=`` overrides the choice. Preprocessing is
 ``fcnseg.runtime.preprocess.preprocess`` (torchvision's segmentation eval preset); masks are resized
 back to each image's original size with nearest-neighbour resizing.
 """
@@ -20,13 +21,19 @@ import numpy as np
 
 from .backends.base import Backend
 from .errors import FcnsegError
+from .outputs import check_readable
 from .metadata import ModelMetadata
-from .preprocess import preprocess, resize_mask
+from .preprocess import preprocess, resize_mask, resize_rgb
 from .sidecar import EngineSidecar
 
 PathLike = Union[str, "os.PathLike[str]"]
 SUFFIXES = {".onnx": "ONNX Runtime", ".plan": "TensorRT", ".engine": "TensorRT", ".pth": "PyTorch",
             ".pt": "PyTorch"}
+# Backends that can open each kind of file, the automatic choice's candidates in order of preference.
+BACKENDS = {".onnx": ("openvino", "onnxruntime"), ".plan": ("tensorrt",), ".engine": ("tensorrt",),
+            ".pth": ("pytorch",), ".pt": ("pytorch",)}
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+BACKEND_NAMES = ("openvino", "onnxruntime", "tensorrt", "pytorch")
 TIMING_KEYS = ("preprocess", "h2d", "infer", "d2h", "postprocess")
 
 
@@ -55,20 +62,30 @@ class Segmenter:
         _check_size_range(self.size, self.metadata, self.input_hw)
         self._lock: Optional[threading.Lock] = None if getattr(backend, "thread_safe", False) else threading.Lock()
         self._local = threading.local()
+        # A backend that normalises inside its graph (OpenVINO) takes the resized uint8 images as they are.
+        self._uint8_input = bool(getattr(backend, "accepts_uint8", False))
+        self._selects_outputs = bool(getattr(backend, "selects_outputs", False))
 
     @classmethod
-    def load(cls, path: PathLike, *, providers: Optional[Sequence[str]] = None, size: Optional[int] = None,
-             num_threads: Optional[int] = None) -> "Segmenter":
-        """Open a model file, picking the backend from its suffix.
+    def load(cls, path: PathLike, *, backend: Optional[str] = None, providers: Optional[Sequence[str]] = None,
+             size: Optional[int] = None, num_threads: Optional[int] = None,
+             precision_hint: Optional[str] = None) -> "Segmenter":
+        """Open a model file with the fastest backend available for it (or the one named).
 
         Args:
             path: ``.onnx``, ``.plan``/``.engine`` (metadata from the sidecar ``<plan>.json``) or ``.pth``.
+            backend: "openvino", "onnxruntime", "tensorrt" or "pytorch"; None picks by suffix: an ``.onnx``
+                runs on OpenVINO when it is installed, unless ONNX Runtime has a GPU provider or
+                ``providers`` are given (then ONNX Runtime).
             providers: ONNX Runtime execution providers (full names or cpu/cuda/tensorrt); default
                 TensorRT/CUDA when available, else CPU. Only for ``.onnx``.
             size: see the class docstring.
-            num_threads: CPU threads for ONNX Runtime (intra-op) or PyTorch.
+            num_threads: CPU threads for OpenVINO, ONNX Runtime (intra-op) or PyTorch.
+            precision_hint: OpenVINO's precision for the layers not in INT8: "f32" (default, for parity) or
+                "bf16" (faster where the CPU has BF16 instructions).
         """
-        return cls(load_backend(path, providers=providers, num_threads=num_threads), size=size)
+        return cls(load_backend(path, backend=backend, providers=providers, num_threads=num_threads,
+                                precision_hint=precision_hint), size=size)
 
     @property
     def last_timing(self) -> Dict[str, float]:
@@ -94,7 +111,10 @@ class Segmenter:
             return []
         t0 = time.perf_counter()
         m = self.metadata
-        inputs = [preprocess(im, size=self.size, mean=m.mean, std=m.std, hw=self.input_hw) for im in images]
+        if self._uint8_input:
+            inputs = [resize_rgb(im, size=self.size, hw=self.input_hw)[None] for im in images]
+        else:
+            inputs = [preprocess(im, size=self.size, mean=m.mean, std=m.std, hw=self.input_hw) for im in images]
         t1 = time.perf_counter()
         outputs, key, timing = self._infer(inputs, logits)
         t2 = time.perf_counter()
@@ -118,7 +138,7 @@ class Segmenter:
             for start in range(0, len(idx), step):
                 chunk = idx[start:start + step]
                 batch = inputs[chunk[0]] if len(chunk) == 1 else np.concatenate([inputs[i] for i in chunk])
-                out, t = self._run_backend(batch)
+                out, t = self._run_backend(batch, logits)
                 key = _output_key(out, logits)
                 for j, i in enumerate(chunk):
                     results[i] = out[key][j]
@@ -126,11 +146,14 @@ class Segmenter:
                     timing[k] += float(t.get(k, 0.0))
         return results, key, timing
 
-    def _run_backend(self, batch: np.ndarray) -> Tuple[Dict[str, np.ndarray], Dict[str, float]]:
+    def _run_backend(self, batch: np.ndarray, logits: bool) -> Tuple[Dict[str, np.ndarray], Dict[str, float]]:
         # Read last_timing under the same lock as infer, so another thread cannot overwrite it in between.
         guard: ContextManager[Any] = self._lock if self._lock is not None else contextlib.nullcontext()
         with guard:
-            out = self.backend.infer(batch)
+            if logits and self._selects_outputs:   # the backend computes only what is asked for
+                out = self.backend.infer(batch, outputs=("logits",))  # type: ignore[call-arg]
+            else:
+                out = self.backend.infer(batch)
             return out, dict(self.backend.last_timing)
 
     def close(self) -> None:
@@ -149,9 +172,9 @@ class Segmenter:
                 f"size={self.size}, argmax={m.argmax})")
 
 
-def load_backend(path: PathLike, *, providers: Optional[Sequence[str]] = None,
-                 num_threads: Optional[int] = None) -> Backend:
-    """Open ``path`` with the backend its suffix names (see ``Segmenter.load``)."""
+def load_backend(path: PathLike, *, backend: Optional[str] = None, providers: Optional[Sequence[str]] = None,
+                 num_threads: Optional[int] = None, precision_hint: Optional[str] = None) -> Backend:
+    """Open ``path`` with ``backend``, or the fastest one available for its suffix (see ``Segmenter.load``)."""
     p = Path(path)
     suffix = p.suffix.lower()
     supported = ", ".join(SUFFIXES)
@@ -161,16 +184,55 @@ def load_backend(path: PathLike, *, providers: Optional[Sequence[str]] = None,
     if not p.is_file():
         raise FcnsegError(f"expected a model file ({supported}), got {str(p)!r} which does not exist; "
                           "check the path")
+    check_readable(p, "model file")   # "permission denied", not a backend's "not a valid model"
     if providers and suffix != ".onnx":
         raise FcnsegError(f"expected providers only with an .onnx model, got providers {list(providers)} for "
                           f"a {SUFFIXES[suffix]} model {p.name!r}; try leaving out --providers")
-    if suffix == ".onnx":
+    name = choose_backend(p, backend, providers=providers)
+    if precision_hint and name != "openvino":
+        raise FcnsegError(f"expected a precision hint only with the openvino backend, got {precision_hint!r} for "
+                          f"{name} on {p.name!r}; try backend='openvino' (pip install openvino) or no hint")
+    if name == "openvino":
+        from .backends.openvino import OpenVinoBackend
+        return OpenVinoBackend(p, num_threads=num_threads, precision_hint=precision_hint)
+    if name == "onnxruntime":
         from .backends.onnxruntime import OnnxRuntimeBackend
         return OnnxRuntimeBackend(p, providers=providers, num_threads=num_threads)
-    if suffix in (".plan", ".engine"):
+    if name == "tensorrt":
         return _tensorrt_backend(p)
     from .backends.pytorch import PyTorchBackend
     return PyTorchBackend(p, num_threads=num_threads)
+
+
+def choose_backend(path: PathLike, backend: Optional[str] = None, *,
+                   providers: Optional[Sequence[str]] = None) -> str:
+    """The backend that opens ``path``: ``backend`` when it can, else the fastest available one.
+
+    An ``.onnx`` goes to OpenVINO when it imports, unless ONNX Runtime providers are named or ONNX Runtime
+    has a GPU provider here; otherwise to ONNX Runtime.
+    """
+    p = Path(path)
+    candidates = BACKENDS.get(p.suffix.lower(), ())
+    if backend is not None:
+        if backend not in candidates:
+            raise FcnsegError(f"expected a backend in {', '.join(candidates) or 'none'} for {p.name!r}, got "
+                              f"{backend!r}; try leaving out --backend")
+        if providers and backend != "onnxruntime":
+            raise FcnsegError(f"expected providers only with backend onnxruntime, got {backend!r}; "
+                              "try leaving out --providers")
+        return backend
+    if candidates[0] != "openvino" or providers or _onnxruntime_has_gpu():
+        return candidates[-1]
+    from .backends.openvino import openvino_available
+    return "openvino" if openvino_available() else "onnxruntime"
+
+
+def _onnxruntime_has_gpu() -> bool:
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    return any(p in GPU_PROVIDERS for p in onnxruntime.get_available_providers())
 
 
 def _tensorrt_backend(plan: Path) -> Backend:

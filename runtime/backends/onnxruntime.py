@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import FcnsegError, first_line
-from ..metadata import ModelMetadata
+from ..metadata import ModelMetadata, metadata_from_props
 from .base import BaseBackend
 
 # Short names accepted by ``providers=`` and ``fcn-predict --providers`` (case-insensitive).
@@ -110,7 +110,7 @@ class OnnxRuntimeBackend(BaseBackend):
         except Exception as e:  # ORT raises its own types for shape/type mismatches
             raise FcnsegError(f"ONNX Runtime could not run {self.path!r} on an input of shape {tuple(x.shape)} "
                               f"({first_line(e)}); expected an input fitting {self.input_shape}; "
-                              "try another --size") from None
+                              "try another image size (fcn-predict/fcn-eval --size, fcn-bench --shape)") from None
         self._set_timing(infer=time.perf_counter() - t0)  # ORT copies inside run: h2d and d2h stay 0
         out = {}
         for key, value in zip(self.outputs, results):
@@ -124,12 +124,7 @@ class OnnxRuntimeBackend(BaseBackend):
 
 
 def _read_metadata(session: Any, path: str) -> ModelMetadata:
-    props = session.get_modelmeta().custom_metadata_map
-    try:
-        return ModelMetadata.from_props(props)
-    except (ValueError, TypeError) as e:
-        raise FcnsegError(f"expected fcnseg.* metadata_props holding JSON in {path!r}, got unreadable values "
-                          f"({first_line(e)}); try re-exporting with fcn-export") from None
+    return metadata_from_props(session.get_modelmeta().custom_metadata_map, path)
 
 
 def _output_names(session: Any, path: str) -> Dict[str, str]:

@@ -108,23 +108,22 @@ def segment_stream(segmenter: Any, source: Union[PathLike, Source], sink: Union[
     meta = getattr(segmenter, "metadata", None)
     renderer = FrameRenderer(visualize, alpha=alpha, legend=legend, classes=getattr(meta, "classes", ()),
                              palette=getattr(meta, "palette", None))
-    src = source if isinstance(source, Source) else open_source(source, timeout=timeout)
-    is_live = src.live if live is None else live
-    loop = _Loop(segmenter, is_live, batch or (1 if is_live else _auto_batch(segmenter)), max_frames, progress)
-    try:
-        with contextlib.ExitStack() as owned:
-            out_sink = sink if sink is None or isinstance(sink, Sink) else open_sink(sink, fps=src.fps)
-            if out_sink is not None and out_sink is not sink:
-                owned.callback(out_sink.close)   # a no-op after outputs.close, unless that failed
-            loop.outputs = StreamOutputs(out_sink, renderer, save_masks, stats, mask_format,
-                                         own_sink=out_sink is not sink)
-            owned.callback(loop.outputs.close)
-            result = loop.pipelined(iter(src)) if pipelined else loop.sequential(iter(src))
-    finally:
-        # A decoder still inside a blocking read finishes on its own (bounded by the source's timeout):
-        # closing its container under it would not be safe.
-        if src is not source and not loop.decoder_running:
-            src.close()
+    if (batch is not None and batch < 1) or (max_frames is not None and max_frames < 1):
+        raise FcnsegError(f"expected batch and max_frames >= 1, got batch {batch}, max_frames {max_frames}")
+    with contextlib.ExitStack() as owned:
+        # The sink first: an HTTP preview is up while a camera or stream is still being opened.
+        out_sink = sink if sink is None or isinstance(sink, Sink) else owned.enter_context(open_sink(sink))
+        src = source if isinstance(source, Source) else open_source(source, timeout=timeout)
+        is_live = src.live if live is None else live
+        loop = _Loop(segmenter, is_live, batch or (1 if is_live else _auto_batch(segmenter)), max_frames, progress)
+        if src is not source:
+            # A decoder still inside a blocking read finishes on its own (bounded by the source's timeout):
+            # closing its container under it would not be safe.
+            owned.callback(lambda: None if loop.decoder_running else src.close())
+        if out_sink is not None:
+            out_sink.source_rate(src.fps)
+        loop.outputs = owned.enter_context(StreamOutputs(out_sink, renderer, save_masks, stats, mask_format))
+        result = loop.pipelined(iter(src)) if pipelined else loop.sequential(iter(src))
     if result.error is not None and result.frames == 0:
         raise FcnsegError(result.error)
     return result
@@ -140,8 +139,6 @@ class _Loop:
 
     def __init__(self, segmenter: Any, live: bool, batch: int, max_frames: Optional[int],
                  progress: Optional[Callable[[StreamStats], None]]) -> None:
-        if batch < 1 or (max_frames is not None and max_frames < 1):
-            raise FcnsegError(f"expected batch and max_frames >= 1, got batch {batch}, max_frames {max_frames}")
         self.segmenter, self.live, self.max_frames = segmenter, live, max_frames
         self.outputs: Optional[StreamOutputs] = None
         self.decoder_running = False

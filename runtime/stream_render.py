@@ -77,8 +77,8 @@ class StreamOutputs:
     """Everything written per frame: the rendered frame to the sink, the mask file, the statistics line."""
 
     def __init__(self, sink: Optional[Sink], renderer: FrameRenderer, save_masks: Optional[PathLike],
-                 stats: Optional[PathLike], mask_format: str, *, own_sink: bool) -> None:
-        self.sink, self.renderer, self.mask_format, self.own_sink = sink, renderer, mask_format, own_sink
+                 stats: Optional[PathLike], mask_format: str) -> None:
+        self.sink, self.renderer, self.mask_format = sink, renderer, mask_format
         self.mask_dir = Path(save_masks) if save_masks is not None else None
         self._stats = _JsonLines(stats) if stats is not None else None
 
@@ -95,12 +95,15 @@ class StreamOutputs:
             self._stats.write({"frame": index, "shares": class_shares(mask, self.renderer.classes)})
 
     def close(self) -> None:
-        try:
-            if self.sink is not None and self.own_sink:
-                self.sink.close()
-        finally:
-            if self._stats is not None:
-                self._stats.close()
+        """Close the statistics file (the sink belongs to the caller)."""
+        if self._stats is not None:
+            self._stats.close()
+
+    def __enter__(self) -> "StreamOutputs":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class _JsonLines:

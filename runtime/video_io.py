@@ -29,7 +29,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".ts", ".mpg", ".mpeg", ".flv", ".sdp")
 OUTPUT_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi", ".ts": "mpegts"}
 NETWORK_SOURCES = ("rtsp", "rtsps", "rtp", "udp", "tcp", "srt", "rtmp", "http", "https")
-NETWORK_SINKS = {"udp": "mpegts", "rtp": "rtp_mpegts"}
+NETWORK_SINKS = {"udp": "mpegts", "rtp": "rtp"}   # MPEG-TS over UDP; H.264 over RTP (payload 96), as segnet
 DEFAULT_TIMEOUT = 10.0   # seconds a network source may stay silent (at open and between frames)
 DEFAULT_FPS = 30.0       # frame rate written when the source does not say
 CSI_DEFAULTS = {"width": 1280, "height": 720, "framerate": 30, "flip": 0}
@@ -243,6 +243,9 @@ class Sink:
     def write(self, frame: np.ndarray, index: int) -> None:
         raise NotImplementedError
 
+    def source_rate(self, fps: Optional[float]) -> None:
+        """Told the source's frame rate (None: unknown) before the first frame; video sinks record it."""
+
     def close(self) -> None:
         """Finish the output (flush the encoder, write the trailer); safe to call twice."""
 
@@ -275,7 +278,7 @@ class AVSink(Sink):
 
     def __init__(self, target: str, *, fps: Optional[float] = None, codec: Optional[str] = None) -> None:
         self.av = import_av()
-        self.name, self.fps = target, Fraction(fps or DEFAULT_FPS).limit_denominator(1001)
+        self.name, self.fps, self._fps_given = target, _rate(fps), fps is not None
         scheme = target.split("://", 1)[0].lower() if "://" in target else ""
         self.network = bool(scheme)
         if scheme and scheme not in NETWORK_SINKS:
@@ -289,6 +292,10 @@ class AVSink(Sink):
         self._container: Any = None
         self._tmp: Optional[str] = None
         self.frames = 0
+
+    def source_rate(self, fps: Optional[float]) -> None:
+        if not self._fps_given and self._container is None:
+            self.fps = _rate(fps)
 
     def write(self, frame: np.ndarray, index: int) -> None:
         if self._container is None:
@@ -314,7 +321,9 @@ class AVSink(Sink):
             url = self._tmp
         try:
             self._container = self.av.open(url, "w", format=self.format)
-            opts = {"preset": "ultrafast", "tune": "zerolatency"} if self.network else {"preset": "veryfast"}
+            # Network: no encoder delay, and SPS/PPS with every key frame (once a second) for late viewers.
+            opts = {"preset": "ultrafast", "tune": "zerolatency", "x264-params": "repeat-headers=1"} \
+                if self.network else {"preset": "veryfast"}
             self._stream = self._container.add_stream(self.codec, rate=self.fps,
                                                       options=opts if self.codec == "libx264" else {})
         except (self.av.error.FFmpegError, OSError, ValueError) as e:
@@ -325,6 +334,8 @@ class AVSink(Sink):
             self._container.metadata["comment"] = SOFTWARE   # lets a later run recognise its own output
         self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
         self._stream.time_base = Fraction(1) / self.fps
+        if self.network:
+            self._stream.gop_size = max(1, round(self.fps))
 
     def _mux(self, packets: Any) -> None:
         try:
@@ -356,6 +367,10 @@ class AVSink(Sink):
             self._tmp = None
 
 
+def _rate(fps: Optional[float]) -> Fraction:
+    return Fraction(fps if fps and 0 < fps < 1000 else DEFAULT_FPS).limit_denominator(1001)
+
+
 def _fit(frame: np.ndarray, height: int, width: int) -> np.ndarray:
     """Pad a frame one pixel short of even sides by repeating its edge; resize anything else."""
     h, w = frame.shape[:2]
@@ -364,15 +379,26 @@ def _fit(frame: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(frame).resize((width, height), Image.BILINEAR))
 
 
+def rtp_sdp(url: str, payload: int = 96) -> str:
+    """The SDP description a viewer (VLC, ffplay, ``open_source("x.sdp")``) needs for an ``rtp://HOST:PORT`` sink."""
+    parts = urlsplit(url)
+    if parts.scheme != "rtp" or not parts.hostname or not parts.port:
+        raise FcnsegError(f"expected rtp://HOST:PORT, got {url!r}")
+    return (f"v=0\r\no=- 0 0 IN IP4 {parts.hostname}\r\ns=fcnseg\r\nc=IN IP4 {parts.hostname}\r\nt=0 0\r\n"
+            f"m=video {parts.port} RTP/AVP {payload}\r\na=rtpmap:{payload} H264/90000\r\n"
+            f"a=fmtp:{payload} packetization-mode=1\r\n")
+
+
 def open_sink(spec: PathLike, *, fps: Optional[float] = None, codec: Optional[str] = None,
               quality: int = 80) -> Sink:
     """Open what ``spec`` names as a ``Sink``.
 
     Args:
         spec: a video file (.mp4, .mkv, .avi, .mov, .ts); ``udp://HOST:PORT`` (MPEG-TS over UDP);
-            ``rtp://HOST:PORT`` (MPEG-TS over RTP); ``http://HOST:PORT`` (live MJPEG preview for a browser);
+            ``rtp://HOST:PORT`` (H.264 over RTP, payload 96; viewers need ``rtp_sdp``); ``http://HOST:PORT`` (live MJPEG preview for a browser);
             anything else is a folder of numbered PNG frames.
-        fps: frame rate recorded in video outputs (default: ``DEFAULT_FPS``).
+        fps: frame rate recorded in video outputs (default: the source's, told by ``source_rate``, else
+            ``DEFAULT_FPS``).
         codec: FFmpeg encoder (default libx264, else mpeg4).
         quality: JPEG quality of the HTTP preview.
     """

@@ -15,7 +15,8 @@ import click
 from .cliutil import OneLineCommand
 from .errors import cli_errors
 from .postprocess import predict_files
-from .segmenter import Segmenter
+from .backends.openvino import PRECISION_HINTS
+from .segmenter import BACKEND_NAMES, Segmenter
 from .stream_cli import StreamOptions, run_stream, stream_options
 
 
@@ -35,12 +36,16 @@ from .stream_cli import StreamOptions, run_stream, stream_options
 @click.option("--providers", multiple=True,
               help="ONNX Runtime providers in priority order, e.g. cuda,cpu (repeatable or comma-separated).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for inference.")
+@click.option("--backend", type=click.Choice(BACKEND_NAMES), default=None,
+              help="Inference backend [default: by suffix; .onnx: OpenVINO when installed, else ONNX Runtime].")
+@click.option("--precision-hint", type=click.Choice(PRECISION_HINTS), default=None,
+              help="OpenVINO precision for non-INT8 layers; bf16 is faster on CPUs with BF16 [default: f32].")
 @click.option("--force", is_flag=True, help="Replace files in --out that fcnseg did not write (never an input).")
 @stream_options
 @cli_errors
 def predict_main(inputs: Tuple[str, ...], model: Path, out: str, with_overlay: bool, alpha: float, fmt: str,
-                 size: Optional[int], providers: Sequence[str], threads: Optional[int], force: bool,
-                 stream: StreamOptions) -> None:
+                 size: Optional[int], providers: Sequence[str], threads: Optional[int], backend: Optional[str],
+                 precision_hint: Optional[str], force: bool, stream: StreamOptions) -> None:
     """Segment INPUTS (images, or folders walked for .jpg/.jpeg/.png/.bmp/.webp/.tif) and write masks to --out.
 
     Streams, as jetson-inference's segnet: INPUTS may be one video file, V4L2 camera (/dev/video0), Jetson CSI
@@ -57,7 +62,8 @@ def predict_main(inputs: Tuple[str, ...], model: Path, out: str, with_overlay: b
     def report(path: Path, reason: str) -> None:
         tqdm.write(f"fcn-predict: skipped {path}: {reason}", file=sys.stderr)
 
-    with Segmenter.load(model, providers=names, size=size, num_threads=threads) as seg:
+    with Segmenter.load(model, backend=backend, providers=names, size=size, num_threads=threads,
+                        precision_hint=precision_hint) as seg:
         if stream.applies(inputs, out):   # video, camera, network: the frame loop of fcnseg.runtime.stream
             sys.exit(run_stream(seg, inputs, out, stream, alpha=alpha, fmt=fmt, force=force))
         m = seg.metadata

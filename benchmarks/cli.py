@@ -97,8 +97,9 @@ def eval_main(model, compare, more, data_path, split, limit, size, providers, ba
 @click.option("--csv", "csv_path", default=None, type=click.Path())
 @click.option("--force", is_flag=True, help=FORCE_HELP)
 @cli_errors
-def bench_main(triton_url, triton_model, concurrency, requests, protocol, engines, models, shapes, batches, warmup, iters, rounds, threads, providers, backends, precision_hint, model_only, json_path,
-               csv_path, force) -> None:
+def bench_main(triton_url, triton_model, concurrency, requests, protocol, engines, models, shapes, batches, warmup,
+               iters, rounds, threads, providers, backends, precision_hint, model_only, json_path, csv_path,
+               force) -> None:
     """Latency per stage and end to end, for one or several models in one run (ratios side by side)."""
     if triton_url:
         from .triton_bench import run_triton_cli

@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -135,6 +135,12 @@ class OpenVinoBackend(BaseBackend):
         self._last_shape: Dict[Tuple[str, str], tuple] = {}
         if self._dynamic_input:
             self._compiled(("u8", "mask"), None)   # compile now: errors at load, not at the first call
+
+    @property
+    def static_shapes_compiled(self) -> List[tuple]:
+        """Input shapes that have their own static compilation now (least recently used first)."""
+        with self._lock:
+            return [key[2] for key in self._static]
 
     def infer(self, batch: np.ndarray, *, outputs: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
         """Run uint8 NHWC images or a float32 NCHW batch; return ``{"mask": uint8}``, or logits when asked.

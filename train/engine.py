@@ -34,6 +34,7 @@ from .models import get_model
 from .resume import ResumePoint, read_resume
 from .rundir import append_metrics, prepare_output_dir
 from .schedule import LRPlan, make_scheduler, plan_lr
+from .weights import check_checkpoint_file
 
 __all__ = ["TrainConfig", "criterion", "make_optimizer", "make_scheduler", "train_one_epoch", "evaluate",
            "make_loaders", "build_model", "seed_epoch", "checkpoint_dict", "train"]
@@ -174,6 +175,8 @@ def train(cfg: TrainConfig) -> dict:
     cfg.validate()
     device = resolve_device(cfg.device)
     point = read_resume(cfg) if cfg.resume else None
+    if cfg.pretrained:
+        check_checkpoint_file(cfg.pretrained)  # loaded with the model; a wrong path should cost nothing
     dist_info = distributed.init_distributed(device.type)
     try:
         return _train(cfg, device, dist_info, point)
@@ -187,6 +190,7 @@ def _train(cfg: TrainConfig, device: torch.device, dist_info: distributed.DistIn
     prepare_output_dir(out, resume_epoch=point.start_epoch if point else None, force=cfg.force,
                        create=dist_info.is_main, say=tqdm.write)
     train_loader, val_loader = make_loaders(cfg, dist_info)
+    torch.manual_seed(cfg.seed)  # the same initial weights in every run (and every process) with this seed
     model, runner = build_model(cfg, device, dist_info)
     optimizer = make_optimizer(model, cfg)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp and device.type == "cuda" else None

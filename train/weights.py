@@ -17,7 +17,7 @@ import torch
 
 from ..runtime.errors import FcnsegError, first_line
 
-__all__ = ["read_checkpoint", "state_dict_of", "classes_from_state", "arch_from_state", "args_dict"]
+__all__ = ["read_checkpoint", "check_checkpoint_file", "state_dict_of", "classes_from_state", "arch_from_state", "args_dict"]
 
 # Files fcnseg's other commands take, and the command that takes them.
 _OTHER_FORMATS = {".onnx": ("an ONNX model", "fcn-eval --model / fcn-predict run it; fcn-export fp16, int8 or trt "
@@ -32,14 +32,7 @@ def read_checkpoint(path: "str | os.PathLike[str]") -> dict:
     Raises:
         FcnsegError: the file is missing, a folder, unreadable, an ONNX model or engine, or not a torch.save dict.
     """
-    p = Path(path)
-    if p.is_dir():
-        raise FcnsegError(f"expected a checkpoint file, got the folder {str(p)!r}; try {str(p / 'checkpoint.pth')!r}")
-    if not p.is_file():
-        raise FcnsegError(f"expected a checkpoint file, got {str(p)!r} which does not exist")
-    if not os.access(p, os.R_OK):
-        raise FcnsegError(f"expected a readable checkpoint, got {str(p)!r}: permission denied; try chmod a+r")
-    _refuse_other_format(p)
+    p = check_checkpoint_file(path)
     try:
         obj = _load(p)
     except Exception as e:  # torch raises many types for truncated or foreign files
@@ -48,6 +41,23 @@ def read_checkpoint(path: "str | os.PathLike[str]") -> dict:
     if not isinstance(obj, dict):
         raise FcnsegError(f"expected a checkpoint dict or state dict in {str(p)!r}, got {type(obj).__name__}")
     return obj
+
+
+def check_checkpoint_file(path: "str | os.PathLike[str]") -> Path:
+    """What can be told without loading: the file exists, is readable and is not an ONNX model or engine.
+
+    Raises:
+        FcnsegError: one line saying what the path is instead, and what to try.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise FcnsegError(f"expected a checkpoint file, got the folder {str(p)!r}; try {str(p / 'checkpoint.pth')!r}")
+    if not p.is_file():
+        raise FcnsegError(f"expected a checkpoint file, got {str(p)!r} which does not exist")
+    if not os.access(p, os.R_OK):
+        raise FcnsegError(f"expected a readable checkpoint, got {str(p)!r}: permission denied; try chmod a+r")
+    _refuse_other_format(p)
+    return p
 
 
 def _load(path: Path) -> Any:

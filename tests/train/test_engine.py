@@ -6,7 +6,6 @@ import sys
 import pytest
 import torch
 
-from fcnseg.runtime.errors import FcnsegError
 from fcnseg.train.checkpoint import read_checkpoint
 from fcnseg.train.engine import TrainConfig, make_optimizer, make_scheduler, train
 from fcnseg.train.models import get_model
@@ -40,29 +39,41 @@ def test_aux_head_gets_ten_times_the_lr():
     assert [g["lr"] for g in opt.param_groups] == [0.02, pytest.approx(0.2)]
 
 
-def test_train_writes_checkpoints_log_plot_and_resumes(tiny_voc, tmp_path):
+def test_train_writes_checkpoints_log_plot_and_a_resumed_run_reproduces_it(tiny_voc, tmp_path, capsys):
+    # 8 train images, batch 8: one iteration an epoch keeps the six epochs (three, two resumed, one more) short
     out = tmp_path / "run"
-    log = train(tiny_config(tiny_voc, out, aux_loss=True))
-    assert 0.0 <= log["miou"] <= 1.0 and log["epoch"] == 1
+    cfg = dict(epochs=3, batch_size=8, aux_loss=True, base_size=48, crop_size=32)
+    log = train(tiny_config(tiny_voc, out, **cfg))
+    assert 0.0 <= log["miou"] <= 1.0 and log["epoch"] == 2
     names = sorted(os.listdir(out))
-    assert {"checkpoint.pth", "model_0.pth", "model_1.pth", "model_best.pth", "metrics.jsonl", "metrics.png"} <= set(names)
+    assert {"checkpoint.pth", "model_0.pth", "model_2.pth", "model_best.pth", "metrics.jsonl", "metrics.png"} <= set(names)
     assert not [n for n in names if n.endswith(".tmp")]
     ckpt = read_checkpoint(out / "checkpoint.pth")  # weights_only=True inside
-    assert ckpt["epoch"] == 1 and ckpt["arch"] == "fcn8s_resnet18" and ckpt["num_classes"] == 21
+    assert ckpt["epoch"] == 2 and ckpt["arch"] == "fcn8s_resnet18" and ckpt["num_classes"] == 21
     assert {"model", "optimizer", "lr_scheduler", "args"} <= set(ckpt) and isinstance(ckpt["args"], dict)
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [0, 1]
-    log3 = train(tiny_config(tiny_voc, out, aux_loss=True, epochs=3, resume=str(out / "checkpoint.pth")))
-    assert log3["epoch"] == 2
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    uninterrupted = _rows(out)
+    assert [r["epoch"] for r in uninterrupted] == [0, 1, 2]
+
+    # model_0.pth is exactly the checkpoint.pth a kill during epoch 1 of this 3-epoch schedule leaves behind
+    train(tiny_config(tiny_voc, out, resume=str(out / "model_0.pth"), **cfg))
+    assert _rows(out) == uninterrupted  # loss, lr, mIoU and pixel accuracy of every epoch, once each
+    aside = list(out.glob("previous-*"))  # the abandoned epochs 1-2 are kept aside, not mixed in
+    assert len(aside) == 1 and {"model_1.pth", "model_2.pth", "metrics.jsonl"} <= {p.name for p in aside[0].iterdir()}
+    first, again = read_checkpoint(aside[0] / "model_2.pth"), read_checkpoint(out / "model_2.pth")
+    assert first["iteration"] == again["iteration"] == 3
+    assert all(torch.equal(first["model"][k], again["model"][k]) for k in first["model"])
+
+    # another --epochs continues with the poly decay re-planned over the new total (a KeyError before)
+    capsys.readouterr()
+    log4 = train(tiny_config(tiny_voc, out, resume=str(out / "checkpoint.pth"), **{**cfg, "epochs": 4}))
+    assert "re-planned: poly decay to 0 at iteration 4 (was 3)" in capsys.readouterr().out
+    assert log4["epoch"] == 3 and log4["lr"] == 0.0
+    assert [r["epoch"] for r in _rows(out)] == [0, 1, 2, 3]
 
 
-def test_resume_refuses_another_model(tiny_voc, tmp_path):
-    out = tmp_path / "run"
-    train(tiny_config(tiny_voc, out, epochs=1))
-    with pytest.raises(FcnsegError, match="expected a fcn8s_resnet34 checkpoint"):
-        train(tiny_config(tiny_voc, out, model="fcn8s_resnet34", resume=str(out / "checkpoint.pth")))
+def _rows(out):
+    keys = ("epoch", "train_loss", "lr", "miou", "global_acc")
+    return [{k: r[k] for k in keys} for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
 
 
 def test_cli_errors_are_one_line(tiny_voc, tmp_path):
@@ -93,7 +104,7 @@ def test_ddp_two_processes_gloo_write_one_checkpoint(tiny_voc, tmp_path):
 
 
 def test_bad_label_in_a_worker_process_is_one_line(tmp_path):
-    """A label PNG with class 37, found by a DataLoader worker, still gives one line and exit code 2."""
+    """A label PNG with class 37, found by a DataLoader worker (data check skipped), still gives one line and exit 2."""
     import numpy as np
     from PIL import Image
 
@@ -108,8 +119,8 @@ def test_bad_label_in_a_worker_process_is_one_line(tmp_path):
     img = Image.open(base / "JPEGImages" / f"{first}.jpg")
     bad.resize(img.size).save(base / "SegmentationClass" / f"{first}.png")
     r = subprocess.run([sys.executable, "-m", "fcnseg.train", "--data-path", str(root), "--model", "fcn8s_resnet18",
-                        "-j", "1", "-b", "4", "--epochs", "1", "--base-size", "48", "--crop-size", "40", "--device",
-                        "cpu", "--output-dir", str(tmp_path / "run")], capture_output=True, text=True)
+                        "--skip-data-check", "-j", "1", "-b", "4", "--epochs", "1", "--base-size", "48", "--crop-size",
+                        "40", "--device", "cpu", "--output-dir", str(tmp_path / "run")], capture_output=True, text=True)
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]  # the rest is the progress bar
     assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr
     assert errors[0].startswith("error: expected label values in 0..20 or 255, got [37]") and first in errors[0]

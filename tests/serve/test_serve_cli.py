@@ -1,0 +1,102 @@
+"""fcn-serve as a user runs it: one command starts Triton on 127.0.0.1, answers, and Ctrl-C stops it cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import tritonclient.http as httpclient
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from fcnseg.runtime import FcnsegError, ModelMetadata, Segmenter
+from fcnseg.serve import TritonInstall, free_port
+from fcnseg.serve.cli import main as serve_cli
+
+FCN_SERVE = Path(sys.executable).with_name("fcn-serve")
+
+
+def tiny_onnx(path, classes: int = 3):
+    """1x1 conv 3 -> ``classes`` with dynamic N/H/W and fcnseg metadata (input size 16)."""
+    rng = np.random.default_rng(1)
+    weight = numpy_helper.from_array(rng.normal(size=(classes, 3, 1, 1)).astype(np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "W"], ["logits"], kernel_shape=[1, 1])], "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes, "H", "W"])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    helper.set_model_props(model, ModelMetadata(arch="tiny", num_classes=classes, input_size=16).to_props())
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def install():
+    try:
+        return TritonInstall.find()
+    except FcnsegError as e:
+        pytest.skip(f"needs the tritonserver bundled by nvidia-pytriton in .venv-triton (make test creates it): {e}")
+
+
+def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode(errors="replace")[-2000:]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    pytest.fail(f"fcn-serve not ready within {timeout} s")
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_serve_answers_and_ctrl_c_stops(install, tmp_path):
+    model = tiny_onnx(tmp_path / "tiny.onnx")
+    ports = [free_port() for _ in range(3)]
+    cmd = [str(FCN_SERVE), "--model", str(model), "--port", str(ports[0]), "--grpc-port", str(ports[1]),
+           "--metrics-port", str(ports[2]), "--max-batch", "4", "--repo", str(tmp_path / "repo")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        _wait_ready(ports[0], proc)
+        image = np.random.default_rng(2).integers(0, 256, (21, 34, 3), dtype=np.uint8)
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{ports[0]}")
+        inp = httpclient.InferInput("image", [1, 21, 34, 3], "UINT8")
+        inp.set_data_from_numpy(image[None])
+        mask = client.infer("fcnseg", [inp]).as_numpy("mask")[0]
+        client.close()
+        with Segmenter.load(model) as seg:
+            assert int((mask != seg(image)).sum()) == 0
+        proc.send_signal(signal.SIGINT)                                 # what Ctrl-C sends
+        _, err = proc.communicate(timeout=40)
+        assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
+        assert "Ctrl-C stops" in err.decode() and not any(_listening(p) for p in ports)
+        assert (tmp_path / "repo" / "fcnseg" / "config.pbtxt").is_file()     # a given --repo is kept
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([], "expected --model FILE or --repo DIR"),
+    (["--model", "missing.onnx", "--triton-env", "/nonexistent-env"], "nvidia-pytriton"),
+])
+def test_serve_errors_are_one_line(args, expected):
+    result = CliRunner().invoke(serve_cli, args)
+    assert result.exit_code == 2 and expected in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -1,74 +1,156 @@
-"""FCN-ResNet50 at 520x520 on this CPU, end to end through the runtime: PyTorch FP32 eager vs ONNX Runtime
-FP32 vs ONNX Runtime INT8 in both Q/DQ layouts (TensorRT's, and the CPU one), side by side in one run.
+"""FCN-ResNet50 and FCN-8s/ResNet-18 at 520x520 on this CPU, side by side in one run per model: PyTorch FP32
+eager (the baseline), and the FP32 and INT8 graphs on ONNX Runtime and OpenVINO, end to end through the
+``Segmenter`` and model only (the library alone on a preprocessed input; OpenVINO compiled with its own
+defaults). The summary gives each row's speed-up over PyTorch and, per graph, fcnseg end to end vs
+OpenVINO's own model-only inference of the same graph (> 1: fcnseg is ahead).
 
 Speed does not depend on the weights, so the model is randomly initialised (no download here); INT8 is
 calibrated on a few synthetic images only to get realistic activation ranges. Accuracy is measured
 elsewhere (the parity table on a trained model). ``python -m fcnseg.benchmarks.cpu_speed --out bench_out``
+
+The models are prepared by ``fcnseg.benchmarks.pipeline`` (data -> random-init model -> ONNX -> INT8); the
+models exported are ``BENCH_MODELS`` (pipeline model keys); the rows benchmarked are ``CPU_ROWS`` (model key,
+backend, mode, precision hint), so another runtime's rows are one entry more.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import sys
 from pathlib import Path
+from typing import Sequence
 
 import click
 
-from ..runtime.atomic import write_text
 from ..runtime.errors import cli_errors
+from .pipeline import Artifacts, BenchSettings, DataSettings, ExportSettings, ModelSettings, PipelineConfig
+from .report import Report, need, run_steps, to_jsonable
+from .steps import step_data, step_export_int8, step_export_onnx, step_model
+
+BENCH_MODELS = ("pytorch", "fp32", "int8", "int8_cpu")
+DEFAULTS = dict(arch="fcn_resnet50", size=520, iters=20, calib_images=8)
+ARCHS = ("fcn_resnet50", "fcn8s_resnet18")   # what `make bench-cpu` measures
+# (model key, backend, mode, OpenVINO precision hint): the rows of one run, PyTorch FP32 eager first (the baseline).
+CPU_ROWS = (("pytorch", "pytorch", "model", None),
+            ("fp32", "onnxruntime", "e2e", None), ("fp32", "onnxruntime", "model", None),
+            ("fp32", "openvino", "e2e", None), ("fp32", "openvino", "e2e", "bf16"), ("fp32", "openvino", "model", None),
+            ("int8", "onnxruntime", "e2e", None), ("int8", "onnxruntime", "model", None),
+            ("int8", "openvino", "e2e", None), ("int8", "openvino", "model", None),
+            ("int8_cpu", "onnxruntime", "e2e", None), ("int8_cpu", "openvino", "model", None))
+GRAPHS = {"pytorch": "PyTorch FP32 eager", "fp32": "FP32 graph", "int8": "INT8 graph (fcn-export int8)",
+          "int8_cpu": "INT8 CPU-layout graph"}
+BACKEND_TITLES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "pytorch": "PyTorch"}
 
 
-def prepare_models(out: Path, *, arch: str, size: int, calib_images: int) -> list:
-    """Write a random-init checkpoint, its verified FP32 ONNX and both INT8 layouts; return the four paths."""
-    from ..export.int8 import quantize_int8
-    from ..export.onnx_export import export_onnx
-    from ..train.checkpoint import save_checkpoint
-    from ..train.models import get_model
-    from ..train.synth import synthesize
+def cpu_speed_config(out: Path, *, arch: str = DEFAULTS["arch"], size: int = DEFAULTS["size"],
+                     iters: int = DEFAULTS["iters"], calib_images: int = DEFAULTS["calib_images"],
+                     threads: "int | None" = None) -> PipelineConfig:
+    """Random-init ``arch``; INT8 calibrated (min-max) on ``calib_images`` synthetic images, any drop accepted."""
+    return PipelineConfig(
+        out, data=DataSettings(num_train=1, num_val=calib_images, size=size),
+        model=ModelSettings(arch=arch, random_init=True),
+        # Random weights have no meaningful mIoU: evaluate on one image and accept any drop.
+        export=ExportSettings(models=("fp32", "int8", "int8_cpu"), stem=arch, verify_shapes=[(1, size, size)],
+                              calib_images=calib_images, calib_method="minmax", int8_eval_images=1, max_drop=100.0),
+        bench=BenchSettings(models=BENCH_MODELS, warmup=2, iters=iters, rounds=4, threads=threads))
 
-    ckpt = out / f"{arch}.pth"
-    if not ckpt.exists():
-        model = get_model(arch, num_classes=21)
-        save_checkpoint({"model": model.state_dict(), "arch": arch, "num_classes": 21, "base_size": size}, ckpt)
-    data = synthesize(out / "calib_data", num_train=1, num_val=calib_images, size=size, seed=0, progress=False)
-    fp32 = export_onnx(ckpt, out / f"{arch}.onnx", verify_shapes=[(1, size, size)])
-    # Random weights have no meaningful mIoU: evaluate on one image and accept any drop.
-    int8 = [quantize_int8(fp32.path, out / f"{arch}_int8{suffix}.onnx", calib_root=data, num_images=calib_images,
-                          method="minmax", eval_images=1, max_drop=100.0, cache=out / f"calib{suffix}.json",
-                          target=target).path for target, suffix in (("tensorrt", ""), ("cpu", "_cpu"))]
-    return [ckpt, fp32.path, *int8]
+
+def row_label(key: str, backend: str, mode: str, hint: "str | None") -> str:
+    if key == "pytorch":
+        return "PyTorch FP32 eager (model only)"
+    who = "fcnseg end to end" if mode == "e2e" else "model only" + (", own defaults" if backend == "openvino" else "")
+    return f"{GRAPHS[key]}, {BACKEND_TITLES[backend]}{' ' + hint if hint else ''}, {who}"
+
+
+def cpu_specs(art: Artifacts, rows: Sequence[tuple] = CPU_ROWS) -> list:
+    """``ModelSpec`` per row whose model exists (OpenVINO rows only when it is installed)."""
+    from ..runtime.backends.openvino import openvino_available
+    from .bench import ModelSpec
+
+    have_ov = openvino_available()
+    specs = []
+    for key, backend, mode, hint in rows:
+        path = art.checkpoint if key == "pytorch" else art.models.get(key)
+        if path and (backend != "openvino" or have_ov):
+            specs.append(ModelSpec(str(path), backend, hint, mode, row_label(key, backend, mode, hint)))
+    return specs
 
 
 def summarize(results: list) -> dict:
-    """Speed-up of each model over the first (PyTorch) and the pre+post share of end to end."""
+    """Speed-up of each row over the first (PyTorch FP32 eager), and per graph fcnseg end to end vs OpenVINO.
+
+    ``ahead_of_openvino``: OpenVINO's own model-only median / the Segmenter's end-to-end median (default backend
+    and precision) on the same graph; above 1.0 the whole fcnseg path is faster than OpenVINO's model alone.
+    """
     base = results[0].e2e.median
-    return {Path(r.model).name: {"e2e_median_ms": r.e2e.median, "speedup_vs_pytorch": base / r.e2e.median,
-                                 "pre_post_share": (r.stages["preprocess"].median + r.stages["postprocess"].median)
-                                 / r.e2e.median} for r in results}
+    rows = {r.label: {"ms": r.e2e.median, "speedup_vs_pytorch": base / r.e2e.median, "backend": r.backend,
+                      "precision_hint": r.precision_hint, "mode": r.mode,
+                      "pre_post_share": (r.stages["preprocess"].median + r.stages["postprocess"].median)
+                      / r.e2e.median} for r in results}
+    ahead = {}
+    for r in results:
+        if r.backend == "openvino" and r.mode == "e2e" and r.precision_hint == "f32":
+            own = [o for o in results if o.model == r.model and o.backend == "openvino" and o.mode == "model"]
+            if own:
+                ahead[Path(r.model).name] = own[0].e2e.median / r.e2e.median
+    return {"rows": rows, "ahead_of_openvino": ahead}
+
+
+def step_cpu_bench(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
+    """Every ``CPU_ROWS`` row at size x size, batch 1, interleaved in one run."""
+    from .bench import backend_note, bench_models, bench_table
+
+    b, size = cfg.bench, cfg.data.size
+    specs = need(cpu_specs(art), "models to benchmark")
+    results = bench_models(specs, [(size, size)], [1], warmup=b.warmup, iters=b.iters, rounds=b.rounds,
+                           num_threads=b.threads)
+    art.bench += results
+    note = backend_note(specs) or ("note: OpenVINO is not installed: no OpenVINO rows"
+                                   if not any(s.backend == "openvino" for s in specs) else "")
+    report.add("bench", [r.to_dict() for r in results],
+               [("ms, medians; speed-up vs PyTorch FP32 eager, same run", bench_table(results) + "\n" + note)])
+
+
+def step_summary(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
+    summary = summarize(need(art.bench, "benchmark results"))
+    lines = [f"{name}: {s['ms']:.0f} ms, x{s['speedup_vs_pytorch']:.2f} vs PyTorch FP32 eager"
+             for name, s in summary["rows"].items()]
+    lines += [f"{name}: fcnseg end to end vs OpenVINO model only (own defaults), same graph: x{ratio:.2f}"
+              for name, ratio in summary["ahead_of_openvino"].items()]
+    report.add("summary", summary, [(f"{cfg.model.arch} {cfg.data.size}x{cfg.data.size}, batch 1",
+                                     "\n".join(lines))])
+
+
+STEPS = (("data", step_data), ("model", step_model), ("export onnx", step_export_onnx),
+         ("export int8", step_export_int8), ("bench", step_cpu_bench), ("summary", step_summary))
+
+
+def run_cpu_speed(cfg: PipelineConfig) -> Report:
+    """Prepare the models and benchmark them; ``cpu_speed.md`` / ``cpu_speed.json`` in ``cfg.out``."""
+    cfg.check()
+    report = Report("cpu_speed", "fcnseg CPU speed", config=to_jsonable(dataclasses.asdict(cfg)))
+    return run_steps(STEPS, cfg, Artifacts(), report, cfg.out)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--out", default="bench_out", type=click.Path())
-@click.option("--arch", default="fcn_resnet50")
-@click.option("--size", default=520)
-@click.option("--iters", default=20)
-@click.option("--calib-images", default=8)
-@click.option("--threads", type=int, default=None, help="intra-op threads for both runtimes")
+@click.option("--out", default="bench_out", type=click.Path(file_okay=False),
+              help="results go to OUT/ARCH/cpu_speed.md and .json")
+@click.option("--arch", "archs", multiple=True, default=ARCHS, help="model(s) to measure; repeatable")
+@click.option("--size", default=DEFAULTS["size"])
+@click.option("--iters", default=DEFAULTS["iters"])
+@click.option("--calib-images", default=DEFAULTS["calib_images"])
+@click.option("--threads", type=int, default=None, help="CPU threads for every runtime [default: theirs]")
 @cli_errors
-def main(out: str, arch: str, size: int, iters: int, calib_images: int, threads) -> None:
-    """Benchmark PyTorch FP32 vs ONNX Runtime FP32 / INT8 end to end on this CPU."""
-    from .bench import bench_models, bench_table
-
-    out_dir = Path(out)
-    paths = prepare_models(out_dir, arch=arch, size=size, calib_images=calib_images)
-    results = bench_models([str(p) for p in paths], [(size, size)], [1], warmup=2, iters=iters, rounds=4,
-                           num_threads=threads)
-    click.echo(bench_table(results))
-    summary = summarize(results)
-    for name, s in summary.items():
-        click.echo(f"{name}: {s['e2e_median_ms']:.0f} ms, x{s['speedup_vs_pytorch']:.2f} vs PyTorch FP32, "
-                   f"pre+post {s['pre_post_share'] * 100:.1f}% of end to end")
-    write_text(out_dir / "cpu_speed.json", json.dumps({"results": [r.to_dict() for r in results],
-                                                       "summary": summary}, indent=2))
+def main(out: str, archs: Sequence[str], size: int, iters: int, calib_images: int, threads) -> None:
+    """PyTorch FP32 eager vs ONNX Runtime and OpenVINO (FP32 and INT8 graphs), end to end and model only."""
+    code = 0
+    for arch in archs:
+        report = run_cpu_speed(cpu_speed_config(Path(out) / arch, arch=arch, size=size, iters=iters,
+                                                calib_images=calib_images, threads=threads))
+        for _, title, text in report.tables:
+            click.echo(f"{title}:\n{text}\n")
+        code = code or report.exit_code
+    sys.exit(code)
 
 
 if __name__ == "__main__":

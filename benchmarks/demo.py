@@ -1,197 +1,64 @@
 """``make demo``: the whole pipeline on the embedded synthetic VOC, into one output folder.
 
-synthesise data -> train FCN-8s/ResNet-18 on the CPU -> export ONNX FP32 / FP16 / INT8 (and TensorRT engines
-when TensorRT is present) -> parity table -> benchmark table -> overlays -> ``report.md``.
+synthesise data -> train FCN-8s/ResNet-18 on the CPU -> export ONNX FP32 / FP16 / INT8 -> TensorRT engines
+(when a TensorRT library imports; listed, and run only where a GPU is) -> parity -> benchmark -> overlays
+(-> video, when ``fcnseg.runtime.stream`` is there) -> ``report.md``, through ``fcnseg.benchmarks.pipeline``.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import click
 
-from ..runtime.atomic import write_text
 from ..runtime.errors import cli_errors
+from .pipeline import Artifacts, DataSettings, EngineSettings, ModelSettings, PipelineConfig
+from .report import Report, optional_path, run_steps, to_jsonable, write_report
+from .steps import (bench_step, step_data, step_engines, step_export_fp16, step_export_int8, step_export_onnx,
+                    step_model, step_overlays, step_parity, step_video)
+
+STEPS = (("data", step_data), ("model", step_model), ("export onnx", step_export_onnx),
+         ("export fp16", step_export_fp16), ("export int8", step_export_int8), ("engines", step_engines),
+         ("parity", step_parity), ("bench", bench_step("bench")), ("overlays", step_overlays), ("video", step_video))
 
 
-@dataclass
-class DemoConfig:
-    """Sizes chosen so the whole demo runs in well under 15 minutes on a 2-core CPU."""
-
-    out: Path
-    model: str = "fcn8s_resnet18"
-    num_train: int = 300
-    num_val: int = 100
-    size: int = 160
-    crop_size: int = 144
-    epochs: int = 8
-    batch_size: int = 8
-    lr: float = 0.02
-    calib_images: int = 100
-    bench_iters: int = 30
-    seed: int = 0
-
-
-def _step(title: str) -> Callable:
-    """Decorate a pipeline step: announce it and time it."""
-
-    def wrap(fn: Callable) -> Callable:
-        def run(*args, **kwargs):
-            click.secho(f"\n== {title}", bold=True)
-            t0 = time.perf_counter()
-            result = fn(*args, **kwargs)
-            click.echo(f"   ({title}: {time.perf_counter() - t0:.0f} s)")
-            return result
-
-        return run
-
-    return wrap
-
-
-@_step("1/7 synthesise a VOC-layout dataset")
-def make_data(cfg: DemoConfig) -> Path:
-    from ..train.synth import synthesize
-
-    root = cfg.out / "data"
-    if (root / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt").exists():
-        click.echo(f"   reusing {root}")
-        return root
-    return synthesize(root, num_train=cfg.num_train, num_val=cfg.num_val, size=cfg.size, seed=cfg.seed)
-
-
-@_step("2/7 train")
-def train_model(cfg: DemoConfig, data: Path) -> Path:
-    from ..train.engine import TrainConfig, train
-
-    out = cfg.out / "train"
-    train(TrainConfig(data_path=str(data), model=cfg.model, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                      lr=cfg.lr, workers=1, output_dir=str(out), base_size=cfg.size, crop_size=cfg.crop_size,
-                      seed=cfg.seed))
-    return out / "model_best.pth"
-
-
-@_step("3/7 export ONNX FP32, FP16, INT8 (TensorRT layout and ONNX Runtime CPU layout)")
-def export_models(cfg: DemoConfig, ckpt: Path, data: Path) -> dict:
-    from ..export.fp16 import convert_fp16
-    from ..export.int8 import quantize_int8
-    from ..export.onnx_export import export_onnx
-
-    fp32 = export_onnx(ckpt, cfg.out / "model.onnx")
-    for c in fp32.comparisons:
-        click.echo(f"   ONNX vs PyTorch {c}")
-    convert_fp16(fp32.path, cfg.out / "model_fp16.onnx")
-    int8 = {target: quantize_int8(fp32.path, cfg.out / f"model_int8{suffix}.onnx", calib_root=data,
-                                  calib_split="val", num_images=cfg.calib_images, target=target,
-                                  cache=cfg.out / f"calib{suffix}.json").path
-            for target, suffix in (("tensorrt", ""), ("cpu", "_cpu"))}
-    return {"fp32": fp32.path, "fp16": cfg.out / "model_fp16.onnx", "int8": int8["tensorrt"],
-            "int8_cpu": int8["cpu"]}
-
-
-@_step("4/7 TensorRT engines (when TensorRT is installed)")
-def build_engines(cfg: DemoConfig, onnx_models: dict) -> list:
-    from ..runtime.backends.tensorrt import import_tensorrt
-    from ..runtime.errors import FcnsegError
-
-    try:
-        import_tensorrt()
-    except FcnsegError as e:
-        click.echo(f"   skipped: {e}")
-        return []
-    from ..export.tensorrt import build_engine
-
-    s = cfg.size
-    shapes = {"min_shape": (1, 3, s // 2, s // 2), "opt_shape": (1, 3, s, s), "max_shape": (1, 3, 2 * s, 2 * s)}
-    return [build_engine(onnx_models[p], output=cfg.out / f"fcn_{p}.plan", **shapes) for p in ("fp16", "int8")]
-
-
-@_step("5/7 parity: the same mIoU through every backend")
-def parity(cfg: DemoConfig, ckpt: Path, models: list, data: Path) -> tuple:
-    from .evaluate import class_delta_table, compare_models, parity_table
-
-    rows = compare_models([str(ckpt)] + [str(m) for m in models], str(data), "val")
-    table, classes = parity_table(rows), class_delta_table(rows)
-    click.echo(table)
-    write_text(cfg.out / "parity.json", json.dumps([r.to_dict() for r in rows], indent=2))
-    return rows, table, classes
-
-
-@_step("6/7 benchmark: latency per stage, side by side")
-def benchmark(cfg: DemoConfig, ckpt: Path, models: list) -> str:
-    from .bench import bench_models, bench_table
-
-    results = bench_models([str(ckpt)] + [str(m) for m in models], [(cfg.size, cfg.size)], [1],
-                           warmup=3, iters=cfg.bench_iters, rounds=3)
-    table = bench_table(results)
-    click.echo(table)
-    write_text(cfg.out / "bench.json", json.dumps([r.to_dict() for r in results], indent=2))
-    return table
-
-
-@_step("7/7 overlays of validation images")
-def overlays(cfg: DemoConfig, model: Path, data: Path, n: int = 4) -> list:
-    from ..runtime.postprocess import overlay_with_legend, save_image
-    from ..runtime.segmenter import Segmenter
-    from ..runtime.vocdata import VOCLayout
-
-    seg, layout = Segmenter.load(model), VOCLayout(data, "val")
-    paths = []
-    for i in range(min(n, len(layout))):
-        image, _ = layout.load(i)
-        meta = seg.metadata
-        vis = overlay_with_legend(image, seg(image), alpha=0.5, classes=meta.classes, palette=meta.palette)
-        paths.append(cfg.out / f"overlay_{layout.ids[i]}.png")
-        save_image(paths[-1], vis)
-    return paths
-
-
-def write_report(cfg: DemoConfig, parity_tables: tuple, bench: str, images: list, seconds: float) -> Path:
-    """A Markdown report with the tables, the training curve and the overlays."""
-    rows, table, classes = parity_tables
-    lines = ["# fcnseg demo report", "",
-             f"Model `{cfg.model}` trained {cfg.epochs} epochs on {cfg.num_train} synthetic VOC images "
-             f"({cfg.size} px), evaluated on {cfg.num_val} val images; whole demo {seconds / 60:.1f} min.", "",
-             "## Parity (mIoU %, delta in points vs PyTorch)", "", "```", table, "```", "",
-             "Per-class IoU and deltas:", "", "```", classes, "```", "",
-             "## Latency (ms, medians per stage; speed-up vs the first row, same run)", "", "```", bench, "```", "",
-             "## Training", "", "![loss and mIoU](train/metrics.png)", "", "## Overlays (INT8 ONNX, CPU layout)", ""]
-    lines += [f"![{p.stem}]({p.name})" for p in images]
-    write_text(cfg.out / "report.md", "\n".join(lines) + "\n")
-    return cfg.out / "report.md"
-
-
-def run_demo(cfg: DemoConfig) -> tuple:
-    """Run every step; returns (report path, parity rows)."""
+def run_demo(cfg: PipelineConfig) -> Report:
+    """Run every step into ``cfg.out``; returns the report (``report.md`` / ``report.json`` written)."""
+    cfg.check()
     t0 = time.perf_counter()
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    data = make_data(cfg)
-    ckpt = train_model(cfg, data)
-    onnx_models = export_models(cfg, ckpt, data)
-    models = [onnx_models[k] for k in ("fp32", "fp16", "int8", "int8_cpu")] + build_engines(cfg, onnx_models)
-    tables = parity(cfg, ckpt, models, data)
-    bench = benchmark(cfg, ckpt, models)
-    images = overlays(cfg, onnx_models["int8_cpu"], data)
-    report = write_report(cfg, tables, bench, images, time.perf_counter() - t0)
-    return report, tables[0]
+    report = Report("report", "fcnseg demo report", config=to_jsonable(dataclasses.asdict(cfg)))
+    run_steps(STEPS, cfg, Artifacts(), report, cfg.out)
+    d, m = cfg.data, cfg.model
+    report.intro = [f"Model `{m.arch}` trained {m.epochs} epochs on {d.num_train} synthetic VOC images ({d.size} px), "
+                    f"evaluated on {d.num_val} val images; whole demo {(time.perf_counter() - t0) / 60:.1f} min.", ""]
+    write_report(report, cfg.out)
+    return report
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--out", default="demo_out", type=click.Path(), help="output folder")
-@click.option("--epochs", default=DemoConfig.epochs)
-@click.option("--num-train", default=DemoConfig.num_train)
-@click.option("--num-val", default=DemoConfig.num_val)
+@click.option("--out", default="demo_out", type=click.Path(file_okay=False), help="output folder")
+@click.option("--epochs", default=ModelSettings.epochs)
+@click.option("--num-train", default=DataSettings.num_train)
+@click.option("--num-val", default=DataSettings.num_val)
+@click.option("--data-path", default=None, type=click.Path(file_okay=False),
+              help="a VOC root to use instead of the synthetic one")
+@click.option("--engine-library", default=EngineSettings.library,
+              type=click.Choice(["auto", "tensorrt", "tensorrt_rtx"]), help="TensorRT library for the engines")
 @cli_errors
-def main(out: str, epochs: int, num_train: int, num_val: int) -> None:
+def main(out: str, epochs: int, num_train: int, num_val: int, data_path: str, engine_library: str) -> None:
     """Run the whole pipeline on a synthetic VOC dataset and write a report."""
-    report, rows = run_demo(DemoConfig(Path(out), epochs=epochs, num_train=num_train, num_val=num_val))
-    click.secho(f"\nreport: {report}", bold=True)
-    failed = [r.path for r in rows if not r.ok]
-    if failed:
-        raise SystemExit(f"error: outside tolerance: {', '.join(failed)}")
+    cfg = PipelineConfig(Path(out), data=DataSettings(root=optional_path(data_path), num_train=num_train,
+                                                      num_val=num_val),
+                         model=ModelSettings(epochs=epochs), engines=EngineSettings(library=engine_library))
+    report = run_demo(cfg)
+    click.secho(f"\nreport: {cfg.out / 'report.md'}", bold=True)
+    if report.exit_code:
+        failed = report.failures + [s.name for s in report.stages if s.status == "error"]
+        click.echo(f"error: failed: {', '.join(failed)}; see {cfg.out / 'report.md'}", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,51 +1,74 @@
-"""The package's one exception type.
+"""The package's one exception type, its one-line rendering and the one CLI error handler.
 
 It lives in the runtime (the layer with the fewest dependencies) so that the
 training, export and benchmark stages can raise it too. Messages follow the
 form "expected X, got Y; try Z". The command-line tools turn it into one line
-on stderr and a non-zero exit.
+on stderr and a non-zero exit (``cli_errors`` / ``handle_cli_errors``).
 """
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+from typing import Any, Callable, Iterator, Optional
 
 
 class FcnsegError(Exception):
     """An error caused by the user's input or environment, with a message that says what to do."""
 
 
+def one_line(error: BaseException, limit: Optional[int] = None) -> str:
+    """The error's message on one line, for an error message or a report cell.
+
+    Our own messages (``FcnsegError``, e.g. a checker report over several lines) are joined; another
+    library's error keeps its first line (the rest is usually a dump); an error a DataLoader worker
+    re-raised keeps only the original message; an empty message gives the type name.
+
+    Args:
+        error: the exception.
+        limit: cut the text to this many characters (None: no cut).
+    """
+    lines = [part.strip() for part in str(error).strip().splitlines() if part.strip()]
+    if any("Original Traceback" in line for line in lines):
+        lines = [lines[-1].split(": ", 1)[-1]]
+    elif not isinstance(error, FcnsegError):
+        lines = lines[:1]
+    text = " ".join(lines) or type(error).__name__
+    return text[:limit] if limit else text
+
+
 def first_line(error: BaseException, limit: int = 300) -> str:
-    """The first line of a third-party error's message (its type name when the message is empty)."""
-    lines = str(error).strip().splitlines()
-    return lines[0][:limit] if lines else type(error).__name__
+    """Kept for modules not yet switched to ``one_line(error, limit)``, which it calls."""
+    return one_line(error, limit)
 
 
-def one_line(error: BaseException) -> str:
-    """The error's message on one line.
+@contextlib.contextmanager
+def handle_cli_errors(debug: bool = False) -> Iterator[None]:
+    """The one CLI error handler: FcnsegError becomes one line on stderr and exit status 2.
 
-    A DataLoader worker re-raises an error with the worker's traceback inside the message; only the original
-    message is kept. Multi-line messages (a checker report) are joined.
+    With ``debug`` (the ``--debug`` flag every fcnseg CLI has) or ``FCNSEG_DEBUG=1`` the traceback shows instead.
     """
-    text = str(error)
-    if "Original Traceback" in text:
-        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
-    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+    try:
+        yield
+    except FcnsegError as e:
+        if debug or os.environ.get("FCNSEG_DEBUG"):
+            raise
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
 
 
-def cli_errors(fn):
-    """Decorate a CLI entry point: FcnsegError becomes one line on stderr and exit code 2.
+def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a click command's function: adds ``--debug`` and runs it under ``handle_cli_errors``.
 
-    Set ``FCNSEG_DEBUG=1`` to see the traceback instead. Used by every ``fcn-*`` command.
+    Put it innermost (just above ``def``); used by every ``fcn-*`` command and benchmark script.
     """
-    import functools
-    import os
-    import sys
+    import click
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
+    def wrapper(*args: Any, debug: bool = False, **kwargs: Any) -> Any:
+        with handle_cli_errors(debug):
             return fn(*args, **kwargs)
-        except FcnsegError as e:
-            if os.environ.get("FCNSEG_DEBUG"):
-                raise
-            print(f"error: {one_line(e)}", file=sys.stderr)
-            sys.exit(2)
 
-    return wrapper
+    return click.option("--debug", is_flag=True, help="Show the traceback of errors.")(wrapper)

@@ -1,0 +1,208 @@
+"""The pipeline's steps: each ``step_*(cfg, art, report)`` wraps one stage of ``fcnseg.benchmarks.pipeline`` for
+the one step runner (``fcnseg.benchmarks.report.run_steps``), reads what earlier steps left in ``Artifacts`` and
+records its data and tables. The demo, the GPU report and the CPU benchmark list the steps they run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+from pathlib import Path
+from typing import Any, Iterator, List, Optional, Sequence
+
+from ..runtime.atomic import write_text
+from ..runtime.errors import FcnsegError
+from .pipeline import (INT8_TARGETS, VAL_LIST, Artifacts, PipelineConfig, checkpoint_for, engine_from_onnx,
+                       engine_profile, engine_row, engine_table, fp16_from_onnx, gpu_here, int8_from_onnx,
+                       onnx_from_checkpoint, synthetic_voc)
+from .report import Report, SkipStage, need, to_jsonable
+from .tables import format_table
+
+def step_data(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
+    from ..runtime.vocdata import VOCLayout
+
+    root = cfg.data.root or synthetic_voc(cfg.out / "data", cfg.data)
+    art.data = Path(root)
+    sizes = {split: len(VOCLayout(root, split)) for split in ("train", "val") if (art.data / _split(split)).is_file()}
+    report.add("data", {"root": str(root), "synthetic": cfg.data.root is None, **sizes})
+
+
+def _split(name: str) -> str:
+    return VAL_LIST.replace("val.txt", f"{name}.txt")
+
+
+def step_model(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
+    m = cfg.model
+    art.checkpoint, last = checkpoint_for(art.data, cfg.out, m, cfg.data.size)
+    art.arch = _checkpoint_arch(art.checkpoint) or m.arch
+    trained = last is not None
+    report.add("model", {"checkpoint": str(art.checkpoint), "arch": art.arch, "trained": trained, "last": last},
+               [("training", _training_table(cfg.out / "train" / "metrics.jsonl"))] if trained else (),
+               [("loss and mIoU", "train/metrics.png")] if (cfg.out / "train" / "metrics.png").is_file() else ())
+
+
+def _checkpoint_arch(ckpt: Path) -> Optional[str]:
+    from ..train.checkpoint import load_checkpoint
+
+    return load_checkpoint(ckpt).arch   # also checks the file early
+
+
+def _training_table(metrics: Path) -> str:
+    logs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return format_table(["epoch", "loss", "lr", "mIoU", "pixel acc", "s", "img/s"],
+                        [[g["epoch"], g["train_loss"], g["lr"], g["miou"] * 100, g["global_acc"] * 100,
+                          g["epoch_s"], g["train_img_s"]] for g in logs])
+
+
+def step_export_onnx(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
+    res = onnx_from_checkpoint(need(art.checkpoint, "a checkpoint"), cfg.out / f"{cfg.export.stem}.onnx",
+                               verify_shapes=cfg.export.verify_shapes)
+    art.models["fp32"] = res.path
+    report.add("export onnx", {"path": str(res.path), "opset": res.opset, "seconds": res.seconds,
+                               "verified": [str(c) for c in res.comparisons]},
+               [("ONNX Runtime vs PyTorch", "\n".join(map(str, res.comparisons)))])
+
+
+def step_export_fp16(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
+    if "fp16" not in cfg.export.models:
+        raise SkipStage("not asked for")
+    res = fp16_from_onnx(need(art.models.get("fp32"), "the FP32 ONNX"), cfg.out / f"{cfg.export.stem}_fp16.onnx")
+    art.models["fp16"] = res.path
+    report.add("export fp16", {"path": str(res.path), "seconds": res.seconds,
+                               "verified": [str(c) for c in res.comparisons]},
+               [("FP16 vs FP32 (ONNX Runtime)", "\n".join(map(str, res.comparisons)))])
+
+
+def step_export_int8(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
+    e, rows = cfg.export, []
+    keys = [k for k in INT8_TARGETS if k in e.models]
+    for key in need(keys, "an INT8 model in the configuration"):
+        suffix = key[len("int8"):]
+        res = int8_from_onnx(need(art.models.get("fp32"), "the FP32 ONNX"), cfg.out / f"{e.stem}_{key}.onnx",
+                             calib_root=need(art.data, "a dataset"), target=INT8_TARGETS[key],
+                             num_images=e.calib_images, method=e.calib_method, eval_images=e.int8_eval_images,
+                             max_drop=e.max_drop, cache=cfg.out / f"calib{suffix}.json")
+        art.models[key] = res.path
+        rows.append([INT8_TARGETS[key], res.method, res.num_calib_images, res.miou_fp32 * 100, res.miou_int8 * 100,
+                     res.drop, len(res.excluded)])
+    report.add("export int8", [dict(zip(("target", "method", "calib_images", "miou_fp32", "miou_int8", "drop_points",
+                                         "kept_in_float"), r)) for r in rows],
+               [("INT8 vs FP32 (ONNX Runtime, val)", format_table(
+                   ["layout", "method", "calib images", "mIoU fp32", "mIoU int8", "drop", "kept in float"], rows))])
+
+
+def step_engines(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
+    """Build the engines; each is listed with its library and target GPUs, and whether it can run here."""
+    from ..runtime.backends.tensorrt import import_tensorrt
+
+    s = cfg.engines
+    try:
+        import_tensorrt(s.library)
+    except FcnsegError as e:
+        raise SkipStage(str(e)) from None
+    lo, opt, hi = engine_profile(cfg.shapes, cfg.bench.batches)
+    runnable = gpu_here()
+    for precision in s.precisions:
+        src = need(art.models.get(precision), f"the {precision} ONNX")
+        plan = engine_from_onnx(src, cfg.out / f"{cfg.export.stem}_{precision}.plan", library=s.library,
+                                compute_capabilities=s.compute_capabilities, min_shape=lo, opt_shape=opt, max_shape=hi,
+                                timing_cache=cfg.out / "trt_timing.cache")
+        art.engines.append(engine_row(plan, runnable=runnable))
+    report.add("engines", [vars(r) for r in art.engines], [("engines", engine_table(art.engines))])
+
+
+def step_parity(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
+    from .evaluate import class_delta_table, compare_models, parity_table
+
+    paths = [str(need(art.checkpoint, "a checkpoint"))] + [str(p) for p in art.models.values()]
+    paths += [str(p) for p in art.runnable_engines()]
+    with _true_fp32():
+        result = compare_models(paths, str(need(art.data, "a dataset")), "val", limit=cfg.parity_limit)
+    art.parity = result
+    write_text(cfg.out / "parity.json", json.dumps(to_jsonable(result.to_dict()), indent=2, allow_nan=False))
+    report.failures += [Path(r.path).name for r in result.failed]
+    report.add("parity", [r.to_dict() for r in result],
+               [("parity (mIoU %, delta in points vs the checkpoint)", parity_table(result)),
+                ("per-class IoU (%) and deltas (points)", class_delta_table(result))])
+
+
+@contextlib.contextmanager
+def _true_fp32() -> Iterator[None]:
+    """TF32 off while the PyTorch reference runs on CUDA, so the reference is real FP32."""
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def bench_paths(art: Artifacts, keys: Sequence[str]) -> List[str]:
+    """The models a bench row list names: "pytorch" (the checkpoint), model keys, "engines" (runnable ones)."""
+    paths: List[Any] = []
+    for key in keys:
+        if key == "pytorch":
+            paths.append(art.checkpoint)
+        elif key == "engines":
+            paths += art.runnable_engines()
+        elif key in art.models:
+            paths.append(art.models[key])
+    return [str(p) for p in paths if p]
+
+
+def bench_step(name: str, keys: Optional[Sequence[str]] = None, *, iters: Optional[int] = None,
+               providers: Optional[Sequence[str]] = None) -> Any:
+    """A step benchmarking the models ``keys`` names (default ``cfg.bench.models``) over every shape and batch."""
+    return functools.partial(_bench, name=name, keys=keys, iters=iters, providers=providers)
+
+
+def _bench(cfg: PipelineConfig, art: Artifacts, report: Report, *, name: str, keys: Optional[Sequence[str]],
+           iters: Optional[int], providers: Optional[Sequence[str]]) -> None:
+    from .bench import bench_models, bench_table
+
+    b = cfg.bench
+    paths = need(bench_paths(art, keys or b.models), "models to benchmark")
+    n = iters or b.iters
+    results = []
+    for hw in cfg.shapes:
+        for batch in b.batches:
+            results += bench_models(paths, [hw], [batch], warmup=min(b.warmup, n), iters=n, rounds=min(b.rounds, n),
+                                    providers=providers, num_threads=b.threads)
+    art.bench += results
+    write_text(cfg.out / f"{name.replace(' ', '_')}.json", json.dumps([r.to_dict() for r in results], indent=2))
+    report.add(name, [r.to_dict() for r in results], [(f"{name}: ms, medians per stage; speed-up vs the first "
+                                                      "row, same run", bench_table(results))])
+
+
+def step_overlays(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
+    """Overlays of the first validation images through the INT8 CPU-layout model (else the best one exported)."""
+    from ..runtime.postprocess import overlay_with_legend, save_image
+    from ..runtime.segmenter import Segmenter
+    from ..runtime.vocdata import VOCLayout
+
+    key = next((k for k in ("int8_cpu", "int8", "fp32") if k in art.models), None)
+    seg = Segmenter.load(art.models[need(key, "an ONNX model")])
+    layout, meta, images = VOCLayout(need(art.data, "a dataset"), "val"), seg.metadata, []
+    for i in range(min(cfg.overlay_images, len(layout))):
+        image, _ = layout.load(i)
+        vis = overlay_with_legend(image, seg(image), alpha=0.5, classes=meta.classes, palette=meta.palette)
+        path = cfg.out / f"overlay_{layout.ids[i]}.png"
+        save_image(path, vis)
+        images.append((path.stem, path.name))
+    report.add("overlays", {"model": key, "images": [p for _, p in images]}, images=images)
+
+
+def step_video(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
+    """Hook for a short synthetic video through the INT8 model (needs ``fcnseg.runtime.stream``)."""
+    import importlib.util
+
+    if importlib.util.find_spec("fcnseg.runtime.stream") is None:
+        raise SkipStage("hook: fcnseg.runtime.stream is not there yet")
+    if importlib.util.find_spec("av") is None:
+        raise SkipStage("needs PyAV for video files: pip install av (or 'fcnseg[video]')")
+    from .video import video_section
+
+    video_section(cfg, art, report)

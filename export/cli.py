@@ -127,8 +127,12 @@ def fp16_cmd(model: str, output: Optional[str], no_verify: bool, verify_shapes: 
 @click.option("--method", type=click.Choice(["entropy", "minmax", "percentile"]), default="entropy",
               show_default=True)
 @click.option("--cache", type=click.Path(dir_okay=False), help="Calibration cache JSON (reused when it matches).")
-@click.option("--eval-split", default="val", show_default=True, help="Held-out split for the mIoU comparison.")
-@click.option("--eval-images", type=int, help="Evaluate on the first N images only [default: all].")
+@click.option("--eval-split", default="val", show_default=True,
+              help="Split for the FP32/INT8 mIoU comparison; with the calibration split, its images are divided "
+                   "(calibration: --num-images, at most half; evaluation: the rest), never measured where calibrated.")
+@click.option("--eval-images", type=int, help="Evaluate on at most N of the evaluation images [default: all].")
+@click.option("--report", type=click.Path(dir_okay=False),
+              help="Write a JSON report: calibration_ids, evaluation_ids, fp32/int8 mIoU, layers kept in float.")
 @click.option("--max-drop", type=float, default=1.0, show_default=True,
               help="Accepted mIoU drop (points); beyond it, sensitive layers stay in float.")
 @click.option("--target", type=click.Choice(["tensorrt", "cpu"]), default="tensorrt", show_default=True,
@@ -138,16 +142,18 @@ def fp16_cmd(model: str, output: Optional[str], no_verify: bool, verify_shapes: 
 @click.option("--force", is_flag=True, help=FORCE_HELP)
 def int8_cmd(model: str, calib_root: str, calib_split: str, num_images: int, method: str, cache: Optional[str],
              eval_split: str, eval_images: Optional[int], max_drop: float, target: str, output: Optional[str],
-             no_progress: bool, force: bool) -> None:
+             no_progress: bool, force: bool, report: Optional[str]) -> None:
     """Quantize an FP32 ONNX MODEL to INT8 Q/DQ and report the mIoU drop against FP32."""
     from .int8 import quantize_int8
 
     output = _guard(output or _sibling(model, "_int8.onnx"), outputs.ONNX_MODEL, [model], force)
     if cache:
         cache = _guard(cache, outputs.CALIBRATION_CACHE, [model, output], force, option="--cache")
+    if report:
+        report = _guard(report, outputs.INT8_REPORT, [model], force, option="--report")
     result = quantize_int8(model, output, calib_root=calib_root, calib_split=calib_split, num_images=num_images,
                            method=method, cache=cache, eval_split=eval_split, eval_images=eval_images,
-                           max_drop=max_drop, target=target, progress=not no_progress)
+                           max_drop=max_drop, target=target, progress=not no_progress, report=report)
     click.echo(f"{result.path}\tmIoU fp32 {result.miou_fp32 * 100:.2f} int8 {result.miou_int8 * 100:.2f} "
                f"({-result.drop:+.2f} points), {len(result.excluded)} layers in float")
 

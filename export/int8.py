@@ -144,6 +144,8 @@ class Int8Result:
     num_calib_images: int = 0
     method: str = "entropy"
     seconds: float = 0.0
+    calibration_ids: List[str] = field(default_factory=list)
+    evaluation_ids: List[str] = field(default_factory=list)
 
     @property
     def drop(self) -> float:
@@ -170,10 +172,12 @@ class VOCCalibrationReader(CalibrationDataReader):  # type: ignore[misc,valid-ty
     """
 
     def __init__(self, root: PathLike, split: str, metadata: ModelMetadata, *, num_images: int = 500,
-                 input_name: str = "input", progress: bool = True) -> None:
+                 input_name: str = "input", progress: bool = True, ids: Optional[Sequence[str]] = None) -> None:
         from tqdm import tqdm
 
         self.layout = VOCLayout(root, split, num_classes=metadata.num_classes)
+        if ids is not None:   # a part of the split (see split_ids)
+            self.layout.ids = list(ids)
         self.metadata = metadata
         self.input_name = input_name
         self.count = min(num_images, len(self.layout))
@@ -222,7 +226,7 @@ def quantize_int8(model_path: PathLike, output: Optional[PathLike] = None, *, ca
                   calib_split: str = "val", num_images: int = 500, method: str = "entropy",
                   cache: Optional[PathLike] = None, eval_split: str = "val", eval_images: Optional[int] = None,
                   max_drop: float = 1.0, sensitivity_images: int = 4, target: str = "tensorrt",
-                  progress: bool = True) -> Int8Result:
+                  progress: bool = True, report: Optional[PathLike] = None) -> Int8Result:
     """Calibrate, quantize to TensorRT-ready Q/DQ, measure the mIoU drop and keep sensitive layers in float.
 
     Args:
@@ -233,7 +237,9 @@ def quantize_int8(model_path: PathLike, output: Optional[PathLike] = None, *, ca
         num_images: calibration images (NVIDIA suggests about 500).
         method: "entropy", "minmax" or "percentile".
         cache: calibration cache JSON; reused when it matches the model, method and image count.
-        eval_split / eval_images: held-out split (and how many of its images) for the mIoU comparison.
+        eval_split / eval_images: split (and at most how many of its images) for the mIoU comparison; never
+            an image calibration used (see ``split_ids``).
+        report: write a JSON report (``int8_report``) here.
         max_drop: accepted mIoU drop in points; beyond it, sensitive layers stay in float.
         sensitivity_images: images per layer for the sensitivity ranking.
         target: "tensorrt" (symmetric Q/DQ on Conv inputs, checked TensorRT-ready) or "cpu" (ONNX Runtime's
@@ -254,29 +260,75 @@ def quantize_int8(model_path: PathLike, output: Optional[PathLike] = None, *, ca
     meta, _ = read_metadata(model)
     _check_quantizable(model, meta, src)
     base = onnx.shape_inference.infer_shapes(model)
+    calib_ids, eval_ids = split_ids(calib_root, calib_split, eval_split, num_images, eval_images, meta.num_classes)
     key = {"format": CACHE_FORMAT, "model_sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
-           "method": method, "num_images": num_images, "calib_split": calib_split, "target": target}
+           "method": method, "num_images": num_images, "calib_split": calib_split, "target": target,
+           "calib_ids_sha256": hashlib.sha256("\n".join(calib_ids).encode()).hexdigest()}
     ranges, calibrated, used = _cached_ranges(cache, key)
     if ranges is None:
         reader = VOCCalibrationReader(calib_root, calib_split, meta, num_images=num_images,
-                                      input_name=model.graph.input[0].name, progress=progress)
+                                      input_name=model.graph.input[0].name, progress=progress, ids=calib_ids)
         ranges, used = calibrate(base, reader, method, op_types=tgt.quantized_op_types()), len(reader)
         if cache is not None:
             write_text(cache, json.dumps({**key, "images": used, "ranges": ranges}, indent=1))
-    evaluator = _Evaluator(calib_root, eval_split, eval_images, meta, progress)
+    evaluator = _Evaluator(calib_root, eval_split, None, meta, progress, ids=eval_ids)
     quantized, cmp, excluded = _quantize_within_budget(base, ranges, evaluator, max_drop, sensitivity_images, tgt)
     if tgt.trt_ready:
         _check_ready(quantized)
     meta.precision = "int8"
     set_metadata(quantized, meta, {PREFIX + "int8": {
         "target": target, "method": method, "calib_split": calib_split, "num_images": used, "eval_split": eval_split,
-        "miou_fp32": cmp.ref_miou, "miou_int8": cmp.test_miou, "excluded": excluded}})
+        "num_eval_images": len(eval_ids), "miou_fp32": cmp.ref_miou, "miou_int8": cmp.test_miou,
+        "excluded": excluded}})
     out = Path(output) if output is not None else src.with_name(src.stem + "_int8.onnx")
     save_onnx(quantized, out)
     seconds = time.perf_counter() - t0
     log.info("wrote %s (int8 Q/DQ, %d layers kept in float) in %.1f s", out, len(excluded), seconds)
-    return Int8Result(out, Path(cache) if cache is not None else None, cmp.ref_miou, cmp.test_miou, cmp,
-                      excluded, calibrated, used, method, seconds)
+    result = Int8Result(out, Path(cache) if cache is not None else None, cmp.ref_miou, cmp.test_miou, cmp,
+                        excluded, calibrated, used, method, seconds, calib_ids, eval_ids)
+    if report is not None:
+        write_text(report, json.dumps(int8_report(result, calib_split, eval_split, target), indent=1))
+    return result
+
+
+def split_ids(root: PathLike, calib_split: str, eval_split: str, num_images: int, eval_images: Optional[int],
+              num_classes: int) -> Tuple[List[str], List[str]]:
+    """(calibration ids, evaluation ids): never the same image in both.
+
+    With one split for both, its ids are shuffled with a fixed seed (the same list gives the same parts);
+    calibration takes ``num_images`` of them, but at most half, and evaluation the rest (the first
+    ``eval_images`` of the rest when given). With two splits, any id of the evaluation split that is also
+    in the calibration part is left out of the evaluation.
+    """
+    calib = VOCLayout(root, calib_split, num_classes=num_classes).ids
+    evaluation = VOCLayout(root, eval_split, num_classes=num_classes).ids if eval_split != calib_split else None
+    if evaluation is None:
+        order = [calib[i] for i in np.random.RandomState(0).permutation(len(calib))]
+        n = min(num_images, len(calib) // 2)
+        if n < 1:
+            raise FcnsegError(f"expected at least 2 images in split {calib_split!r} to calibrate on one part and "
+                              f"evaluate on the other, got {len(calib)}; try --eval-split with another split")
+        if n < num_images:
+            log.warning("warning: calibrating on %d of the %d %s images (not %d) so that the other %d measure "
+                        "the INT8 accuracy", n, len(calib), calib_split, num_images, len(calib) - n)
+        calib_part, rest = sorted(order[:n]), sorted(order[n:])
+    else:
+        calib_part = calib[:num_images]
+        seen = set(calib_part)
+        rest = [i for i in evaluation if i not in seen]
+    if not rest:
+        raise FcnsegError(f"expected evaluation images in split {eval_split!r} apart from the calibration images, "
+                          "got none; try another --eval-split or fewer --num-images")
+    return calib_part, rest[:eval_images] if eval_images else rest
+
+
+def int8_report(result: Int8Result, calib_split: str, eval_split: str, target: str) -> Dict[str, Any]:
+    """The ``--report`` JSON: which images calibrated and which measured, both mIoUs, layers kept in float."""
+    return {"model": str(result.path), "target": target, "method": result.method,
+            "calib_split": calib_split, "eval_split": eval_split,
+            "calibration_ids": list(result.calibration_ids), "evaluation_ids": list(result.evaluation_ids),
+            "calibrated": result.calibrated, "miou_fp32": result.miou_fp32, "miou_int8": result.miou_int8,
+            "drop_points": result.drop, "kept_in_float": list(result.excluded)}
 
 
 def _check_args(method: str, num_images: int, max_drop: float, eval_images: Optional[int]) -> str:
@@ -398,8 +450,10 @@ class _Evaluator:
     """mIoU of candidate graphs on the evaluation split, and their outputs on a few of its images."""
 
     def __init__(self, root: PathLike, split: str, limit: Optional[int], meta: ModelMetadata,
-                 progress: bool) -> None:
+                 progress: bool, ids: Optional[Sequence[str]] = None) -> None:
         self.layout = VOCLayout(root, split, num_classes=meta.num_classes)
+        if ids is not None:
+            self.layout.ids = list(ids)
         self.limit, self.meta, self.progress = limit, meta, progress
 
     def confusion(self, model: onnx.ModelProto, desc: str) -> ConfusionMatrix:

@@ -32,6 +32,7 @@ import onnx
 
 from ..runtime.atomic import atomic_path
 from ..runtime.errors import FcnsegError, first_line
+from ..runtime.outputs import check_readable
 from ..runtime.shapes import parse_dims, parse_hw  # noqa: F401  (parse_hw re-exported for the CLI)
 from ..runtime.metadata import PREFIX, ModelMetadata
 from ..runtime.parity import OutputComparison, compare_logits
@@ -298,6 +299,7 @@ def load_onnx(path: PathLike) -> onnx.ModelProto:
     p = Path(path)
     if not p.is_file():
         raise FcnsegError(f"expected an ONNX file, got {str(p)!r} which does not exist")
+    check_readable(p, "ONNX file")   # "permission denied", not "truncated"
     try:
         model = onnx.load(str(p))
         onnx.checker.check_model(model)

@@ -40,7 +40,8 @@ class VOCLayout:
             list_file, self.mask_dir = self.base / f"ImageSets/Segmentation/{split}.txt", self.base / "SegmentationClass"
         if not list_file.is_file():
             raise FcnsegError(f"expected the split list {list_file}, which does not exist; "
-                              f"try --split with one of {_available_splits(self.base)} or check --data-path")
+                              f"try one of the splits {_available_splits(self.base)} (the command's split "
+                              "option: --split, --val-split, --calib-split or --eval-split) or check --data-path")
         self.ids = [ln.strip() for ln in list_file.read_text().splitlines() if ln.strip()]
         if not self.ids:
             raise FcnsegError(f"expected image ids in {list_file}, got an empty list")

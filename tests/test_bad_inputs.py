@@ -107,6 +107,63 @@ ROWS += (
         "expected --size within the model's declared input range 8..256", note="was OOM-killed"),
 )
 
+ROWS += (
+    Row("fcn-export int8", ("{onnx}", "--calib-data", "{voc}", "--report", "{tmp}/notes.json"),
+        "is not an fcnseg INT8 report; pass --force", setup=_text("notes.json", '{"mine": 1}')),
+    Row("fcn-export nosuch", (), "No such command 'nosuch'"),
+)
+
+def _train_run(tmp: Path) -> None:
+    (tmp / "run").mkdir()
+    (tmp / "run" / "model_best.pth").write_bytes(b"the best weights of an earlier run")
+
+
+def _foreign_voc(tmp: Path) -> None:
+    lists = tmp / "voc" / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation"
+    lists.mkdir(parents=True)
+    (lists / "train.txt").write_text("2007_000032\n")
+
+
+def _aux_checkpoint(tmp: Path) -> None:
+    from fcnseg.train.checkpoint import save_checkpoint
+    from fcnseg.train.models import get_model
+
+    sd = get_model("fcn8s_resnet18", aux_loss=True).state_dict()
+    save_checkpoint({"model": sd, "optimizer": {}, "epoch": 0, "arch": "fcn8s_resnet18", "num_classes": 21},
+                    tmp / "aux.pth")
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+_TRAIN = ("--data-path", "{voc}", "--model", "fcn8s_resnet18", "-j", "0", "--output-dir", "{tmp}/run")
+ROWS += (
+    # --- fcn-train / fcn-data: refused before data loading, nothing created ------------------------------------
+    Row("fcn-train", _TRAIN + ("-b", "0"), "expected -b/--batch-size to be an integer >= 1, got 0; try -b 8"),
+    Row("fcn-train", _TRAIN + ("--lr", "-1"), "expected --lr > 0, got -1.0; try --lr 0.01"),
+    Row("fcn-train", _TRAIN + ("-j", "-1"), "expected -j/--workers to be an integer >= 0, got -1"),
+    Row("fcn-train", _TRAIN + ("--epochs", "0"), "expected --epochs to be an integer >= 1, got 0"),
+    Row("fcn-train", _TRAIN + ("--device", "gpu"), "expected --device cpu, cuda or cuda:N, got 'gpu'"),
+    *(() if _has_cuda() else (Row("fcn-train", _TRAIN + ("--device", "cuda"),
+                                  "expected a CUDA GPU for --device cuda, got none", note="on a machine without CUDA"),)),
+    Row("fcn-train", _TRAIN + ("--output-dir", "{notes}"), "expected --output-dir to be a folder, got the file"),
+    Row("fcn-train", _TRAIN + ("--output-dir", "{notes}/run"), "expected --output-dir under a folder"),
+    Row("fcn-train", _TRAIN, "holding a previous run (model_best.pth); try --resume", setup=_train_run,
+        note="a better run's model_best.pth was replaced"),
+    Row("fcn-train", _TRAIN + ("--resume", "{tmp}/aux.pth"), "got one with it in", setup=_aux_checkpoint,
+        note="--aux-loss mismatch (was a 33-line traceback)"),
+    Row("fcn-train", _TRAIN + ("--resume", "{onnx}"), "expected a PyTorch checkpoint (.pth), got an ONNX model"),
+    Row("fcn-train", _TRAIN + ("--pretrained", "{onnx}"), "expected a PyTorch checkpoint (.pth), got an ONNX model"),
+    Row("fcn-export onnx", ("{onnx}", "-o", "{tmp}/m.onnx"), "expected a PyTorch checkpoint (.pth), got an ONNX "
+        "model", note=".onnx where a .pth is expected"),
+    Row("fcn-data synth", ("{notes}",), "expected ROOT to be a folder (new or empty), got"),
+    Row("fcn-data synth", ("{tmp}/voc",), "holding 1 files it did not write", setup=_foreign_voc,
+        note="was rewriting train.txt of a real VOC copy"),
+)
+
 ARTIFACTS: Dict[str, Path] = {}
 
 
@@ -203,6 +260,31 @@ def test_bad_input_is_one_line(row: Row, artifacts, tmp_path, monkeypatch):
     assert "Traceback" not in err
     assert code == row.exit_code, err
     assert _snapshot(tmp_path, shared) == before, "the command created or changed a file"
+
+
+def test_own_artifacts_are_replaced_and_world_readable(artifacts, tmp_path):
+    """An fcnseg ONNX at -o is replaced without --force; files come out 0644 under umask 022."""
+    from fcnseg.export.cli import main as export_main
+
+    out = tmp_path / "m16.onnx"
+    old = os.umask(0o022)
+    try:
+        for _ in range(2):
+            result = CliRunner().invoke(export_main, ["-q", "fp16", str(artifacts["onnx"]), "-o", str(out)])
+            assert result.exit_code == 0, result.output
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m16.onnx"]   # no temporary file left
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file: no unreadable input to make")
+def test_unreadable_model_says_permission_denied(artifacts, tmp_path):
+    model = tmp_path / "m.onnx"
+    shutil.copy(artifacts["onnx"], model)
+    model.chmod(0)
+    code, _, err = run_row(Row("fcn-predict", ("{image}", "-m", str(model), "-o", "{tmp}/out"), ""), tmp_path)
+    assert code == 2 and "permission denied" in err and len(err.strip().splitlines()) == 1
 
 
 def markdown_table() -> str:

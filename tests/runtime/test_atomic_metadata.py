@@ -25,3 +25,37 @@ def test_metadata_round_trip_and_other_class_counts():
     five = ModelMetadata(num_classes=5)
     assert five.classes == [f"class_{i}" for i in range(5)] and len(five.palette) >= 5
     assert ModelMetadata.from_dict({**meta.to_dict(), "unknown": 1}) == meta
+
+
+def test_atomic_writes_follow_the_umask_not_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.json", "{}")
+        os.umask(0o027)
+        write_text(tmp_path / "b.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o640
+
+
+def test_stale_temps_of_dead_writers_are_removed_on_the_next_write(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from fcnseg.runtime.atomic import remove_stale_temps
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)   # that process has exited
+    orphan = tmp_path / f".model.onnx.fcnseg-{dead_pid}-abc123.tmp"
+    live = tmp_path / f".model.onnx.fcnseg-{os.getpid()}-def456.tmp"   # a writer still running (this one)
+    old = tmp_path / f".x.json.fcnseg-{os.getpid()}-old999.tmp"
+    foreign = tmp_path / ".notes.txt.tmp"                               # not ours: never touched
+    for p in (orphan, live, old, foreign):
+        p.write_text("partial")
+    stamp = time.time() - 7200
+    os.utime(old, (stamp, stamp))
+    write_text(tmp_path / "model.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, foreign.name, "model.json"])
+    assert remove_stale_temps(tmp_path) == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -119,3 +121,75 @@ def test_usage_errors_exit_2_with_one_line(model, images, tmp_path):
     assert code == 2 and "got none" in err
     code, _, _ = run("--model", model, src, "--out", tmp_path / "out", "--format", "tiff")
     assert code == 2
+
+
+def test_outputs_of_one_run_never_overwrite_each_other(model, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    red = np.zeros((6, 8, 3), np.uint8)
+    red[..., 0] = 255
+    Image.fromarray(red).save(src / "cat.png")
+    Image.fromarray(np.zeros((6, 8, 3), np.uint8)).save(src / "cat_overlay.png")   # a user's file of that name
+    out = tmp_path / "out"
+    code, _, err = run(src / "cat.png", src / "cat_overlay.png", "--model", model, "--out", out, "--overlay")
+    assert code == 0, err
+    assert "instead of" in err and "cat_overlay_1.png" in err
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["cat.png", "cat_overlay.png", "cat_overlay_1.png", "cat_overlay_overlay.png"]
+    masks = {n: np.asarray(Image.open(out / n)) for n in ("cat.png", "cat_overlay_1.png")}
+    assert (masks["cat.png"] == 1).all() and (masks["cat_overlay_1.png"] == 0).all()
+    assert Image.open(out / "cat_overlay.png").mode == "RGB"     # the overlay of cat.png survived
+    # a second run replaces its own masks (they carry Software=fcnseg), and they are 0644 under umask 022
+    old = os.umask(0o022)
+    try:
+        code, _, err = run(src / "cat.png", "--model", model, "--out", out)
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    assert (out / "cat.png").stat().st_mode & 0o777 == 0o644
+
+
+def test_foreign_file_in_out_needs_force(model, tmp_path):
+    src = tmp_path / "a.png"
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(src)
+    out = tmp_path / "out"
+    out.mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(out / "a.png")   # not written by fcnseg
+    code, _, err = run(src, "--model", model, "--out", out)
+    assert code == 2 and "pass --force" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(src, "--model", model, "--out", out, "--force")
+    assert code == 0, err
+    assert Image.open(out / "a.png").mode == "P"
+
+
+def test_exif_orientation_webp_and_tiff(model, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    stored = np.zeros((4, 6, 3), np.uint8)
+    stored[:, :3, 0] = 255                  # stored: left half red
+    img = Image.fromarray(stored)
+    exif = img.getexif()
+    exif[0x0112] = 6                        # "rotate 90 CW to display": users see a 6x4 picture, red on top
+    img.save(src / "phone.jpg", exif=exif.tobytes(), quality=100)
+    Image.fromarray(stored).save(src / "w.webp", lossless=True)
+    Image.fromarray(stored).save(src / "t.tif")
+    code, _, err = run(src, "--model", model, "--out", tmp_path / "out")
+    assert code == 0, err
+    phone = np.asarray(Image.open(tmp_path / "out" / "phone.png"))
+    assert phone.shape == (6, 4) and (phone[:2] == 1).all() and (phone[4:] == 0).all()   # red on top, as seen
+    for name in ("w.png", "t.png"):
+        mask = np.asarray(Image.open(tmp_path / "out" / name))
+        assert mask.shape == (4, 6) and (mask[:, :2] == 1).all() and (mask[:, 4:] == 0).all()
+
+
+def test_float_images_nan_refused_and_0_255_converted_with_warning(model):
+    from fcnseg.runtime.errors import FcnsegError
+
+    seg = Segmenter.load(model)
+    image = np.zeros((4, 4, 3), np.float32)
+    image[..., 0] = 255.0
+    with pytest.warns(UserWarning, match="taken as 0..255"):
+        assert (seg(image) == 1).all()
+    image[0, 0, 0] = np.nan
+    with pytest.raises(FcnsegError, match="NaN"):
+        seg(image)

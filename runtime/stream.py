@@ -22,11 +22,13 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .errors import FcnsegError
+from .postprocess import save_image
 from .stream_render import VISUALIZE, FrameRenderer, StreamOutputs, class_shares  # noqa: F401 (re-exported)
 from .video_io import Sink, Source, open_sink, open_source, read_video, write_video  # noqa: F401 (re-exported)
 
@@ -127,6 +129,34 @@ def segment_stream(segmenter: Any, source: Union[PathLike, Source], sink: Union[
     if result.error is not None and result.frames == 0:
         raise FcnsegError(result.error)
     return result
+
+
+@dataclass
+class ClipReport:
+    """What ``segment_clip`` wrote: the input video, the segmented video, PNGs of its first frames, the stats."""
+
+    source: Path
+    output: Path
+    first_frames: List[Path]
+    stats: StreamStats
+
+
+def segment_clip(segmenter: Any, frames: Sequence[np.ndarray], out_dir: PathLike, *, fps: float = 10.0,
+                 keep: int = 3, visualize: str = "side-by-side") -> ClipReport:
+    """Write ``frames`` as a short video, segment it side by side and keep its first frames as PNGs.
+
+    For reports (``make demo``): ``OUT/clip_input.mp4``, ``OUT/clip_segmented.mp4`` (side by side with a legend
+    by default), ``OUT/clip_frame_<i>.png`` for the first ``keep`` frames as decoded from the output.
+    """
+    out = Path(out_dir)
+    source = write_video(frames, out / "clip_input.mp4", fps=fps)
+    output = out / "clip_segmented.mp4"
+    stats = segment_stream(segmenter, source, output, visualize=visualize)
+    pngs = []
+    for i, frame in enumerate(read_video(output, max_frames=keep)):
+        pngs.append(out / f"clip_frame_{i}.png")
+        save_image(pngs[-1], frame)
+    return ClipReport(source, output, pngs, stats)
 
 
 def _auto_batch(segmenter: Any) -> int:

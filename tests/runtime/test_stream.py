@@ -24,7 +24,7 @@ from PIL import Image
 from fcnseg.runtime import ModelMetadata, Segmenter
 from fcnseg.runtime.cli import predict_main
 from fcnseg.runtime.mjpeg import BOUNDARY, MjpegSink
-from fcnseg.runtime.stream import FrameRenderer, Source, segment_stream
+from fcnseg.runtime.stream import FrameRenderer, Source, segment_clip, segment_stream
 from fcnseg.runtime.video_io import read_video, rtp_sdp, write_video
 
 pytest.importorskip("av")
@@ -122,6 +122,15 @@ def test_frame_folder_to_frame_folder_with_max_frames(model, video, tmp_path):
     colours = np.asarray(Image.open(out[2]).convert("RGB"))
     expected = FrameRenderer("mask", legend=False, palette=seg.metadata.palette)(decoded[2], seg(decoded[2]))
     np.testing.assert_array_equal(colours, expected)
+
+
+def test_segment_clip_for_reports(model, video, tmp_path):
+    _, decoded = video
+    report = segment_clip(Segmenter.load(model), decoded[:5], tmp_path, keep=2)
+    assert report.stats.frames == 5 and len(read_video(report.output)) == 5
+    assert [p.name for p in report.first_frames] == ["clip_frame_0.png", "clip_frame_1.png"]
+    first = np.asarray(Image.open(report.first_frames[0]))
+    assert first.shape[0] == H and first.shape[1] > 2 * W    # frame | colours | legend
 
 
 class _Stops(Source):

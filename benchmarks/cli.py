@@ -126,7 +126,7 @@ def bench_main(triton_url, triton_model, concurrency, requests, protocol, engine
     if json_path:
         from ..runtime.atomic import write_text
 
-        write_text(json_path, json.dumps([r.to_dict() for r in results], indent=2))
+        write_text(json_path, json.dumps(json_safe([r.to_dict() for r in results]), indent=2, allow_nan=False))
     if csv_path:
         write_csv(results, csv_path)
 

@@ -98,6 +98,12 @@ def test_static_shape_is_fixed(r18_ckpt, tmp_path):
     assert [d.dim_value for d in dims] == [1, 3, 64, 96]
     assert [c.shape for c in result.comparisons] == [(1, 21, 64, 96)]
     assert check_trt_ready(result.path)
+    # the metadata says what the runtime must feed (issue 9): any image is resized to exactly 64x96
+    assert result.metadata.input_hw == [64, 96] and result.metadata.input_size == 64
+    from fcnseg.runtime import Segmenter
+
+    seg = Segmenter.load(result.path)
+    assert seg.input_hw == (64, 96) and seg(np.zeros((50, 200, 3), np.uint8)).shape == (50, 200)
 
 
 def test_argmax_graph_outputs_uint8_mask(r18_argmax_onnx, r18_ckpt, random_input):

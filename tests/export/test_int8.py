@@ -175,3 +175,37 @@ def test_unknown_target_is_refused(tmp_path, tiny_voc, r18_onnx):
     with pytest.raises(FcnsegError, match="expected an INT8 target in tensorrt, cpu"):
         I.quantize_int8(r18_onnx, tmp_path / "x.onnx", calib_root=tiny_voc, target="gpu", progress=False)
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_report_never_evaluates_where_it_calibrated(tiny_voc, tmp_path):
+    """fcn-export int8 --report on a 1x1-conv graph: disjoint, deterministic calibration/evaluation ids (issue 9)."""
+    import json
+
+    from click.testing import CliRunner
+    from onnx import TensorProto, helper, numpy_helper
+
+    from fcnseg.export.cli import main
+    from fcnseg.runtime.metadata import ModelMetadata
+
+    w = np.random.default_rng(0).standard_normal((21, 3, 1, 1)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "W"], ["logits"], kernel_shape=[1, 1])], "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 21, "H", "W"])],
+        [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    helper.set_model_props(model, ModelMetadata(arch="tiny", input_size=32).to_props())
+    onnx.save(model, str(tmp_path / "tiny.onnx"))
+    reports = []
+    for name in ("a", "b"):
+        args = ["-q", "int8", str(tmp_path / "tiny.onnx"), "--calib-data", str(tiny_voc), "--num-images", "2",
+                "--method", "minmax", "--no-progress", "-o", str(tmp_path / f"{name}.onnx"),
+                "--report", str(tmp_path / f"{name}.json")]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        reports.append(json.loads((tmp_path / f"{name}.json").read_text()))
+    r = reports[0]
+    assert len(r["calibration_ids"]) == 2 and len(r["evaluation_ids"]) == 4
+    assert not set(r["calibration_ids"]) & set(r["evaluation_ids"])
+    assert r["calibration_ids"] == reports[1]["calibration_ids"]           # deterministic
+    assert 0.0 <= r["miou_fp32"] <= 1.0 and 0.0 <= r["miou_int8"] <= 1.0 and r["kept_in_float"] == []

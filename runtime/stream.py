@@ -30,7 +30,8 @@ import numpy as np
 from .errors import FcnsegError
 from .postprocess import save_image
 from .stream_render import VISUALIZE, FrameRenderer, StreamOutputs, class_shares  # noqa: F401 (re-exported)
-from .video_io import Sink, Source, open_sink, open_source, read_video, write_video  # noqa: F401 (re-exported)
+from .video_io import Source, open_source, read_video  # noqa: F401 (re-exported)
+from .video_sinks import Sink, open_sink, write_video  # noqa: F401 (re-exported)
 
 PathLike = Union[str, "os.PathLike[str]"]
 STAGES = ("decode", "infer", "write", "latency")

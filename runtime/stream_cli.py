@@ -20,7 +20,8 @@ from .errors import FcnsegError
 from .outputs import MASK, ArtifactKind, check_output, check_writable_parent
 from .postprocess import IMAGE_SUFFIXES
 from .stream import VISUALIZE, StreamStats, segment_stream
-from .video_io import OUTPUT_FORMATS, is_fcnseg_video, is_stream_spec
+from .video_io import OUTPUT_FORMATS, is_stream_spec
+from .video_sinks import is_fcnseg_video
 
 VIDEO = ArtifactKind("fcnseg video", is_fcnseg_video)
 STATS = ArtifactKind("fcnseg stream statistics file", lambda p: p.read_text(errors="replace")[:9] in ("", '{"frame":'))

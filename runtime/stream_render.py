@@ -15,7 +15,7 @@ import numpy as np
 from .errors import FcnsegError
 from .postprocess import colorize, legend, overlay, save_mask
 from .preprocess import to_rgb_uint8
-from .video_io import Sink
+from .video_sinks import Sink
 
 PathLike = Union[str, "os.PathLike[str]"]
 VISUALIZE = ("overlay", "mask", "side-by-side")

@@ -25,7 +25,8 @@ from fcnseg.runtime import ModelMetadata, Segmenter
 from fcnseg.runtime.cli import predict_main
 from fcnseg.runtime.mjpeg import BOUNDARY, MjpegSink
 from fcnseg.runtime.stream import FrameRenderer, Source, segment_clip, segment_stream
-from fcnseg.runtime.video_io import read_video, rtp_sdp, write_video
+from fcnseg.runtime.video_io import read_video
+from fcnseg.runtime.video_sinks import rtp_sdp, write_video
 
 pytest.importorskip("av")
 H, W, N = 64, 96, 12

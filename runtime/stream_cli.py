@@ -62,7 +62,8 @@ _OPTIONS = [
     click.option("--timeout", type=click.FloatRange(min=0.1), default=None,
                  help="Stream: seconds a network source or camera may stay silent [default: 10]."),
     click.option("--batch", type=click.IntRange(min=1), default=None,
-                 help="Stream: frames per inference call [default: 1 for live sources, else the engine's limit]."),
+                 help="Stream: frames per inference call [default: 1 for live sources; for files the engine's batch "
+                      "limit, at most 8, when it has one (TensorRT), else 1]."),
     click.option("--sequential", is_flag=True, help="Stream: one frame at a time, no overlap (for comparison)."),
 ]
 

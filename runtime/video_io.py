@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 from urllib.parse import parse_qs, urlsplit
@@ -130,7 +131,7 @@ class CsiSource(Source):
             import cv2
         except ImportError:
             cv2 = None
-        if cv2 is None or "GStreamer:                   YES" not in cv2.getBuildInformation():
+        if cv2 is None or not re.search(r"GStreamer:\s*YES", cv2.getBuildInformation()):
             raise FcnsegError(f"expected OpenCV built with GStreamer for {url} (JetPack's python3-opencv), got "
                               f"{'no cv2 module' if cv2 is None else 'an OpenCV without GStreamer'}; try "
                               "`sudo apt install python3-opencv` on the Jetson, or a V4L2 camera /dev/videoN")

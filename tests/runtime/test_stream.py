@@ -21,11 +21,11 @@ from contextlib import suppress as contextlib_suppress
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from fcnseg.runtime import ModelMetadata, Segmenter
+from fcnseg.runtime import FcnsegError, ModelMetadata, Segmenter
 from fcnseg.runtime.cli import predict_main
 from fcnseg.runtime.mjpeg import BOUNDARY, MjpegSink
 from fcnseg.runtime.stream import FrameRenderer, Source, segment_clip, segment_stream
-from fcnseg.runtime.video_io import read_video
+from fcnseg.runtime.video_io import csi_pipeline, read_video
 from fcnseg.runtime.video_sinks import rtp_sdp, write_video
 
 pytest.importorskip("av")
@@ -166,6 +166,26 @@ def test_bad_sources_one_line(model, tmp_path, source, expected):
     assert code == 2 and expected in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "out.mp4").exists()
+
+
+def test_csi_camera_pipeline_and_missing_opencv(model, tmp_path):
+    pipeline = csi_pipeline("csi://1?width=1920&height=1080&flip=2")
+    assert pipeline.startswith("nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM), width=1920, height=1080, "
+                               "framerate=30/1") and "flip-method=2" in pipeline and "appsink drop=1" in pipeline
+    with pytest.raises(FcnsegError, match="csi://0"):
+        csi_pipeline("csi://front?fps=30")
+    try:
+        import cv2  # noqa: F401
+        pytest.skip("OpenCV is installed: csi://0 would look for a real camera")
+    except ImportError:
+        pass
+    code, err = run("--model", model, "csi://0", "--out", tmp_path / "out.mp4")
+    assert code == 2 and "OpenCV built with GStreamer" in err and len(err.strip().splitlines()) == 1
+
+
+def test_stream_modules_import_without_pyav():
+    code = "import sys, fcnseg.runtime.stream, fcnseg.runtime.stream_cli; print(sorted({'av', 'cv2'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
 
 
 def test_refuses_to_replace_a_foreign_file(model, video, tmp_path):

@@ -43,7 +43,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
-from PIL import Image
 
 from ..runtime.atomic import write_text
 from ..runtime.errors import FcnsegError
@@ -203,12 +202,12 @@ class VOCCalibrationReader(CalibrationDataReader):  # type: ignore[misc,valid-ty
 
 
 def _read_rgb(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except OSError as e:   # missing, truncated or not an image
-        raise FcnsegError(f"could not read the calibration image {path} ({e}); expected a JPEG listed in the "
-                          "split file") from None
+    """A calibration image through the project's one reader (stored pixels, as the dataset's labels are)."""
+    from ..runtime.postprocess import open_image
+
+    if not Path(path).is_file():
+        raise FcnsegError(f"expected the calibration image {path}, which does not exist (listed in the split file)")
+    return np.asarray(open_image(path, exif=False).convert("RGB"))
 
 
 class _OneShot(CalibrationDataReader):  # type: ignore[misc,valid-type]

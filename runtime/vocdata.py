@@ -128,14 +128,12 @@ def _available_splits(base: Path) -> list:
 
 
 def _open(path: Path) -> Image.Image:
-    try:
-        img = Image.open(path)
-        img.load()
-        return img
-    except FileNotFoundError:
-        raise FcnsegError(f"expected the file {path}, which does not exist (listed in the split file)") from None
-    except OSError as e:
-        raise FcnsegError(f"could not read {path}: {e}; expected a valid JPEG/PNG") from None
+    """The project's one image reader, on the stored pixels (labels are drawn on them: no EXIF rotation)."""
+    from .postprocess import open_image
+
+    if not path.is_file():
+        raise FcnsegError(f"expected the file {path}, which does not exist (listed in the split file)")
+    return open_image(path, exif=False)
 
 
 def take(layout: VOCLayout, limit: Optional[int] = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:

@@ -86,8 +86,7 @@ def run_stream(segmenter: Any, inputs: Sequence[str], out: str, opts: StreamOpti
                fmt: str = "png", force: bool = False) -> int:
     """Check the outputs, run ``segment_stream`` with a progress line, report; returns the exit status."""
     source = _source(inputs)
-    files = [source] if isinstance(source, str) and Path(source).is_file() else []
-    _check_outputs(out, opts, inputs=files, force=force)
+    _check_outputs(out, opts, inputs=[i for i in inputs if Path(i).exists()], force=force)
     progress = _Progress()
     stats = segment_stream(segmenter, source, out, visualize=opts.visualize or "overlay", alpha=alpha,
                            legend=opts.legend, save_masks=opts.save_masks, stats=opts.stats, mask_format=fmt,
@@ -116,6 +115,12 @@ def _source(inputs: Sequence[str]) -> Any:
 
 def _check_outputs(out: str, opts: StreamOptions, *, inputs: Sequence[str], force: bool) -> None:
     """Refuse outputs over inputs or over files fcnseg did not write, before the first frame."""
+    folders = [Path(i).resolve() for i in inputs if Path(i).is_dir()]
+    for option, folder in (("--out", out), ("--save-masks", opts.save_masks)):
+        if folder is not None and "://" not in folder and Path(folder).resolve() in folders:
+            raise FcnsegError(f"expected {option} apart from the input frames, got the input folder {folder!r}; "
+                              f"try another {option} folder")
+    inputs = [i for i in inputs if Path(i).is_file()]
     if "://" not in out:
         if Path(out).suffix.lower() in OUTPUT_FORMATS:
             check_output(out, VIDEO, inputs=inputs, force=force, option="--out")

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from .errors import FcnsegError, first_line
-from .postprocess import IMAGE_SUFFIXES, find_images, read_image
+from .postprocess import IMAGE_SUFFIXES, read_image
 from .preprocess import to_rgb_uint8
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -196,8 +196,9 @@ def open_source(spec: Union[PathLike, Sequence[PathLike]], *, timeout: Optional[
                               + " (v4l2-ctl --list-devices lists them)")
         return AVSource(s, live=True, fmt="v4l2", options=options, timeout=wait)
     path = Path(s)
-    if path.is_dir():
-        return ImageSequenceSource([f for f, _ in find_images([path])], name=s)
+    if path.is_dir():   # the folder's own images only: outputs often go to sub-folders
+        files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        return ImageSequenceSource(files, name=s)
     if glob.has_magic(s) and not path.exists():
         files = sorted(f for f in glob.glob(s) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
         return ImageSequenceSource(files, name=repr(s))

@@ -114,6 +114,8 @@ def test_frame_folder_to_frame_folder_with_max_frames(model, video, tmp_path):
     src.mkdir()
     for i, frame in enumerate(decoded[:6]):
         Image.fromarray(frame).save(src / f"f{i:02d}.png")
+    (src / "older_run").mkdir()     # frames in sub-folders (earlier outputs) are not read
+    Image.fromarray(decoded[0]).save(src / "older_run" / "frame_000000.png")
     code, err = run("--model", model, src, "--out", tmp_path / "vis", "--visualize", "mask", "--no-legend",
                     "--max-frames", 4)
     assert code == 0, err
@@ -123,6 +125,8 @@ def test_frame_folder_to_frame_folder_with_max_frames(model, video, tmp_path):
     colours = np.asarray(Image.open(out[2]).convert("RGB"))
     expected = FrameRenderer("mask", legend=False, palette=seg.metadata.palette)(decoded[2], seg(decoded[2]))
     np.testing.assert_array_equal(colours, expected)
+    code, err = run("--model", model, src, "--out", src, "--visualize", "mask")
+    assert code == 2 and "input folder" in err
 
 
 def test_segment_clip_for_reports(model, video, tmp_path):

@@ -33,7 +33,25 @@ class _SetItem:
         mapping[key] = value
 
 
+def _pytest_stand_in():
+    """What ``test_tensorrt_backend.py`` uses of pytest at import time (decorators), for venvs without pytest."""
+    import types
+
+    class PassThrough:
+        def __getattr__(self, name):
+            return PassThrough()
+
+        def __call__(self, *args, **kwargs):
+            return args[0] if len(args) == 1 and callable(args[0]) and not kwargs else PassThrough()
+
+    module = types.ModuleType("pytest")
+    module.fixture = module.mark = PassThrough()
+    return module
+
+
 def _fake_trt_module():
+    if importlib.util.find_spec("pytest") is None:
+        sys.modules["pytest"] = _pytest_stand_in()
     spec = importlib.util.spec_from_file_location("fake_trt_tests", HERE / "test_tensorrt_backend.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -91,6 +109,22 @@ def check_metadata(inputs, out):
     (out / "sidecar_metadata.json").write_text(json.dumps(sidecar.model_metadata().to_dict(), sort_keys=True))
 
 
+def check_imports(out):
+    """Import every module of the installed runtime; record the failures (only the CLIs may need click/tqdm)."""
+    import importlib
+    import pkgutil
+
+    import fcnseg.runtime
+
+    failed = {}
+    for info in pkgutil.walk_packages(fcnseg.runtime.__path__, "fcnseg.runtime."):
+        try:
+            importlib.import_module(info.name)
+        except Exception as e:  # noqa: BLE001 - any failure is reported by name
+            failed[info.name] = f"{type(e).__name__}: {e}"
+    (out / "imports.json").write_text(json.dumps({"failed": failed}, sort_keys=True))
+
+
 def _importable(name):
     return importlib.util.find_spec(name) is not None
 
@@ -112,6 +146,7 @@ def main(argv):
     print("python {python}, numpy {numpy}, Pillow {pillow}; torch importable: {torch}, onnx: {onnx}, "
           "onnxruntime: {onnxruntime}; fcnseg.runtime from {runtime_path}".format(**info))
     (out / "versions.json").write_text(json.dumps(info))
+    check_imports(out)
     check_preprocess(images, out)
     check_postprocess(images, out)
     check_tensorrt_fake(images, inputs, out)

@@ -1,7 +1,8 @@
 """The runtime installs and runs on the Pythons of JetPack 5.1, 6 and 7 with their numpy and Pillow, without torch.
 
 For each JetPack a virtual environment is made with that Python and the numpy/Pillow JetPack ships
-(cached under ``.venv-jetpack/`` keyed by the pins, so only the first run downloads), the runtime wheel
+(cached under ``.venv-jetpack/`` keyed by the pins, so only the first run downloads; the three are built
+side by side), the runtime wheel
 built from ``runtime/pyproject.toml`` is installed into it with pip's dependency check, and
 ``jetpack_checks.py`` runs there and here on the same inputs. Every array and metadata document it writes
 must be equal in both. Interpreters that are not installed are skipped with the reason.
@@ -17,7 +18,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from concurrent.futures import ThreadPoolExecutor
+from typing import Optional, Tuple
 
 import numpy as np
 import pytest
@@ -33,7 +35,9 @@ VENVS = Path(os.environ.get("FCNSEG_JETPACK_VENVS", ROOT / ".venv-jetpack"))
 JETPACKS = [("jetpack5.1", "3.8", "1.17.4", "7.0.0"),
             ("jetpack6", "3.10", "1.21.5", "9.0.1"),
             ("jetpack7", "3.12", "1.26.4", "10.2.0")]
-PIP = ["-m", "pip", "--disable-pip-version-check", "--no-input"]
+PIP = ["--disable-pip-version-check", "--no-input"]
+ENV_ONLY = ("versions.json", "imports.json")   # describe the environment; checked on their own, not compared
+CLI_DEPS = ("click", "tqdm")                    # the fcn-* command lines need them; the runtime library does not
 
 
 def find_python(version: str) -> Optional[str]:
@@ -51,19 +55,51 @@ def find_python(version: str) -> Optional[str]:
     return None
 
 
-def jetpack_venv(python: str, version: str, numpy_pin: str, pillow_pin: str) -> Path:
-    """A venv with the pinned numpy/Pillow (and pytest, which the fake TensorRT module's file imports); cached."""
+def pip_command(python: str, venv: Path) -> list:
+    """pip for ``venv``: the base interpreter's pip driving it (``--python``, pip >= 22.3), so the venv is made
+    without pip in a fraction of a second; else (an old or missing base pip) pip bootstrapped into the venv."""
+    target = str(venv / "bin/python")
+    driven = [python, "-m", "pip", "--python", target, *PIP]
+    if subprocess.run(driven + ["--version"], capture_output=True, timeout=60).returncode == 0:
+        return driven
+    _run([target, "-m", "ensurepip", "--default-pip"], timeout=300)
+    return [target, "-m", "pip", *PIP]
+
+
+def jetpack_venv(python: str, version: str, numpy_pin: str, pillow_pin: str) -> Tuple[Path, list]:
+    """A venv with the pinned numpy and Pillow, cached across runs; returns it and the pip command for it."""
     VENVS.mkdir(parents=True, exist_ok=True)
     venv = VENVS / f"py{version}-numpy{numpy_pin}-pillow{pillow_pin}"
-    with open(VENVS / ".lock", "w") as lock:
+    with open(VENVS / f".{venv.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)   # two test runs at once must not build the same venv
-        if not (venv / ".ready").is_file():
+        if _ready(venv) is None:
             shutil.rmtree(venv, ignore_errors=True)
-            subprocess.run([python, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
-            _run([str(venv / "bin/python"), *PIP, "install", "-q", "--only-binary=:all:", f"numpy=={numpy_pin}",
-                  f"pillow=={pillow_pin}", "pytest"], timeout=300)
-            (venv / ".ready").write_text(f"numpy=={numpy_pin} pillow=={pillow_pin}\n")
-    return venv
+            _run([python, "-m", "venv", "--without-pip", str(venv)], timeout=120)
+            pip = pip_command(python, venv)
+            _run(pip + ["install", "-q", "--only-binary=:all:", f"numpy=={numpy_pin}", f"pillow=={pillow_pin}"],
+                 timeout=300)
+            (venv / ".ready").write_text(json.dumps(pip) + "\n")
+        return venv, _ready(venv)
+
+
+def _ready(venv: Path) -> Optional[list]:
+    """The pip command recorded when the venv was completed; None for a missing or unfinished one."""
+    try:
+        return json.loads((venv / ".ready").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@pytest.fixture(scope="session")
+def venvs():
+    """Every JetPack venv, built side by side (downloads overlap); None where the interpreter is missing."""
+    def build(jetpack):
+        name, version, numpy_pin, pillow_pin = jetpack
+        python = find_python(version)
+        return name, (jetpack_venv(python, version, numpy_pin, pillow_pin) if python else None)
+
+    with ThreadPoolExecutor(len(JETPACKS)) as pool:
+        return dict(pool.map(build, JETPACKS))
 
 
 def _run(cmd, **kw) -> subprocess.CompletedProcess:
@@ -124,7 +160,7 @@ def reference(inputs, tmp_path_factory):
 
 def compare(ref: Path, got: Path) -> list:
     """Names of the results that differ (every .npy array equal, every .json document equal)."""
-    names = sorted(p.name for p in ref.iterdir() if p.suffix in (".npy", ".json") and p.name != "versions.json")
+    names = sorted(p.name for p in ref.iterdir() if p.suffix in (".npy", ".json") and p.name not in ENV_ONLY)
     assert names, f"no results written to {ref}"
     missing = [n for n in names if not (got / n).is_file()]
     assert not missing, f"results missing in {got}: {missing}"
@@ -140,21 +176,23 @@ def compare(ref: Path, got: Path) -> list:
 
 
 @pytest.mark.parametrize("name,version,numpy_pin,pillow_pin", JETPACKS, ids=[j[0] for j in JETPACKS])
-def test_runtime_on_jetpack_python(name, version, numpy_pin, pillow_pin, runtime_wheel, inputs, reference, tmp_path):
-    python = find_python(version)
-    if python is None:
+def test_runtime_on_jetpack_python(name, version, numpy_pin, pillow_pin, venvs, runtime_wheel, inputs, reference,
+                                   tmp_path):
+    if venvs[name] is None:
         pytest.skip(f"Python {version} ({name}) is not installed here (looked on PATH and in pyenv)")
-    venv = jetpack_venv(python, version, numpy_pin, pillow_pin)
+    venv, pip = venvs[name]
     py = str(venv / "bin/python")
     # pip must accept the interpreter (requires-python), and `pip check` JetPack's numpy/Pillow as the deps.
-    _run([py, *PIP, "install", "-q", "--no-index", "--no-deps", "--force-reinstall", str(runtime_wheel)], timeout=120)
-    _run([py, *PIP, "check"], timeout=60)
+    _run(pip + ["install", "-q", "--no-index", "--no-deps", "--force-reinstall", str(runtime_wheel)], timeout=120)
+    _run(pip + ["check"], timeout=60)
     proc = _run([py, str(CHECKS), str(inputs), str(tmp_path)], cwd=str(tmp_path), timeout=300)
     print(f"{name}: {proc.stdout.strip()}")
     info = json.loads((tmp_path / "versions.json").read_text())
     assert (info["python"].rsplit(".", 1)[0], info["numpy"], info["pillow"]) == (version, numpy_pin, pillow_pin)
     assert Path(info["runtime_path"]).is_relative_to(venv), "the runtime must come from the installed wheel"
     assert not info["torch"] and not info["onnx"] and not info["onnxruntime"]
+    failed = json.loads((tmp_path / "imports.json").read_text())["failed"]
+    assert all(any(f"No module named '{dep}'" in why for dep in CLI_DEPS) for why in failed.values()), failed
     differ = compare(reference, tmp_path)
     assert not differ, f"{name} ({proc.stdout.strip()}) differs from the main environment in: {differ}"
 

@@ -30,6 +30,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from ..runtime.onnx_names import QDQ_OPS, TRT8_MAX_OPSET, TRT10_MAX_OPSET
 from .onnx_export import PathLike, load_onnx
 
 TRT_ONNX_OPS = frozenset("""
@@ -46,13 +47,11 @@ ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice Softmax Softplus So
 Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor
 """.split())
 OPSET_RANGE = (9, 25)         # TensorRT 10.x parses 9-20, 11.x up to 25
-TRT8_MAX_OPSET, TRT10_MAX_OPSET = 17, 20
 RESIZE_COORDINATE_MODES = ("half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric",
                            "align_corners")
 IO_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT32, TensorProto.INT8, TensorProto.UINT8,
             TensorProto.BOOL}
 CAST_TYPES_TRT85 = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT32, TensorProto.INT8, TensorProto.BOOL)
-QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 CONV_OPS = ("Conv", "ConvTranspose")
 WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 1}
 

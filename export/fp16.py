@@ -25,6 +25,7 @@ import onnx
 
 from ..runtime.errors import FcnsegError, first_line
 from ..runtime.metadata import ModelMetadata
+from ..runtime.onnx_names import QDQ_OPS
 from ..runtime.parity import OutputComparison, compare_logits
 from .onnx_export import (LOGITS_NAME, MASK_NAME, PathLike, Shape, default_verify_shapes, expose_argmax_input,
                           load_onnx, ort_session, read_metadata, run_session, save_onnx, set_metadata)
@@ -96,7 +97,7 @@ def convert_fp16(model_path: PathLike, output: Optional[PathLike] = None, *, ver
 
 def _check_convertible(model: onnx.ModelProto, meta: ModelMetadata, path: Path) -> None:
     ops = {n.op_type for n in model.graph.node}
-    if ops & {"QuantizeLinear", "DequantizeLinear"} or meta.precision == "int8":
+    if ops & set(QDQ_OPS) or meta.precision == "int8":
         raise FcnsegError(f"expected an FP32 ONNX model, got a quantized (INT8 Q/DQ) one in {str(path)!r}; "
                           "try the FP32 export from `fcn-export onnx`")
     float16 = any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)

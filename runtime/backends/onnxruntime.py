@@ -13,8 +13,9 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 
-from ..errors import FcnsegError, first_line
+from ..errors import FcnsegError, one_line
 from ..metadata import ModelMetadata, metadata_from_props
+from ..onnx_names import OUTPUT_NAMES
 from .base import BaseBackend
 
 # Short names accepted by ``providers=`` and ``fcn-predict --providers`` (case-insensitive).
@@ -84,7 +85,7 @@ class OnnxRuntimeBackend(BaseBackend):
         try:
             self.session = ort.InferenceSession(self.path, sess_options=opts, providers=chosen)
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/NoSuchFile types
-            raise FcnsegError(f"could not load {self.path!r} with ONNX Runtime ({first_line(e)}); "
+            raise FcnsegError(f"could not load {self.path!r} with ONNX Runtime ({one_line(e, 300)}); "
                               "expected a valid .onnx model, e.g. written by fcn-export") from None
         self.metadata = _read_metadata(self.session, self.path)
         inp = self.session.get_inputs()[0]
@@ -109,7 +110,7 @@ class OnnxRuntimeBackend(BaseBackend):
             results = self.session.run(list(self.outputs.values()), {self.input_name: x})
         except Exception as e:  # ORT raises its own types for shape/type mismatches
             raise FcnsegError(f"ONNX Runtime could not run {self.path!r} on an input of shape {tuple(x.shape)} "
-                              f"({first_line(e)}); expected an input fitting {self.input_shape}; "
+                              f"({one_line(e, 300)}); expected an input fitting {self.input_shape}; "
                               "try another image size (fcn-predict/fcn-eval --size, fcn-bench --shape)") from None
         self._set_timing(infer=time.perf_counter() - t0)  # ORT copies inside run: h2d and d2h stay 0
         out = {}
@@ -131,7 +132,7 @@ def _output_names(session: Any, path: str) -> Dict[str, str]:
     """Map "logits"/"mask" to graph output names; a single unnamed output is told apart by its rank."""
     outputs = session.get_outputs()
     names = {o.name: o for o in outputs}
-    found = {k: k for k in ("logits", "mask") if k in names}
+    found = {k: k for k in OUTPUT_NAMES if k in names}
     if found:
         return found
     if len(outputs) == 1 and len(outputs[0].shape) in (3, 4):

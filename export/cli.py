@@ -245,3 +245,32 @@ def build_trt(model: str, output: Optional[str], *, precision: Optional[str], ca
         graph = str(quantize_int8(model, calib_root=calib_root).path)
         return build_engine(graph, output=out, precision=precision, **build_options)
     return build_engine_from_spec(spec, output=out)
+
+
+@main.command("bundle")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Bundle folder (new or empty).")
+@click.option("--int8-from", type=click.Path(dir_okay=False), help="Q/DQ INT8 ONNX to ship (from fcn-export int8).")
+@click.option("--calib-data", "calib_root", type=click.Path(file_okay=False),
+              help="VOC root: quantize MODEL to INT8 here instead of --int8-from.")
+@click.option("--dla-core", type=int, help="Build on the device for this DLA core (profile fixed at opt).")
+@click.option("--gpu-fallback", is_flag=True, help="With --dla-core: layers DLA cannot run go to the GPU.")
+@click.option("--min-shape", metavar="NxCxHxW", help="[default: as fcn-export trt]")
+@click.option("--opt-shape", metavar="NxCxHxW", help="[default: as fcn-export trt]")
+@click.option("--max-shape", metavar="NxCxHxW", help="[default: as fcn-export trt]")
+@click.option("--runtime-wheel", type=click.Path(dir_okay=False), help="Ship this fcnseg_runtime wheel "
+              "[default: build one from runtime/pyproject.toml].")
+@click.option("--force", is_flag=True, help="Write into a non-empty --out, replacing the bundle's own files.")
+def bundle_cmd(model: str, out: str, int8_from: Optional[str], calib_root: Optional[str], dla_core: Optional[int],
+               gpu_fallback: bool, min_shape: Optional[str], opt_shape: Optional[str], max_shape: Optional[str],
+               runtime_wheel: Optional[str], force: bool) -> None:
+    """A folder to copy to a Jetson: FP16/INT8 ONNX, the runtime wheel, build_engine.sh, run.py, README."""
+    from ..runtime.shapes import parse_dims
+    from .bundle import make_bundle
+
+    shapes = {k: parse_dims(v) if v else None for k, v in
+              (("min_shape", min_shape), ("opt_shape", opt_shape), ("max_shape", max_shape))}
+    bundle = make_bundle(model, out, int8_from=int8_from, calib_root=calib_root, dla_core=dla_core,
+                         gpu_fallback=gpu_fallback, runtime_wheel=runtime_wheel, force=force, **shapes)
+    for path in bundle.files:
+        click.echo(path)

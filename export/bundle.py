@@ -1,0 +1,224 @@
+"""``fcn-export bundle``: one folder to copy to a Jetson, with everything to build the engine there and run it.
+
+Engines are tied to the GPU and the TensorRT version, so a bundle carries the ONNX graphs (FP16, and INT8
+when asked), not engines, plus:
+
+- ``wheels/fcnseg_runtime-*.whl``: the runtime alone (numpy + Pillow, Python >= 3.8), built from
+  ``runtime/pyproject.toml`` (``build_runtime_wheel``);
+- ``build_engine.sh``: ``fcn-export trt`` where fcnseg's exporter is installed, else ``trtexec`` with the same
+  profile and flags (``--useDLACore``/``--allowGPUFallback`` when asked), then the engine's sidecar;
+- ``run.py``: a camera or video through ``fcnseg.runtime.stream.segment_stream``;
+- ``README.md`` with the JetPack 5.1 / 6.x / 7.0 install lines, and ``bundle.json`` (written last: the
+  manifest with each file's SHA-256 and the sidecar templates ``build_engine.sh`` fills in).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from ..runtime.atomic import atomic_path, write_text
+from ..runtime.errors import FcnsegError
+from ..runtime.sidecar import EngineSidecar
+from ..runtime.backends.tensorrt import format_shape
+from .runtime_wheel import build_runtime_wheel
+from .tensorrt import EngineSpec, Profile, engine_spec
+
+PathLike = Union[str, "os.PathLike[str]"]
+TEMPLATES = Path(__file__).with_name("templates")
+SCRIPTS = ("build_engine.sh", "run.py", "README.md")
+log = logging.getLogger("fcnseg.export")
+
+
+@dataclass
+class Bundle:
+    """What ``make_bundle`` wrote: the folder, the graphs by precision, the wheel and every file's path."""
+
+    path: Path
+    graphs: Dict[str, Path]
+    wheel: Path
+    files: List[Path] = field(default_factory=list)
+
+
+def check_bundle_dir(out: PathLike, *, force: bool = False) -> Path:
+    """A new or empty folder; an existing non-empty one only with ``force`` (its other files are kept)."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise FcnsegError(f"expected a folder for --out, got the file {str(path)!r}; try another --out")
+    entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    if entries and not force:
+        raise FcnsegError(f"expected an empty or new folder for the bundle, got {str(path)!r} holding "
+                          f"{len(entries)} entries ({', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''}); "
+                          "try another --out, or --force to replace the bundle's files there")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def bundle_profile(spec: EngineSpec, dla_core: Optional[int], explicit: bool) -> Profile:
+    """The profile to build with: the spec's; on a DLA without explicit shapes, fixed at opt (DLA is static)."""
+    if dla_core is None or explicit:
+        return spec.profile
+    return Profile(spec.profile.opt, spec.profile.opt, spec.profile.opt)
+
+
+def make_bundle(model: PathLike, out: PathLike, *, int8_from: Optional[PathLike] = None,
+                calib_root: Optional[PathLike] = None, dla_core: Optional[int] = None, gpu_fallback: bool = False,
+                min_shape: Optional[Sequence[int]] = None, opt_shape: Optional[Sequence[int]] = None,
+                max_shape: Optional[Sequence[int]] = None, runtime_wheel: Optional[PathLike] = None,
+                force: bool = False) -> Bundle:
+    """Write a device bundle for ``model`` into ``out`` (see the module docstring).
+
+    Args:
+        model: the FP32 ONNX (from ``fcn-export onnx``) or an FP16 one.
+        out: the bundle folder: new or empty, unless ``force``.
+        int8_from: a Q/DQ ONNX (``fcn-export int8``) to ship as the INT8 graph.
+        calib_root: a VOC root to quantize ``model`` to INT8 here instead (exclusive with ``int8_from``).
+        dla_core / gpu_fallback: build for this DLA core, GPU fallback for what it cannot run.
+        min_shape / opt_shape / max_shape: the optimization profile (defaults as ``fcn-export trt``; fixed at
+            opt on a DLA unless given).
+        runtime_wheel: a prebuilt ``fcnseg_runtime`` wheel to ship instead of building one.
+        force: write into a non-empty ``out`` (replacing the bundle's own files only).
+    """
+    _check_options(int8_from, calib_root, dla_core, gpu_fallback)
+    spec = engine_spec(model, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape)
+    if spec.graph_precision == "int8":
+        raise FcnsegError(f"expected the FP32 (or FP16) ONNX as MODEL, got a Q/DQ INT8 graph {str(model)!r}; try "
+                          "the FP32 graph as MODEL and this one with --int8-from")
+    int8_spec = engine_spec(int8_from, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape) \
+        if int8_from else None
+    _check_int8(int8_spec, spec)
+    dest = check_bundle_dir(out, force=force)
+    profile = bundle_profile(spec, dla_core, explicit=None not in (min_shape, opt_shape, max_shape))
+    graphs = _write_graphs(spec, int8_spec, calib_root, dest)
+    wheel = _copy_or_build_wheel(runtime_wheel, dest / "wheels")
+    context = _template_values(spec, profile, graphs, wheel, dla_core, gpu_fallback, Path(model))
+    scripts = [_render(name, dest, context) for name in SCRIPTS]
+    files = list(graphs.values()) + [wheel] + scripts
+    sidecars = {p: _sidecar_template(spec, profile, p, g.name, dla_core, gpu_fallback) for p, g in graphs.items()}
+    _write_manifest(dest, spec, profile, graphs, sidecars, files)
+    return Bundle(dest, graphs, wheel, files + [dest / "bundle.json"])
+
+
+def _check_options(int8_from: Optional[PathLike], calib_root: Optional[PathLike], dla_core: Optional[int],
+                   gpu_fallback: bool) -> None:
+    if int8_from and calib_root:
+        raise FcnsegError("expected at most one of --int8-from and --calib-data, got both; try --int8-from with "
+                          "a graph from `fcn-export int8`, or --calib-data alone")
+    if dla_core is not None and dla_core < 0:
+        raise FcnsegError(f"expected a DLA core number >= 0, got {dla_core}; try --dla-core 0")
+    if gpu_fallback and dla_core is None:
+        raise FcnsegError("expected --dla-core N with --gpu-fallback, got no DLA core; try --dla-core 0 --gpu-fallback")
+
+
+def _check_int8(int8_spec: Optional[EngineSpec], spec: EngineSpec) -> None:
+    if int8_spec is None:
+        return
+    if int8_spec.graph_precision != "int8":
+        raise FcnsegError(f"expected a Q/DQ INT8 ONNX for --int8-from, got an {int8_spec.graph_precision} graph "
+                          f"{str(int8_spec.onnx_path)!r}; try `fcn-export int8 MODEL.onnx --calib-data ROOT` first")
+    if int8_spec.input_name != spec.input_name:
+        raise FcnsegError(f"expected --int8-from to have the model's input {spec.input_name!r}, got "
+                          f"{int8_spec.input_name!r}; try the INT8 graph made from this MODEL")
+
+
+def _write_graphs(spec: EngineSpec, int8_spec: Optional[EngineSpec], calib_root: Optional[PathLike],
+                  dest: Path) -> Dict[str, Path]:
+    graphs = {"fp16": dest / "fcn_fp16.onnx"}
+    if spec.graph_precision == "fp16":
+        _copy(spec.onnx_path, graphs["fp16"])
+    else:
+        from .fp16 import convert_fp16
+
+        log.info("converting %s to FP16", spec.onnx_path.name)
+        convert_fp16(spec.onnx_path, graphs["fp16"])
+    if int8_spec is not None:
+        graphs["int8"] = dest / "fcn_int8.onnx"
+        _copy(int8_spec.onnx_path, graphs["int8"])
+    elif calib_root:
+        from .int8 import quantize_int8
+
+        graphs["int8"] = dest / "fcn_int8.onnx"
+        log.info("quantizing %s to INT8 on %s", spec.onnx_path.name, calib_root)
+        quantize_int8(spec.onnx_path, graphs["int8"], calib_root=calib_root)
+    return graphs
+
+
+def _copy(src: PathLike, dst: Path) -> None:
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def _copy_or_build_wheel(runtime_wheel: Optional[PathLike], wheels: Path) -> Path:
+    if runtime_wheel is None:
+        return build_runtime_wheel(wheels)
+    src = Path(runtime_wheel)
+    if not (src.is_file() and src.name.startswith("fcnseg_runtime-") and src.suffix == ".whl"):
+        raise FcnsegError(f"expected an fcnseg_runtime-*.whl file for --runtime-wheel, got {str(src)!r}; try "
+                          "leaving it out to build one")
+    _copy(src, wheels / src.name)
+    return wheels / src.name
+
+
+def _template_values(spec: EngineSpec, profile: Profile, graphs: Dict[str, Path], wheel: Path,
+                     dla_core: Optional[int], gpu_fallback: bool, source: Path) -> Dict[str, str]:
+    dla = dla_core is not None
+    opt = profile.opt
+    int8_line = "./build_engine.sh int8                        # -> fcn_int8.plan\n" if "int8" in graphs else ""
+    return {
+        "ARCH": spec.metadata.arch, "NUM_CLASSES": str(spec.metadata.num_classes), "SOURCE": source.name,
+        "INPUT_NAME": spec.input_name, "MIN_SHAPE": format_shape(profile.min), "OPT_SHAPE": format_shape(opt),
+        "MAX_SHAPE": format_shape(profile.max), "OPT_HW": f"{opt[2]}x{opt[3]}" if len(opt) == 4 else "520x520",
+        "DLA_CORE": str(dla_core) if dla else "", "GPU_FALLBACK": "1" if gpu_fallback else "0",
+        "PRECISIONS": " ".join(graphs), "DEFAULT_PRECISION": "fp16", "WHEEL": wheel.name, "INT8_BUILD": int8_line,
+        "DLA_TEXT": f", DLA core {dla_core}" + (" with GPU fallback" if gpu_fallback else "") if dla else "",
+        "DLA_FLAGS_FCN": f" and `--dla-core {dla_core}`" + (" --gpu-fallback" if gpu_fallback else "") if dla else "",
+        "DLA_FLAGS_TRTEXEC": f", `--useDLACore={dla_core}`" + (" --allowGPUFallback" if gpu_fallback else "")
+        if dla else "",
+        "TREE": "\n".join(sorted([g.name for g in graphs.values()] + [f"wheels/{wheel.name}", "bundle.json",
+                                                                      *SCRIPTS])),
+    }
+
+
+def _render(name: str, dest: Path, values: Dict[str, str]) -> Path:
+    text = (TEMPLATES / name).read_text()
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", value)
+    target = dest / name
+    write_text(target, text)
+    if name.endswith((".sh", ".py")):
+        target.chmod(target.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return target
+
+
+def _sidecar_template(spec: EngineSpec, profile: Profile, precision: str, onnx_name: str,
+                      dla_core: Optional[int], gpu_fallback: bool) -> Dict[str, Any]:
+    """The sidecar ``build_engine.sh`` writes after trtexec (library_version filled in on the device)."""
+    from dataclasses import replace
+
+    meta = replace(spec.metadata, precision=precision)
+    return EngineSidecar(library="tensorrt", precision=precision, onnx=onnx_name, dla_core=dla_core,
+                         gpu_fallback=gpu_fallback, metadata=meta.to_dict(),
+                         profile={"input": spec.input_name, **profile.to_dict()}).to_dict()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_manifest(dest: Path, spec: EngineSpec, profile: Profile, graphs: Dict[str, Path],
+                    sidecars: Dict[str, Dict[str, Any]], files: List[Path]) -> None:
+    doc = {"format": 1, "model": spec.metadata.to_dict(), "input": spec.input_name, "profile": profile.to_dict(),
+           "graphs": {p: {"onnx": g.name, "plan": f"fcn_{p}.plan", "sidecar": sidecars[p]} for p, g in graphs.items()},
+           "files": {str(f.relative_to(dest)): _sha256(f) for f in files}}
+    write_text(dest / "bundle.json", json.dumps(doc, indent=2) + "\n")

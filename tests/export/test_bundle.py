@@ -1,0 +1,259 @@
+"""``fcn-export bundle``: the folder is complete, its scripts parse, ``build_engine.sh`` builds real engines with
+TensorRT for RTX through ``fcn-export trt``, passes the profile and DLA flags to trtexec where that is the tool,
+and the runtime wheel installs on Python 3.8."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fcnseg.export.bundle import make_bundle
+from fcnseg.export.cli import main as export_main
+from fcnseg.export.runtime_wheel import build_runtime_wheel
+from fcnseg.export.tensorrt import precision_of_onnx
+from fcnseg.runtime.errors import FcnsegError
+from fcnseg.runtime.metadata import ModelMetadata
+from fcnseg.runtime.onnx_metadata import read_onnx_metadata
+from fcnseg.runtime.sidecar import EngineSidecar
+
+NUM_CLASSES = 4
+SHAPES = {"min_shape": (1, 3, 32, 32), "opt_shape": (1, 3, 64, 64), "max_shape": (2, 3, 128, 128)}
+VENV_BIN = Path(sys.executable).parent
+
+
+def conv_onnx(path: Path) -> Path:
+    """A 2-conv net with dynamic N/H/W and fcnseg metadata, shaped like fcn-export's graphs (input -> logits)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, "w1")
+    b1 = numpy_helper.from_array(rng.standard_normal(8).astype(np.float32) * 0.1, "b1")
+    w2 = numpy_helper.from_array(rng.standard_normal((NUM_CLASSES, 8, 1, 1)).astype(np.float32) * 0.3, "w2")
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["h"], pads=[1, 1, 1, 1], name="conv1"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu1"),
+             helper.make_node("Conv", ["r", "w2"], ["logits"], name="conv2")]
+    graph = helper.make_graph(
+        nodes, "conv", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", NUM_CLASSES, "H", "W"])], [w1, b1, w2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = ModelMetadata(arch="conv", num_classes=NUM_CLASSES, input_size=64)
+    props = {**meta.to_props(), "fcnseg.min_size": "32", "fcnseg.max_size": "256"}
+    for k, v in props.items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, str(path))
+    return path
+
+
+def int8_onnx(src: Path, dst: Path) -> Path:
+    """Q/DQ the TensorRT way (symmetric int8, per-channel weights, no bias quantization), keeping the metadata."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(1)
+            self.items = iter([{"input": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, per_channel=True,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                                   "AddQDQPairToWeight": True, "DedicatedQDQPair": False,
+                                   "ForceQuantizeNoInputCheck": True,
+                                   "QDQOpTypePerChannelSupportToAxis": {"Conv": 0}})
+    model, props = onnx.load(str(dst)), onnx.load(str(src)).metadata_props
+    del model.metadata_props[:]
+    model.metadata_props.extend(props)
+    onnx.save(model, str(dst))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bundle_src")
+    fp32 = conv_onnx(d / "conv.onnx")
+    return {"fp32": fp32, "int8": int8_onnx(fp32, d / "conv_int8.onnx")}
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    return build_runtime_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+@pytest.fixture(scope="module")
+def bundle(graphs, wheel, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles") / "gpu"
+    return make_bundle(graphs["fp32"], out, int8_from=graphs["int8"], runtime_wheel=wheel, **SHAPES)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_bundle_is_complete(bundle, graphs, wheel):
+    d = bundle.path
+    names = sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
+    assert names == ["README.md", "build_engine.sh", "bundle.json", "fcn_fp16.onnx", "fcn_int8.onnx", "run.py",
+                     f"wheels/{wheel.name}"]
+    manifest = json.loads((d / "bundle.json").read_text())
+    assert manifest["files"] == {n: sha256(d / n) for n in names if n != "bundle.json"}
+    assert manifest["profile"] == {k.split("_")[0]: list(v) for k, v in SHAPES.items()}
+    assert precision_of_onnx(d / "fcn_fp16.onnx") == "fp16" and precision_of_onnx(d / "fcn_int8.onnx") == "int8"
+    source = read_onnx_metadata(graphs["fp32"])
+    for precision in ("fp16", "int8"):
+        assert read_onnx_metadata(d / f"fcn_{precision}.onnx").classes == source.classes
+        sidecar = EngineSidecar.from_dict(manifest["graphs"][precision]["sidecar"])
+        assert sidecar.precision == precision and sidecar.model_metadata().arch == "conv"
+    for script in ("build_engine.sh", "run.py"):
+        assert os.stat(d / script).st_mode & stat.S_IXUSR
+    for text in ((d / n).read_text() for n in ("README.md", "build_engine.sh", "run.py")):
+        assert "@" not in "".join(w for w in text.split() if w.startswith("@") and w.endswith("@")), "placeholder left"
+    readme = (d / "README.md").read_text()
+    for line in ("python3-libnvinfer", f"--no-deps wheels/{wheel.name}", '"cuda-python==12.6.*"',
+                 '"cuda-python==13.0.*"', "pycuda", "nvpmodel", "jetson_clocks", "./build_engine.sh int8"):
+        assert line in readme
+
+
+def test_scripts_parse(bundle):
+    d = bundle.path
+    subprocess.run(["bash", "-n", str(d / "build_engine.sh")], check=True)
+    pythons = [sys.executable] + [p for p in (shutil.which("python3.8"),) if p]
+    for python in pythons:   # run.py must compile on JetPack 5's Python 3.8 too (when a python3.8 works here)
+        proc = subprocess.run([python, "-c", "import py_compile, sys; py_compile.compile(sys.argv[1], doraise=True, "
+                               "cfile=sys.argv[2])", str(d / "run.py"), os.devnull + ".pyc"], capture_output=True)
+        if python == sys.executable or b"command not found" not in proc.stderr:
+            assert proc.returncode == 0, proc.stderr.decode()
+
+
+def test_refuses_non_empty_folder_unless_forced(graphs, wheel, tmp_path):
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FcnsegError, match="expected an empty or new folder for the bundle.*--force"):
+        make_bundle(graphs["fp32"], out, runtime_wheel=wheel, **SHAPES)
+    result = make_bundle(graphs["fp32"], out, runtime_wheel=wheel, force=True, **SHAPES)
+    assert (out / "notes.txt").read_text() == "mine" and set(result.graphs) == {"fp16"}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--gpu-fallback"], "expected --dla-core N with --gpu-fallback"),
+    (["--int8-from", "x.onnx", "--calib-data", "voc"], "expected at most one of --int8-from and --calib-data"),
+])
+def test_cli_errors_are_one_line(graphs, tmp_path, args, message):
+    result = CliRunner().invoke(export_main, ["bundle", str(graphs["fp32"]), "--out", str(tmp_path / "b"), *args])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and message in result.output
+
+
+def test_int8_from_must_be_qdq(graphs, wheel, tmp_path):
+    with pytest.raises(FcnsegError, match="expected a Q/DQ INT8 ONNX for --int8-from, got an fp32 graph"):
+        make_bundle(graphs["fp32"], tmp_path / "b", int8_from=graphs["fp32"], runtime_wheel=wheel, **SHAPES)
+
+
+def run_script(bundle_dir: Path, *args: str, path: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": path}
+    return subprocess.run(["bash", str(bundle_dir / "build_engine.sh"), *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_build_engine_sh_with_tensorrt_rtx(bundle, precision):
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX (pip install tensorrt-rtx) builds engines on a CPU")
+    path = f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"   # fcn-export on PATH: the script uses it
+    proc = run_script(bundle.path, precision, "--library", "tensorrt_rtx", "--force", path=path)
+    assert proc.returncode == 0, proc.stderr
+    plan = bundle.path / f"fcn_{precision}.plan"
+    sidecar = EngineSidecar.read(plan)
+    assert plan.stat().st_size > 0 and sidecar.library == "tensorrt_rtx" and sidecar.precision == precision
+    manifest = json.loads((bundle.path / "bundle.json").read_text())
+    assert {k: sidecar.profile[k] for k in ("min", "opt", "max")} == manifest["profile"]
+    assert sidecar.model_metadata().classes == read_onnx_metadata(bundle.path / "fcn_fp16.onnx").classes
+    again = run_script(bundle.path, precision, "--library", "tensorrt_rtx", path=path)
+    assert again.returncode == 2 and "expected no engine at" in again.stderr and "--force" in again.stderr
+
+
+FAKE_TRTEXEC = """\
+#!/bin/sh
+# Stands in for JetPack's trtexec: prints trtexec's banner and help flags, records its arguments, writes a plan.
+echo "&&&& RUNNING TensorRT.trtexec [TensorRT v{version}] # trtexec $*"
+if [ "$1" = "--help" ]; then printf '  --fp16  Enable fp16 precision\\n  --int8  Enable int8\\n{strongly}'; exit 0; fi
+echo "$@" > "{log}"
+for a in "$@"; do case "$a" in --saveEngine=*) printf PLAN > "${{a#--saveEngine=}}" ;; esac; done
+"""
+
+
+@pytest.mark.parametrize("version,strongly,dla,expected", [
+    ("8502", "", True, ["--fp16", "--useDLACore=0", "--allowGPUFallback"]),             # JetPack 5.1, TensorRT 8.5
+    ("100300", "  --stronglyTyped  Strongly typed\\n", False, ["--stronglyTyped"]),       # JetPack 6.1, TensorRT 10.3
+    ("100300", "  --stronglyTyped  Strongly typed\\n", True, ["--fp16", "--useDLACore=0", "--allowGPUFallback"]),
+])
+def test_build_engine_sh_with_trtexec(graphs, wheel, tmp_path, version, strongly, dla, expected):
+    kw = {"dla_core": 0, "gpu_fallback": True} if dla else {}
+    b = make_bundle(graphs["fp32"], tmp_path / "b", runtime_wheel=wheel, **kw,
+                    **({} if dla else SHAPES))   # on a DLA without shapes: fixed at the default opt shape
+    fake = tmp_path / "bin" / "trtexec"
+    fake.parent.mkdir()
+    log = tmp_path / "trtexec_args.txt"
+    fake.write_text(FAKE_TRTEXEC.format(version=version, strongly=strongly, log=log))
+    fake.chmod(0o755)
+    proc = run_script(b.path, "fp16", path=f"{fake.parent}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    assert proc.returncode == 0, proc.stderr
+    args = log.read_text().split()
+    opt = json.loads((b.path / "bundle.json").read_text())["profile"]["opt"]
+    shape = "x".join(map(str, opt))
+    assert f"--onnx={b.path / 'fcn_fp16.onnx'}" in args and f"--saveEngine={b.path / 'fcn_fp16.plan'}" in args
+    if dla:
+        assert [a for a in args if a.startswith(("--minShapes", "--maxShapes"))] == \
+            [f"--minShapes=input:{shape}", f"--maxShapes=input:{shape}"]
+    else:
+        assert "--minShapes=input:1x3x32x32" in args and "--maxShapes=input:2x3x128x128" in args
+    assert [a for a in args if a in ("--fp16", "--int8", "--stronglyTyped") or a.startswith(("--useDLA", "--allow"))] \
+        == expected
+    sidecar = EngineSidecar.read(b.path / "fcn_fp16.plan")
+    major = int(version[:-4]) if len(version) > 4 else int(version[0])
+    assert sidecar.library_version.split(".")[0] == str(major) and sidecar.dla_core == (0 if dla else None)
+    assert sidecar.gpu_fallback == dla and sidecar.model_metadata().num_classes == NUM_CLASSES
+
+
+def _find_python(version: str):
+    """The interpreter finder of tests/runtime/test_jetpack_compat.py (PATH, then pyenv installs)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "jetpack_compat", Path(__file__).resolve().parents[1] / "runtime" / "test_jetpack_compat.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.find_python(version)
+
+
+def test_wheel_installs_into_a_clean_python38(bundle, tmp_path):
+    python = _find_python("3.8")
+    if python is None:
+        pytest.skip("Python 3.8 (JetPack 5's) is not installed here")
+    venv = tmp_path / "clean38"
+    subprocess.run([python, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
+    wheel = next((bundle.path / "wheels").glob("fcnseg_runtime-*.whl"))
+    pip = [str(venv / "bin/python"), "-m", "pip", "--disable-pip-version-check", "install", "-q"]
+    proc = subprocess.run(pip + ["--only-binary=:all:", str(wheel)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    code = ("import sys, numpy, PIL; from fcnseg.runtime.onnx_metadata import read_onnx_metadata; "
+            "m = read_onnx_metadata(sys.argv[1]); print(sys.version.split()[0], numpy.__version__, PIL.__version__, "
+            "m.arch, m.num_classes)")
+    run = subprocess.run([str(venv / "bin/python"), "-c", code, str(bundle.path / "fcn_fp16.onnx")],
+                         capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split()[0].startswith("3.8.") and run.stdout.split()[3:] == ["conv", str(NUM_CLASSES)]

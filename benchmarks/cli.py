@@ -53,7 +53,9 @@ def eval_main(model, compare, more, data_path, split, limit, size, providers, ba
         raise FcnsegError("expected --model PATH or --compare PATH..., got no model; try fcn-eval -h")
     if json_path:
         outputs.check_output(json_path, outputs.EVAL_JSON, inputs=paths, force=force, option="--json")
-    prov = providers.split(",") if providers else None
+    from ..runtime.backends.onnxruntime import parse_providers
+
+    prov = parse_providers(providers)
     tol = {"fp32": tol_fp32, "fp16": tol_fp16, "int8": tol_int8}
     result = compare_models(paths, data_path, split, limit=limit, size=size, tolerances=tol, providers=prov,
                             backends=list(backends) or [None], precision_hint=precision_hint)
@@ -114,7 +116,9 @@ def bench_main(triton_url, triton_model, concurrency, requests, protocol, engine
     for path, kind, option in ((json_path, outputs.BENCH_JSON, "--json"), (csv_path, outputs.BENCH_CSV, "--csv")):
         if path:
             outputs.check_output(path, kind, inputs=paths, force=force, option=option)
-    prov = providers.split(",") if providers else None
+    from ..runtime.backends.onnxruntime import parse_providers
+
+    prov = parse_providers(providers)
     specs = model_specs(paths, list(backends) or [None], precision_hint=precision_hint, providers=prov,
                         modes=("e2e", "model") if model_only else ("e2e",))
     results = bench_models(specs, [parse_hw(s) for s in shapes], list(batches), warmup=warmup, iters=iters,

@@ -57,7 +57,9 @@ def predict_main(inputs: Tuple[str, ...], model: Path, out: str, with_overlay: b
     """
     from tqdm import tqdm
 
-    names = [p.strip() for item in providers for p in item.split(",") if p.strip()] or None
+    from .backends.onnxruntime import parse_providers
+
+    names = parse_providers(providers)
 
     def report(path: Path, reason: str) -> None:
         tqdm.write(f"fcn-predict: skipped {path}: {reason}", file=sys.stderr)

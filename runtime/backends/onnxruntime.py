@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -39,6 +39,12 @@ def import_onnxruntime() -> Any:
     return onnxruntime
 
 
+def parse_providers(values: Union[None, str, Sequence[str]]) -> Optional[List[str]]:
+    """Provider names from command-line text ("cuda, cpu") or repeated options; None when none are given."""
+    items = [values] if isinstance(values, str) else list(values or ())
+    return [p.strip() for item in items for p in item.split(",") if p.strip()] or None
+
+
 def resolve_providers(requested: Optional[Sequence[str]], available: Sequence[str]) -> list:
     """Map requested provider names (full or short: cpu, cuda, tensorrt) to ORT names, checking availability.
 
@@ -46,7 +52,7 @@ def resolve_providers(requested: Optional[Sequence[str]], available: Sequence[st
         requested: provider names in priority order; None or empty picks TensorRT/CUDA when available, then CPU.
         available: ``onnxruntime.get_available_providers()``.
     """
-    requested = [n.strip() for n in requested or () if n.strip()]   # "cuda, cpu" from a command line
+    requested = parse_providers(requested) or []
     if not requested:
         return [p for p in PREFERRED_PROVIDERS if p in available] + ["CPUExecutionProvider"]
     by_lower = {p.lower(): p for p in available}

@@ -178,7 +178,7 @@ class _Loop:
         self.times: Dict[str, List[float]] = {k: [] for k in STAGES}
         self.stop = threading.Event()
         self.taken = 0
-        self._start = 0.0
+        self._start = self._last_write = 0.0
 
     def sequential(self, frames: Iterator[np.ndarray]) -> StreamStats:
         self.stats.pipelined = False
@@ -303,6 +303,7 @@ class _Loop:
         self.times["write"].append(t1 - t0)
         self.times["latency"].append(t1 - decoded_at)
         self.stats.frames += 1
+        self._last_write = t1
         if self.progress is not None:
             self.progress(self._snapshot(t1))
 
@@ -320,7 +321,7 @@ class _Loop:
 
     def _finish(self) -> StreamStats:
         self.stop.set()
-        s = self._snapshot(time.perf_counter()) if self.stats.frames else self.stats
+        s = self._snapshot(self._last_write) if self.stats.frames else self.stats   # not counting a final timeout
         s.stage_ms = {k: round(1000 * statistics.median(v), 2) for k, v in self.times.items() if v}
         return s
 

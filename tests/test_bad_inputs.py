@@ -133,6 +133,14 @@ def _aux_checkpoint(tmp: Path) -> None:
                     tmp / "aux.pth")
 
 
+def _torch_file(name: str) -> Callable[[Path], None]:
+    def setup(tmp: Path) -> None:
+        import torch
+
+        torch.save({"w": torch.zeros(1)}, tmp / name)
+    return setup
+
+
 def _has_cuda() -> bool:
     import torch
 
@@ -159,6 +167,8 @@ ROWS += (
     Row("fcn-train", _TRAIN + ("--pretrained", "{onnx}"), "expected a PyTorch checkpoint (.pth), got an ONNX model"),
     Row("fcn-export onnx", ("{onnx}", "-o", "{tmp}/m.onnx"), "expected a PyTorch checkpoint (.pth), got an ONNX "
         "model", note=".onnx where a .pth is expected"),
+    Row("fcn-export fp16", ("{tmp}/m.pth", "-o", "{tmp}/m16.onnx"), "got the PyTorch checkpoint",
+        setup=_torch_file("m.pth"), note=".pth where an .onnx is expected"),
     Row("fcn-data synth", ("{notes}",), "expected ROOT to be a folder (new or empty), got"),
     Row("fcn-data synth", ("{tmp}/voc",), "holding 1 files it did not write", setup=_foreign_voc,
         note="was rewriting train.txt of a real VOC copy"),
@@ -285,6 +295,20 @@ def test_unreadable_model_says_permission_denied(artifacts, tmp_path):
     model.chmod(0)
     code, _, err = run_row(Row("fcn-predict", ("{image}", "-m", str(model), "-o", "{tmp}/out"), ""), tmp_path)
     assert code == 2 and "permission denied" in err and len(err.strip().splitlines()) == 1
+
+
+def test_hints_name_only_options_that_exist():
+    """Every "try ... --option" in a message names an option some fcn-* command declares (no `try --split` typos)."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    sources = [p for pkg in ("runtime", "export", "benchmarks", "train", "serve") for p in (root / pkg).rglob("*.py")]
+    texts = {p: p.read_text() for p in sources}
+    declared = {m for t in texts.values() if "click.option" in t for m in re.findall(r"[\"'](--[a-z][a-z0-9-]*)", t)}
+    hints = {(p.name, m) for p, t in texts.items() for m in re.findall(r"try[^\"';]*?(--[a-z][a-z0-9-]*)", t)}
+    assert declared and hints
+    not_ours = {"--enable-shared"}   # CPython's configure flag, named in fcn-serve's hint
+    assert sorted(h for h in hints if h[1] not in declared | not_ours) == []
 
 
 def markdown_table() -> str:

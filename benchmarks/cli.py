@@ -11,6 +11,7 @@ from ..runtime.cliutil import OneLineCommand
 from ..runtime.backends.openvino import PRECISION_HINTS
 from ..runtime.errors import FcnsegError, cli_errors
 from ..runtime.segmenter import BACKEND_NAMES
+from .evaluate import TOLERANCES
 
 CTX = {"help_option_names": ["-h", "--help"], "show_default": True}
 FORCE_HELP = "replace an existing --json/--csv even when it is not an fcnseg report of the same kind"
@@ -30,9 +31,9 @@ FORCE_HELP = "replace an existing --json/--csv even when it is not an fcnseg rep
               help="run each .onnx with this backend; repeat for one row per backend [default: the fastest installed]")
 @click.option("--precision-hint", type=click.Choice(PRECISION_HINTS), default=None,
               help="OpenVINO precision for non-INT8 layers [default: f32, for parity]")
-@click.option("--tol-fp32", default=0.05, help="allowed |mIoU delta| in points")
-@click.option("--tol-fp16", default=0.2)
-@click.option("--tol-int8", default=1.0)
+@click.option("--tol-fp32", default=TOLERANCES["fp32"], help="allowed |mIoU delta| in points")
+@click.option("--tol-fp16", default=TOLERANCES["fp16"])
+@click.option("--tol-int8", default=TOLERANCES["int8"])
 @click.option("--json", "json_path", default=None, type=click.Path(), help="write all results as JSON")
 @click.option("--force", is_flag=True, help=FORCE_HELP)
 @cli_errors

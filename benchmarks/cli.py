@@ -17,6 +17,17 @@ CTX = {"help_option_names": ["-h", "--help"], "show_default": True}
 FORCE_HELP = "replace an existing --json/--csv even when it is not an fcnseg report of the same kind"
 
 
+def _backend_options(fn):
+    """``--providers``, ``--backend`` (repeatable: one row per backend) and ``--precision-hint``, as one decorator."""
+    fn = click.option("--precision-hint", type=click.Choice(PRECISION_HINTS), default=None,
+                      help="OpenVINO precision for non-INT8 layers (bf16: faster on CPUs with BF16) [default: f32, "
+                           "for parity]")(fn)
+    fn = click.option("--backend", "backends", multiple=True, type=click.Choice(BACKEND_NAMES),
+                      help="run each .onnx with this backend; repeat for one row per backend [default: the fastest "
+                           "installed]")(fn)
+    return click.option("--providers", default=None, help="ONNX Runtime providers, comma-separated")(fn)
+
+
 @click.command(cls=OneLineCommand, context_settings=CTX)
 @click.option("--model", "model", default=None, help="one model: .pth, .onnx or .plan/.engine")
 @click.option("--compare", "compare", multiple=True, help="models to compare; the first is the reference "
@@ -26,11 +37,7 @@ FORCE_HELP = "replace an existing --json/--csv even when it is not an fcnseg rep
 @click.option("--split", default="val")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="evaluate only the first N images")
 @click.option("--size", type=int, default=None, help="shorter side at inference (default: the model's)")
-@click.option("--providers", default=None, help="ONNX Runtime providers, comma-separated")
-@click.option("--backend", "backends", multiple=True, type=click.Choice(BACKEND_NAMES),
-              help="run each .onnx with this backend; repeat for one row per backend [default: the fastest installed]")
-@click.option("--precision-hint", type=click.Choice(PRECISION_HINTS), default=None,
-              help="OpenVINO precision for non-INT8 layers [default: f32, for parity]")
+@_backend_options
 @click.option("--tol-fp32", default=TOLERANCES["fp32"], help="allowed |mIoU delta| in points")
 @click.option("--tol-fp16", default=TOLERANCES["fp16"])
 @click.option("--tol-int8", default=TOLERANCES["int8"])
@@ -82,11 +89,7 @@ def eval_main(model, compare, more, data_path, split, limit, size, providers, ba
 @click.option("--iters", type=click.IntRange(min=1), default=50)
 @click.option("--rounds", type=click.IntRange(min=1), default=5, help="interleave the models in this many blocks")
 @click.option("--threads", type=int, default=None, help="CPU threads (OpenVINO, ONNX Runtime intra-op, PyTorch)")
-@click.option("--providers", default=None, help="ONNX Runtime providers, comma-separated")
-@click.option("--backend", "backends", multiple=True, type=click.Choice(BACKEND_NAMES),
-              help="run each .onnx with this backend; repeat to compare [default: the fastest installed]")
-@click.option("--precision-hint", type=click.Choice(PRECISION_HINTS), default=None,
-              help="OpenVINO precision for non-INT8 layers (bf16: faster on CPUs with BF16) [default: f32]")
+@_backend_options
 @click.option("--model-only", is_flag=True, help="also time each library alone on a preprocessed input "
               "(OpenVINO compiled with its own defaults)")
 @click.option("--triton", "triton_url", default=None, metavar="HOST:PORT", help="load a Triton server at "

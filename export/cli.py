@@ -206,25 +206,43 @@ def triton_cmd(model: str, repo_dir: str, name: str, max_batch: Optional[int], i
 @click.option("--timing-cache", type=click.Path(dir_okay=False), help="Timing cache file (loaded and saved).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="[default: MODEL.plan]")
 @click.option("--force", is_flag=True, help=FORCE_HELP)
+@click.option("--library", type=click.Choice(["auto", "tensorrt", "tensorrt_rtx"]), default="auto", show_default=True,
+              help="auto: tensorrt when importable, else tensorrt_rtx (TensorRT for RTX, builds on a CPU).")
+@click.option("--compute-capability", "compute_capability", metavar="8.6,8.9,12.0",
+              help="GPU targets for TensorRT for RTX [default: its portable set 8.6,8.9,12.0].")
+@click.option("--dla-core", type=int, help="Build for this DLA core (Jetson AGX/NX; FP16 or INT8).")
+@click.option("--gpu-fallback", is_flag=True, help="With --dla-core: run layers DLA cannot on the GPU.")
+@click.option("--save-onnx", type=click.Path(dir_okay=False),
+              help="Keep the FP16/INT8 ONNX that --fp16/--int8 make from an FP32 graph here [default: a temp folder].")
 def trt_cmd(model: str, fp16: bool, int8: bool, calib_root: Optional[str], min_shape: Optional[str],
             opt_shape: Optional[str], max_shape: Optional[str], workspace: float, timing_cache: Optional[str],
-            output: Optional[str], force: bool) -> None:
+            output: Optional[str], force: bool, library: str, compute_capability: Optional[str],
+            dla_core: Optional[int], gpu_fallback: bool, save_onnx: Optional[str]) -> None:
     """Build a TensorRT engine from MODEL (an FP32, FP16 or INT8 Q/DQ ONNX)."""
-    from .tensorrt import parse_shape
+    from .tensorrt import parse_compute_capabilities, parse_shape
 
     output = _guard(output or Path(model).with_suffix(".plan"), outputs.ENGINE, [model], force)
     if fp16 and int8:
         raise click.UsageError("expected at most one of --fp16 and --int8, got both")
     shapes = {k: parse_shape(v) if v else None for k, v in
               (("min_shape", min_shape), ("opt_shape", opt_shape), ("max_shape", max_shape))}
+    if save_onnx:
+        save_onnx = _guard(save_onnx, outputs.ONNX_MODEL, [model], force, option="--save-onnx")
+    targets = parse_compute_capabilities(compute_capability) if compute_capability else None
     plan = build_trt(model, output, precision="int8" if int8 else "fp16" if fp16 else None, calib_root=calib_root,
-                     workspace_gib=workspace, timing_cache=timing_cache, **shapes)
+                     save_onnx=save_onnx, workspace_gib=workspace, timing_cache=timing_cache, library=library,
+                     compute_capabilities=targets, dla_core=dla_core, gpu_fallback=gpu_fallback, **shapes)
     click.echo(plan)
 
 
 def build_trt(model: str, output: Optional[str], *, precision: Optional[str], calib_root: Optional[str],
-              **build_options: Any) -> Path:
-    """Run the FP16/INT8 ONNX step when the graph is FP32 and a lower precision is asked, then build the engine."""
+              save_onnx: Optional[str] = None, **build_options: Any) -> Any:
+    """Run the FP16/INT8 ONNX step when the graph is FP32 and a lower precision is asked, then build the engine.
+
+    The intermediate graph goes to a temporary folder (removed afterwards) unless ``save_onnx`` names a file.
+    """
+    import tempfile
+
     from ..runtime.backends.tensorrt import import_tensorrt
     from .tensorrt import build_engine, build_engine_from_spec, engine_spec
 
@@ -233,18 +251,22 @@ def build_trt(model: str, output: Optional[str], *, precision: Optional[str], ca
     if precision == "int8" and spec.graph_precision == "fp32" and not calib_root:
         raise FcnsegError(f"expected --calib-data ROOT to quantize the FP32 graph {model!r} for --int8, got none; "
                           "try --calib-data with a VOC root, or pass an INT8 graph from `fcn-export int8`")
-    import_tensorrt()   # fail before a long calibration when TensorRT is missing
+    import_tensorrt(spec.library)   # fail before a long calibration when TensorRT is missing
     out = output or str(Path(model).with_suffix(".plan"))
-    if precision == "fp16" and spec.graph_precision == "fp32":
-        from .fp16 import convert_fp16
+    if spec.graph_precision != "fp32" or precision in (None, "fp32"):
+        return build_engine_from_spec(spec, output=out)
+    with tempfile.TemporaryDirectory(prefix="fcn-export-trt-") as tmp:
+        graph = save_onnx or str(Path(tmp) / f"{Path(model).stem}_{precision}.onnx")
+        if precision == "fp16":
+            from .fp16 import convert_fp16
 
-        return build_engine(str(convert_fp16(model).path), output=out, precision=precision, **build_options)
-    if precision == "int8" and spec.graph_precision == "fp32":
-        from .int8 import quantize_int8
+            convert_fp16(model, graph)
+        else:
+            from .int8 import quantize_int8
 
-        graph = str(quantize_int8(model, calib_root=calib_root).path)
-        return build_engine(graph, output=out, precision=precision, **build_options)
-    return build_engine_from_spec(spec, output=out)
+            quantize_int8(model, graph, calib_root=calib_root)
+        return build_engine(graph, output=out, precision=precision, source_onnx=save_onnx or model,
+                            **build_options)
 
 
 @main.command("bundle")

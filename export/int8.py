@@ -52,6 +52,7 @@ from ..runtime.parity import MiouComparison, compare_miou, evaluate
 from ..runtime.preprocess import preprocess
 from ..runtime.vocdata import VOCLayout, take
 from .check import check_trt_ready
+from .qdq import fold_weight_quantizers
 from .onnx_export import (PathLike, load_onnx, ort_session, output_kind, read_metadata, run_session, save_onnx,
                           set_metadata, static_input_shape)
 
@@ -273,6 +274,7 @@ def quantize_int8(model_path: PathLike, output: Optional[PathLike] = None, *, ca
     evaluator = _Evaluator(calib_root, eval_split, None, meta, progress, ids=eval_ids)
     quantized, cmp, excluded = _quantize_within_budget(base, ranges, evaluator, max_drop, sensitivity_images, tgt)
     if tgt.trt_ready:
+        fold_weight_quantizers(quantized)   # int8 weight initializers, as ModelOpt writes: ~4x smaller
         _check_ready(quantized)
     meta.precision = "int8"
     set_metadata(quantized, meta, {PREFIX + "int8": {

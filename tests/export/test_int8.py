@@ -37,7 +37,8 @@ def test_int8_graph_is_trt_ready(r18_int8):
         dq = producers[conv.input[1]]
         assert dq.op_type == "DequantizeLinear"
         axis = next(a.i for a in dq.attribute if a.name == "axis")
-        assert axis == 0 and inits[dq.input[1]].shape == (inits[producers[dq.input[0]].input[0]].shape[0],)
+        weight = inits[dq.input[0]]   # int8 initializer: the weight QuantizeLinear is folded (export/qdq.py)
+        assert axis == 0 and weight.dtype == np.int8 and inits[dq.input[1]].shape == (weight.shape[0],)
         assert len(conv.input) < 3 or conv.input[2] in inits   # float bias, no int32 DQ
     for add in (n for n in model.graph.node if n.op_type == "Add"):   # nothing between a Conv and its Add
         for name in add.input:

@@ -204,15 +204,12 @@ def leftovers(folder):
 
 # ---------------------------------------------------------------- shapes and profiles
 
-def test_parse_shape():
-    assert T.parse_shape("1x3x256x256") == (1, 3, 256, 256)
-    assert T.parse_shape(" 2X3x97x131 ") == (2, 3, 97, 131)
-
-
 @pytest.mark.parametrize("text", ["", "1x3x", "1x3xabcx4", "0x3x4x4", "-1x3x4x4", "1.5x3x4x4", "1,3,4,4"])
-def test_parse_shape_rejects_bad_text(text):
+def test_profile_shape_text_is_checked(text):
+    from fcnseg.runtime.shapes import parse_dims
+
     with pytest.raises(FcnsegError, match="expected a shape like 1x3x520x520"):
-        T.parse_shape(text)
+        parse_dims(text)
 
 
 def test_default_profile_fills_symbolic_and_fixed_dims():
@@ -314,7 +311,7 @@ def test_detect_features_of_an_empty_module():
     ("10.3.0", "fp32", "fp16", ("fp16", False, ("FP16",))),
     ("10.3.0", "fp16", None, ("fp16", True, ())),
     ("10.3.0", "int8", "int8", ("int8", True, ())),
-    ("11.1.0", "fp32", None, ("fp32", False, ())),
+    ("11.1.0", "fp32", None, ("fp32", True, ())),  # 11.x: always strongly typed
     ("11.1.0", "fp16", None, ("fp16", True, ())),
     ("11.1.0", "int8", None, ("int8", True, ())),
 ])
@@ -359,7 +356,7 @@ def test_build_sets_flags_per_version(monkeypatch, tmp_path, version, kind, prec
     assert ("pool", "WORKSPACE", 1 << 29) in m.calls
     assert ("set_shape", "input", (1, 3, 256, 256), (1, 3, 520, 520), (1, 3, 1024, 1024)) in m.calls
     assert ("parse", str(onnx_path)) in m.calls
-    assert out.read_bytes() == m.plan
+    assert out.path.read_bytes() == m.plan and out.build_seconds >= 0
     side = json.loads(T.sidecar_path(out).read_text())
     assert side["precision"] == (precision or kind) and side["metadata"]["precision"] == (precision or kind)
     assert side["strongly_typed"] == bool(network_flags & STRONG)
@@ -369,16 +366,18 @@ def test_sidecar_contents(fake_trt, tmp_path, fp32_onnx):
     out = T.build_engine(fp32_onnx, output=tmp_path / "m.engine", min_shape=(1, 3, 64, 64),
                          opt_shape=(1, 3, 96, 96), max_shape=(2, 3, 128, 160))
     side = json.loads((tmp_path / "m.engine.json").read_text())
-    assert side["tensorrt_version"] == fake_trt.__version__
+    assert side["library"] == "tensorrt" and side["library_version"] == fake_trt.__version__
+    assert side["compute_capabilities"] == [] and side["format"] == 2 and side["dla_core"] is None
     assert set(side["gpu"]) == {"name", "compute_capability"}
     assert side["profile"] == {"input": "input", "min": [1, 3, 64, 64], "opt": [1, 3, 96, 96], "max": [2, 3, 128, 160]}
-    assert side["inputs"] == [{"name": "input", "dtype": "float32", "shape": [-1, 3, -1, -1]}]
-    assert side["outputs"][0]["name"] == "logits"
+    assert side["io"]["inputs"] == [{"name": "input", "dtype": "float32", "shape": [-1, 3, -1, -1]}]
+    assert side["io"]["outputs"][0]["name"] == "logits"
     meta = ModelMetadata.from_dict(side["metadata"])
     assert meta.arch == "tiny" and meta.num_classes == 4 and len(meta.classes) == 4
     assert side["onnx"] == str(fp32_onnx)
     assert leftovers(tmp_path) == ["m.engine", "m.engine.json"]  # no temporary files
-    assert out == tmp_path / "m.engine"
+    assert out.path == tmp_path / "m.engine" and str(out) == str(tmp_path / "m.engine")
+    assert out.sidecar == T.EngineSidecar.read(out) and out.size_bytes == len(fake_trt.plan)
 
 
 def test_parser_errors_name_node_and_op_10x(monkeypatch, tmp_path, fp32_onnx):
@@ -470,7 +469,7 @@ NOT_INSTALLED = "TensorRT is not installed: expected the `tensorrt` Python packa
 def test_tensorrt_not_installed(monkeypatch, tmp_path, fp32_onnx, module):
     monkeypatch.setitem(sys.modules, "tensorrt", module)  # None makes `import tensorrt` raise ImportError
     with pytest.raises(FcnsegError) as e:
-        T.build_engine(fp32_onnx, output=tmp_path / "m.plan")
+        T.build_engine(fp32_onnx, output=tmp_path / "m.plan", library="tensorrt")
     assert str(e.value).startswith(NOT_INSTALLED) and "pip install tensorrt-cu12" in str(e.value)
     assert "python3-libnvinfer" in str(e.value) and "ImportError" in str(e.value)
     assert leftovers(tmp_path) == []
@@ -483,7 +482,7 @@ def test_tensorrt_not_installed_through_the_cli(monkeypatch, tmp_path, fp32_onnx
     from click.testing import CliRunner
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    result = CliRunner().invoke(cli.main, ["trt", str(fp32_onnx), "-o", str(tmp_path / "m.plan")])
+    result = CliRunner().invoke(cli.main, ["trt", str(fp32_onnx), "-o", str(tmp_path / "m.plan"), "--library", "tensorrt"])
     assert result.exit_code != 0
     assert sum(NOT_INSTALLED in line for line in result.output.splitlines()) == 1, result.output
     assert "Traceback" not in result.output

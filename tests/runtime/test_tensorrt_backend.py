@@ -25,6 +25,7 @@ from fcnseg.runtime.metadata import ModelMetadata
 PROFILE = ((1, 3, 8, 8), (1, 3, 16, 16), (2, 3, 32, 32))
 NUM_CLASSES = 4
 PLAN = b"FAKEPLAN"
+GPU = {"name": "NVIDIA RTX A4000", "compute_capability": "8.6"}  # the GPU the fakes "run" on
 
 
 def reference(x):
@@ -198,7 +199,7 @@ def plan(tmp_path):
 def backend(monkeypatch, plan, cuda, **kwargs):
     trt_kwargs = {k: kwargs.pop(k) for k in ("output", "out_dtype", "version") if k in kwargs}
     monkeypatch.setitem(sys.modules, "tensorrt", make_trt(cuda, **trt_kwargs))
-    return TensorRTBackend(plan, cuda=cuda, **kwargs)
+    return TensorRTBackend(plan, cuda=cuda, gpu=GPU, **kwargs)
 
 
 def batch(n, h, w, seed=0):
@@ -318,9 +319,9 @@ def test_version_mismatch_message(monkeypatch, tmp_path, cuda):
     with pytest.raises(FcnsegError) as e:
         backend(monkeypatch, path, cuda, version="10.3.0")
     msg = str(e.value)
-    assert "built with TensorRT 8.6.2 on Orin (compute capability 8.7)" in msg
-    assert "expected an engine built with TensorRT 10.3.0" in msg
-    assert "rebuilt on this device: fcn-export trt fcn_int8.onnx -o " + str(path) in msg
+    assert "built with tensorrt 8.6.2 for Orin (compute capability 8.7)" in msg
+    assert "expected an engine built with tensorrt 10.3.0 on" in msg and "\n" not in msg
+    assert "rebuilt on this device: fcn-export trt fcn_int8.onnx --library tensorrt -o " + str(path) in msg
 
 
 def test_deserialize_exception_is_reported(monkeypatch, tmp_path, cuda):
@@ -328,19 +329,19 @@ def test_deserialize_exception_is_reported(monkeypatch, tmp_path, cuda):
     path.write_bytes(b"RAISE")
     with pytest.raises(FcnsegError) as e:
         backend(monkeypatch, path, cuda)
-    assert "stdVersionRead" in str(e.value) and "TensorRT unknown on unknown GPU" in str(e.value)
+    assert "stdVersionRead" in str(e.value) and "tensorrt unknown for unknown GPU" in str(e.value)
 
 
 def test_mismatch_message_is_one_line_without_sidecar():
-    msg = engine_mismatch_message("m.plan", {}, version="11.1.0", gpu={"name": "H200", "compute_capability": "9.0"})
-    assert "\n" not in msg and "TensorRT 11.1.0 on H200" in msg and "fcn-export trt MODEL.onnx -o m.plan" in msg
+    msg = engine_mismatch_message("m.plan", None, version="11.1.0", gpu={"name": "H200", "compute_capability": "9.0"})
+    assert "\n" not in msg and "tensorrt 11.1.0 on H200" in msg and "fcn-export trt MODEL.onnx --library tensorrt -o m.plan" in msg
 
 
 def test_no_sidecar_uses_defaults(monkeypatch, tmp_path, cuda):
     path = tmp_path / "bare.plan"
     path.write_bytes(PLAN)
     b = backend(monkeypatch, path, cuda, output="mask", out_dtype=np.uint8)
-    assert b.metadata.argmax and b.metadata.num_classes == 21 and b.build_info == {}
+    assert b.metadata.argmax and b.metadata.num_classes == 21 and b.sidecar is None
     b.close()
 
 
@@ -364,7 +365,7 @@ def test_corrupt_sidecar(monkeypatch, plan, cuda):
 def test_tensorrt_not_installed(monkeypatch, plan, cuda):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(FcnsegError, match="TensorRT is not installed: expected the `tensorrt` Python package"):
-        TensorRTBackend(plan, cuda=cuda)
+        TensorRTBackend(plan, cuda=cuda, gpu=GPU)
 
 
 def test_tensorrt_libraries_missing(monkeypatch, plan, cuda):
@@ -376,7 +377,7 @@ def test_tensorrt_libraries_missing(monkeypatch, plan, cuda):
     monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
     monkeypatch.setattr(sys, "meta_path", [BrokenBindings(), *sys.meta_path])
     with pytest.raises(FcnsegError, match="TensorRT is not installed: .* got OSError: libnvinfer.so.10"):
-        TensorRTBackend(plan, cuda=cuda)
+        TensorRTBackend(plan, cuda=cuda, gpu=GPU)
 
 
 def test_no_cuda_library(monkeypatch):

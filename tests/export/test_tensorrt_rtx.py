@@ -1,0 +1,183 @@
+"""Real TensorRT engines, built on this CPU with TensorRT for RTX, for all four architectures.
+
+Random weights, small profiles (1x3x64x64 .. 1x3x128x128). Each engine is checked on the builder side
+(running one needs an RTX GPU): zero parser errors, a serialized plan, the sidecar's I/O names, dtypes and
+dynamic dims equal to the ONNX's and found in the plan, and INT8 < FP16 < FP32 in engine bytes. A table of
+every engine built (architecture, precision, build seconds, MB) is written to the file named by the
+environment variable FCNSEG_ENGINE_TABLE, when set.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import onnx
+import pytest
+
+from fcnseg.export.fp16 import convert_fp16
+from fcnseg.export.int8 import quantize_int8
+from fcnseg.export.onnx_export import export_onnx
+from fcnseg.export.tensorrt import build_engine
+from fcnseg.runtime.sidecar import EngineSidecar
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None,
+                                reason="needs TensorRT for RTX (pip install tensorrt-rtx)")
+
+PROFILE = {"min_shape": (1, 3, 64, 64), "opt_shape": (1, 3, 96, 96), "max_shape": (1, 3, 128, 128)}
+# fcn_resnet101 is built in FP16 only: its export alone takes ~10 s here, INT8 calibration as long again
+KINDS = {"fcn8s_resnet18": ("fp32", "fp16", "int8", "argmax"), "fcn8s_resnet34": ("fp32", "fp16", "int8"),
+         "fcn_resnet50": ("fp32", "fp16", "int8"), "fcn_resnet101": ("fp16",)}
+BUILT: list = []   # (arch, kind, BuiltEngine) for the table
+
+
+@pytest.fixture(scope="session")
+def rtx_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("rtx")
+
+
+@pytest.fixture(scope="session")
+def graphs(rtx_dir, checkpoint_factory, tiny_voc, r18_onnx, r18_argmax_onnx, r18_int8):
+    """arch -> {kind: ONNX path}, made once per architecture when first asked for (fcn8s_resnet18: the shared ones)."""
+    cache: dict = {"fcn8s_resnet18": {"fp32": r18_onnx, "argmax": r18_argmax_onnx, "int8": r18_int8.path,
+                                      "fp16": convert_fp16(r18_onnx, rtx_dir / "r18_fp16.onnx", verify=False).path}}
+
+    def make(arch: str) -> dict:
+        if arch not in cache:
+            cache[arch] = _graphs(arch, rtx_dir, checkpoint_factory, tiny_voc)
+        return cache[arch]
+    return make
+
+
+def _graphs(arch, folder, make_checkpoint, voc):
+    ckpt = make_checkpoint(folder / f"{arch}.pth", arch)
+    fp32 = export_onnx(ckpt, folder / f"{arch}.onnx", verify=False).path
+    out = {"fp32": fp32}
+    kinds = KINDS[arch]
+    if "fp16" in kinds:
+        out["fp16"] = convert_fp16(fp32, folder / f"{arch}_fp16.onnx", verify=False).path
+    if "int8" in kinds:
+        out["int8"] = quantize_int8(fp32, folder / f"{arch}_int8.onnx", calib_root=voc, num_images=2,
+                                    method="minmax", eval_images=1, max_drop=100.0, progress=False).path
+    if "argmax" in kinds:
+        out["argmax"] = export_onnx(ckpt, folder / f"{arch}_argmax.onnx", argmax=True, verify=False).path
+    return out
+
+
+@pytest.fixture(scope="session")
+def engines(graphs, rtx_dir):
+    """arch -> {kind: BuiltEngine} built with tensorrt_rtx."""
+    cache: dict = {}
+
+    def make(arch: str) -> dict:
+        if arch not in cache:
+            cache[arch] = {}
+            for kind, path in graphs(arch).items():
+                if kind not in KINDS[arch]:
+                    continue
+                built = build_engine(path, output=rtx_dir / f"{arch}_{kind}.plan", library="tensorrt_rtx",
+                                     workspace_gib=1.0, **PROFILE)
+                cache[arch][kind] = built
+                BUILT.append((arch, kind, built))
+        return cache[arch]
+    yield make
+    _write_table(os.environ.get("FCNSEG_ENGINE_TABLE"))
+
+
+def _write_table(path):
+    if not path or not BUILT:
+        return
+    rows = ["| architecture | graph | precision | build s | engine MB | library |", "|---|---|---|---|---|---|"]
+    for arch, kind, b in BUILT:
+        rows.append(f"| {arch} | {kind} | {b.sidecar.precision} | {b.build_seconds:.2f} | "
+                    f"{b.size_bytes / 1e6:.1f} | {b.sidecar.library} {b.sidecar.library_version} |")
+    Path(path).write_text("\n".join(rows) + "\n")
+
+
+def onnx_io(path):
+    """{"inputs": [...], "outputs": [...]} of an ONNX graph in the sidecar's form (-1 for symbolic dims)."""
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {t.name for t in model.graph.initializer}
+
+    def describe(v):
+        t = v.type.tensor_type
+        return {"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+                "shape": [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]}
+    return {"inputs": [describe(v) for v in model.graph.input if v.name not in inits],
+            "outputs": [describe(v) for v in model.graph.output]}
+
+
+def assert_io_matches(engine, graph):
+    """Same names and dtypes; inputs' dims equal; outputs keep N, H, W dynamic (-1) and every fixed ONNX dim.
+
+    An ONNX output may leave the class dim symbolic where TensorRT infers it (21): that is allowed.
+    """
+    assert engine["inputs"] == graph["inputs"]
+    assert [(t["name"], t["dtype"]) for t in engine["outputs"]] == [(t["name"], t["dtype"]) for t in graph["outputs"]]
+    for e, o in zip(engine["outputs"], graph["outputs"]):
+        assert len(e["shape"]) == len(o["shape"]) and all(d in (-1, x) for d, x in zip(o["shape"], e["shape"]))
+        assert e["shape"][0] == -1 and e["shape"][-2:] == [-1, -1], e
+
+
+def parser_errors(path):
+    from fcnseg.export.tensorrt import create_network, detect_features, parse_onnx_errors
+
+    features = detect_features(importlib.import_module("tensorrt_rtx"))
+    trt = features.module
+    logger = trt.Logger(trt.Logger.ERROR)
+    network = create_network(trt.Builder(logger), features, strongly_typed=True)
+    return parse_onnx_errors(network, logger, Path(path), features)[1]
+
+
+@pytest.mark.parametrize("arch", list(KINDS))
+def test_real_engines_match_their_onnx(arch, graphs, engines):
+    built = engines(arch)
+    assert set(built) == set(KINDS[arch])
+    for kind, b in built.items():
+        graph = graphs(arch)[kind]
+        assert parser_errors(graph) == [], (arch, kind)
+        plan = b.path.read_bytes()
+        assert len(plan) > 1000 and b.size_bytes == len(plan)
+        side = EngineSidecar.read(b.path)
+        assert side == b.sidecar and side.library == "tensorrt_rtx" and side.compute_capabilities == ["8.6", "8.9",
+                                                                                                        "12.0"]
+        assert side.precision == ("fp32" if kind == "argmax" else kind) and side.strongly_typed
+        assert_io_matches(side.io, onnx_io(graph))
+        for tensor in side.io["inputs"] + side.io["outputs"]:
+            assert tensor["name"].encode() in plan   # the engine binds the same tensor names
+        assert side.profile == {"input": "input", "min": [1, 3, 64, 64], "opt": [1, 3, 96, 96], "max": [1, 3, 128, 128]}
+        assert side.model_metadata().arch == arch
+
+
+@pytest.mark.parametrize("arch", [a for a, k in KINDS.items() if {"fp32", "fp16", "int8"} <= set(k)])
+def test_int8_smaller_than_fp16_smaller_than_fp32(arch, engines):
+    sizes = {kind: b.size_bytes for kind, b in engines(arch).items()}
+    assert sizes["int8"] < sizes["fp16"] < sizes["fp32"], sizes
+
+
+def test_argmax_engine_outputs_a_uint8_mask(engines):
+    side = engines("fcn8s_resnet18")["argmax"].sidecar
+    assert side.io["outputs"] == [{"name": "mask", "dtype": "uint8", "shape": [-1, -1, -1]}]
+    assert side.model_metadata().argmax
+
+
+def test_trt_fp16_on_an_fp32_graph_keeps_intermediates_in_a_temp_folder(graphs, tmp_path):
+    """`fcn-export trt model.onnx --fp16`: an FP16 engine, and no model_fp16.onnx written next to the input."""
+    from click.testing import CliRunner
+
+    from fcnseg.export.cli import main
+
+    src = tmp_path / "model.onnx"
+    src.write_bytes(graphs("fcn8s_resnet18")["fp32"].read_bytes())
+    shapes = [f"--{k.replace('_', '-')}={'x'.join(map(str, v))}" for k, v in PROFILE.items()]
+    result = CliRunner().invoke(main, ["trt", str(src), "--fp16", "--library", "tensorrt_rtx", *shapes])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.plan", "model.plan.json"]
+    side = EngineSidecar.read(tmp_path / "model.plan")
+    assert side.precision == "fp16" and side.onnx == str(src)
+    saved = tmp_path / "kept_fp16.onnx"
+    result = CliRunner().invoke(main, ["trt", str(src), "--fp16", "--library", "tensorrt_rtx", "--save-onnx",
+                                       str(saved), "-o", str(tmp_path / "b.plan"), *shapes])
+    assert result.exit_code == 0, result.output
+    assert saved.is_file() and EngineSidecar.read(tmp_path / "b.plan").onnx == str(saved)

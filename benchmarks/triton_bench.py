@@ -137,8 +137,9 @@ def run_load(url: str, model: str, images: Sequence[np.ndarray], *, concurrency:
     for t in threads:
         t.join()
     seconds = time.perf_counter() - start
-    return LoadResult(f"{url}/{model}", concurrency, len(latencies) + len(errors), len(errors), seconds, len(latencies) / seconds,
-                      Stats.of(latencies or [float("nan")]), first_error=errors[0] if errors else "")
+    return LoadResult(f"{url}/{model}", concurrency, len(latencies) + len(errors), len(errors), seconds,
+                      len(latencies) / seconds, Stats.of(latencies or [float("nan")]),
+                      first_error=errors[0] if errors else "")
 
 
 def inprocess_throughput(model_path: str, images: Sequence[np.ndarray], *, iters: int = 20,

@@ -100,6 +100,8 @@ class TritonRepository:
     entry: str
     readme: Path
     configs: Dict[str, Any] = field(default_factory=dict)
+    profile: Optional[Dict[str, Any]] = None
+    input_size: Optional[int] = None
 
     def config_path(self, name: str) -> Path:
         return self.root / name / "config.pbtxt"
@@ -255,11 +257,11 @@ def ensemble_configs(name: str, io: ModelIO, max_batch: int, batching: Batching)
         TensorSpec("mask", "uint8", (-1, -1))
     net_in, net_out = io.inputs[0], io.result
     meta = json.dumps(io.metadata.to_dict())
-    pre = python_config(f"{name}_preprocess", "preprocess", [image], [TensorSpec("input", "float32", net_in.dims), size],
-                        max_batch=max_batch, batching=batching, parameters={"fcnseg_metadata": meta})
-    post = python_config(f"{name}_postprocess", "postprocess",
-                         [TensorSpec("scores", net_out.dtype, net_out.dims, ragged=True), TensorSpec("size", "int32", (2,))],
-                         [mask], max_batch=max_batch, batching=batching)
+    pre = python_config(f"{name}_preprocess", "preprocess", [image], [TensorSpec("input", "float32", net_in.dims),
+                        size], max_batch=max_batch, batching=batching, parameters={"fcnseg_metadata": meta})
+    scores = TensorSpec("scores", net_out.dtype, net_out.dims, ragged=True)
+    post = python_config(f"{name}_postprocess", "postprocess", [scores, size], [mask], max_batch=max_batch,
+                         batching=batching)
     ens = model_config(f"{name}_image", [image], [mask], max_batch=max_batch, platform="ensemble")
     steps = [(pre.name, {"image": "image"}, {"input": "net_input", "size": "size"}),
              (name, {net_in.name: "net_input"}, {net_out.name: "scores"}),
@@ -307,7 +309,8 @@ def export_triton(model: PathLike, repo: PathLike, *, name: str = DEFAULT_NAME, 
         files.update({n: {"model.py": PYTHON_MODEL} for n, c in extra.items() if c.backend == "python"})
         files[f"{name}_image"] = {}
     entry = f"{name}_image" if with_preprocessing else name
-    return write_repository(Path(repo), configs, files, entry=entry, force=force)
+    return write_repository(Path(repo), configs, files, entry=entry, force=force, profile=io.profile,
+                            input_size=io.metadata.input_size)
 
 
 def export_segmenter(model: PathLike, repo: PathLike, *, name: str = "fcnseg",
@@ -358,7 +361,8 @@ def _check_choices(batching: Batching, onnx_backend: str, model: Path) -> None:
 
 
 def write_repository(repo: Path, configs: Mapping[str, Any], files: Mapping[str, Mapping[str, Path]], *,
-                     entry: str, force: bool = False) -> TritonRepository:
+                     entry: str, force: bool = False, profile: Optional[Dict[str, Any]] = None,
+                     input_size: Optional[int] = None) -> TritonRepository:
     """Write each model folder (``config.pbtxt``, ``1/<files>``) and the README, each folder atomically."""
     from .triton_readme import readme_text
 
@@ -372,7 +376,7 @@ def write_repository(repo: Path, configs: Mapping[str, Any], files: Mapping[str,
         _write_model_dir(repo / name, config_text(config), files.get(name, {}))
     from ..runtime.atomic import write_text
 
-    result = TritonRepository(repo, list(configs), entry, readme, dict(configs))
+    result = TritonRepository(repo, list(configs), entry, readme, dict(configs), profile, input_size)
     write_text(readme, readme_text(result))
     log.info("wrote Triton repository %s: %s (clients call %r)", repo, ", ".join(configs), entry)
     return result

@@ -63,9 +63,17 @@ def _client(repo: "TritonRepository") -> str:
         return CLIENTS["image_array"].format(entry=repo.entry)
     what = ("Hxw uint8 class ids at the network's resolution" if first_out.name == "mask"
             else "CxHxW float32 class scores: argmax(0) is the mask")
-    size = config.parameters["fcnseg_size"].string_value if "fcnseg_size" in config.parameters else "520"
     return CLIENTS["tensor"].format(entry=repo.entry, input=first_in.name, output=first_out.name, what=what,
-                                    size=size)
+                                    size=repo.input_size)
+
+
+def _profile(repo: "TritonRepository") -> List[str]:
+    """The engine's optimization profile: the input shapes it accepts (Triton's max batch stays within it)."""
+    if not repo.profile:
+        return []
+    shapes = {k: "x".join(str(d) for d in repo.profile[k]) for k in ("min", "opt", "max") if k in repo.profile}
+    return [f"The engine accepts inputs (NxCxHxW) from {shapes.get('min')} to {shapes.get('max')} "
+            f"(optimised for {shapes.get('opt')}); images are resized before they reach it.", ""]
 
 
 def readme_text(repo: "TritonRepository") -> str:
@@ -77,7 +85,7 @@ def readme_text(repo: "TritonRepository") -> str:
             "inference library (onnxruntime for an .onnx).\n")
     return "\n".join([
         f"# Triton model repository written by `fcn-export triton`", "",
-        f"Clients call **{repo.entry}**.", "", "```", *_tree(repo), "```", note,
+        f"Clients call **{repo.entry}**.", "", "```", *_tree(repo), "```", note, *_profile(repo),
         "## Start the server", "", "```bash",
         f"tritonserver --model-repository {repo.root.resolve()}",
         f"# or, with fcnseg's bundled server (Python-backend models):  fcn-serve --repo {repo.root.resolve()}",

@@ -52,7 +52,8 @@ def main(model: Optional[str], repo: Optional[str], name: str, host: str, http_p
                              max_queue_delay_us=max_queue_delay_us, force=force, **ports)
     else:
         server = TritonServer(repo, **ports)
-    signal.signal(signal.SIGTERM, lambda *_: _interrupt())
+    for signum in (signal.SIGINT, signal.SIGTERM):   # SIGINT too: a shell starts background jobs ignoring it
+        signal.signal(signum, lambda *_: _interrupt())
     try:
         server.start()
         server.wait_ready(timeout)

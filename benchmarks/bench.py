@@ -238,8 +238,12 @@ def _reset_device_peak() -> None:
 
 
 def bench_shape(specs: Sequence[Union[str, ModelSpec]], hw: tuple, batch: int, *, warmup: int = 5, iters: int = 50,
-                rounds: int = 5, providers=None, num_threads: Optional[int] = None, seed: int = 0) -> list:
-    """Benchmark every model at one (H, W, batch), interleaving models in ``rounds`` blocks."""
+                rounds: int = 5, providers=None, num_threads: Optional[int] = None, seed: int = 0,
+                power=None) -> list:
+    """Benchmark every model at one (H, W, batch), interleaving models in ``rounds`` blocks.
+
+    ``power``: a ``power.PowerMonitor``; each result then gets ``extra["power"]`` over the model's own blocks.
+    """
     images = np.random.default_rng(seed).integers(0, 256, size=(batch, *hw, 3), dtype=np.uint8)
     runners, peaks = [], []
     for spec in specs:
@@ -254,11 +258,18 @@ def bench_shape(specs: Sequence[Union[str, ModelSpec]], hw: tuple, batch: int, *
         runners.append(r)
         peaks.append(peak_rss_mb())
     per_round = max(1, iters // rounds)
+    windows: list = [[] for _ in runners]   # (start, end) of each model's blocks, for power per model
     for _ in range(rounds):
-        for r in runners:
+        for r, w in zip(runners, windows):
+            start = time.perf_counter()
             for _ in range(per_round):
                 r.once()
-    return [_result(r, hw, batch, peak) for r, peak in zip(runners, peaks)]
+            w.append((start, time.perf_counter()))
+    results = [_result(r, hw, batch, peak) for r, peak in zip(runners, peaks)]
+    if power is not None:
+        for res, w in zip(results, windows):
+            res.extra["power"] = power.summarize(w, images=res.iters * batch)
+    return results
 
 
 def _result(r: _Runner, hw: tuple, batch: int, peak: float) -> BenchResult:

@@ -99,13 +99,16 @@ def eval_main(model, compare, more, data_path, split, limit, size, providers, ba
               help="concurrent clients (with --triton); repeatable")
 @click.option("--requests", type=click.IntRange(min=1), default=20, help="requests per client (with --triton)")
 @click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", help="with --triton")
+@click.option("--power", is_flag=True, help="on a Jetson: sample tegrastats (or the INA3221 rails) and report "
+              "average board power (W) and energy per image (mJ) next to img/s")
+@click.option("--power-interval", type=click.IntRange(min=1), default=100, help="ms between power samples")
 @click.option("--json", "json_path", default=None, type=click.Path())
 @click.option("--csv", "csv_path", default=None, type=click.Path())
 @click.option("--force", is_flag=True, help=FORCE_HELP)
 @cli_errors
 def bench_main(triton_url, triton_model, concurrency, requests, protocol, engines, models, shapes, batches, warmup,
-               iters, rounds, threads, providers, backends, precision_hint, model_only, json_path, csv_path,
-               force) -> None:
+               iters, rounds, threads, providers, backends, precision_hint, model_only, power, power_interval,
+               json_path, csv_path, force) -> None:
     """Latency per stage and end to end, for one or several models in one run (ratios side by side)."""
     if triton_url:
         from .triton_bench import run_triton_cli
@@ -125,9 +128,18 @@ def bench_main(triton_url, triton_model, concurrency, requests, protocol, engine
     prov = parse_providers(providers)
     specs = model_specs(paths, list(backends) or [None], precision_hint=precision_hint, providers=prov,
                         modes=("e2e", "model") if model_only else ("e2e",))
-    results = bench_models(specs, [parse_hw(s) for s in shapes], list(batches), warmup=warmup, iters=iters,
-                           rounds=rounds, providers=prov, num_threads=threads)
+    from .power import open_power_monitor, power_table
+
+    monitor = open_power_monitor(power_interval) if power else None   # one error line off a Jetson, before loading
+    try:
+        results = bench_models(specs, [parse_hw(s) for s in shapes], list(batches), warmup=warmup, iters=iters,
+                               rounds=rounds, providers=prov, num_threads=threads, power=monitor)
+    finally:
+        if monitor is not None:
+            monitor.close()
     click.echo(bench_table(results))
+    if monitor is not None:
+        click.echo(power_table(results, monitor))
     note = backend_note(specs)
     if note:
         click.echo(note)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..runtime.errors import FcnsegError
-from ..runtime.metadata import ModelMetadata
+from .triton_io import ModelIO, TensorSpec, read_onnx_io, read_plan_io
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
@@ -57,33 +57,6 @@ class Batching:
     kind: str = "gpu"
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    """One model input or output: numpy dtype name ("bytes" for strings), dims without the batch dimension."""
-
-    name: str
-    dtype: str
-    dims: Tuple[int, ...]
-    ragged: bool = False
-
-
-@dataclass
-class ModelIO:
-    """A network's tensors, the largest batch it accepts (None: any) and its fcnseg metadata."""
-
-    inputs: List[TensorSpec]
-    outputs: List[TensorSpec]
-    max_batch: Optional[int]
-    metadata: ModelMetadata
-    profile: Optional[Dict[str, Any]] = None
-
-    @property
-    def result(self) -> TensorSpec:
-        """The output the mask comes from: the in-graph ``mask``, else ``logits``, else the first."""
-        by_name = {t.name: t for t in self.outputs}
-        return by_name.get("mask") or by_name.get("logits") or self.outputs[0]
-
-
 @dataclass
 class TritonRepository:
     """What ``export_triton`` / ``export_segmenter`` wrote.
@@ -114,65 +87,6 @@ def _config_pb2() -> Any:
         raise FcnsegError(f"expected tritonclient for Triton's model-config schema, got an import error ({e}); "
                           "try `pip install 'tritonclient[grpc]'` (fcnseg's `triton` extra)") from None
     return model_config_pb2
-
-
-# ---------------------------------------------------------------- reading the network's tensors
-
-def read_onnx_io(path: PathLike) -> ModelIO:
-    """Inputs, outputs (dims without batch, -1 where symbolic) and metadata of an ONNX graph."""
-    import onnx
-    from onnx.helper import tensor_dtype_to_np_dtype
-
-    from .onnx_export import read_metadata
-
-    model = onnx.load(str(path), load_external_data=False)
-    init = {i.name for i in model.graph.initializer}
-
-    def spec(v: Any) -> Tuple[TensorSpec, Optional[int]]:
-        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
-        dtype = tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name
-        return TensorSpec(v.name, dtype, tuple(dims[1:])), (dims[0] if dims and dims[0] > 0 else None)
-
-    inputs = [spec(v) for v in model.graph.input if v.name not in init]
-    outputs = [spec(v)[0] for v in model.graph.output]
-    return ModelIO([s for s, _ in inputs], outputs, inputs[0][1], read_metadata(model)[0])
-
-
-def read_plan_io(path: PathLike) -> ModelIO:
-    """Tensors, profile and metadata of a TensorRT engine, from its sidecar ``<plan>.json``."""
-    doc = _sidecar_doc(Path(path))
-    io = doc.get("io") or {"inputs": doc.get("inputs", []), "outputs": doc.get("outputs", [])}
-    profile = doc.get("profile") or {}
-    if not io.get("inputs") or not io.get("outputs") or not profile.get("max"):
-        raise FcnsegError(f"expected the sidecar of {str(path)!r} to list the engine's inputs, outputs and "
-                          f"profile, got keys {sorted(doc)}; try rebuilding the engine with `fcn-export trt`")
-
-    def spec(t: Mapping[str, Any]) -> TensorSpec:
-        return TensorSpec(t["name"], str(t["dtype"]), tuple(int(d) for d in t["shape"][1:]))
-
-    if doc.get("library") == "tensorrt_rtx":
-        log.warning("%s was built with TensorRT for RTX: Triton's tensorrt_plan backend runs engines built by the "
-                    "full TensorRT of the server's release; rebuild it there (fcn-export trt --library tensorrt)",
-                    Path(path).name)
-    meta = doc.get("metadata")
-    return ModelIO([spec(t) for t in io["inputs"]], [spec(t) for t in io["outputs"]], int(profile["max"][0]),
-                   ModelMetadata.from_dict(meta) if isinstance(meta, dict) else ModelMetadata(), dict(profile))
-
-
-def _sidecar_doc(plan: Path) -> Dict[str, Any]:
-    try:
-        from ..runtime.sidecar import EngineSidecar
-    except ImportError:  # older tree: the sidecar is plain JSON read here
-        EngineSidecar = None
-    if EngineSidecar is not None:
-        sidecar = EngineSidecar.read(plan)
-        if sidecar is not None:
-            return sidecar.to_dict()
-    for candidate in (plan.with_name(plan.name + ".json"), plan.with_suffix(".json")):
-        if candidate.is_file():
-            return json.loads(candidate.read_text())
-    raise FcnsegError(f"expected a sidecar {plan.name}.json next to {str(plan)!r}, got none; try the .plan "
-                      "written by `fcn-export trt`, which writes both")
 
 
 # ---------------------------------------------------------------- configs

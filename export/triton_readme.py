@@ -84,7 +84,7 @@ def readme_text(repo: "TritonRepository") -> str:
             "Triton's Python backend runs needs `pip install --no-deps fcnseg` plus numpy, pillow and the model's "
             "inference library (onnxruntime for an .onnx).\n")
     return "\n".join([
-        f"# Triton model repository written by `fcn-export triton`", "",
+        "# Triton model repository written by `fcn-export triton`", "",
         f"Clients call **{repo.entry}**.", "", "```", *_tree(repo), "```", note, *_profile(repo),
         "## Start the server", "", "```bash",
         f"tritonserver --model-repository {repo.root.resolve()}",

@@ -11,7 +11,6 @@ SIGKILL after a timeout.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import shutil
 import signal
@@ -253,9 +252,3 @@ def serve_model(model: PathLike, *, repo: Optional[PathLike] = None, name: str =
     folder = Path(repo) if repo is not None else Path(tempfile.mkdtemp(prefix="fcnseg-repo-"))
     export_segmenter(model, folder, name=name, batching=batching, force=force)
     return TritonServer(folder, install=install, cleanup=[] if repo is not None else [folder], **server_options)
-
-
-def read_statistics(server: TritonServer, model: str) -> dict:
-    """The model's inference statistics (``/v2/models/<model>/stats``) as JSON."""
-    with urllib.request.urlopen(f"http://{server.http_url}/v2/models/{model}/stats", timeout=10) as r:
-        return json.loads(r.read())

@@ -81,13 +81,15 @@ def _json_dict_with(*keys: str) -> Callable[[Path], bool]:
 
 def _is_bench_json(path: Path) -> bool:
     doc = _json(path)
-    return isinstance(doc, list) and all(isinstance(r, dict) and "model" in r and "e2e" in r for r in doc)
+    return isinstance(doc, list) and bool(doc) and all(isinstance(r, dict) and "model" in r and "e2e" in r
+                                                       for r in doc)
 
 
 def _is_bench_csv(path: Path) -> bool:
     try:
         with open(path, encoding="utf-8") as f:
-            return f.readline().startswith("model,backend,precision,shape,batch")
+            header = f.readline()
+        return header.startswith("model,backend,precision,") and "e2e_median_ms" in header
     except (OSError, UnicodeDecodeError):
         return False
 

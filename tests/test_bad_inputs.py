@@ -150,6 +150,8 @@ def _has_cuda() -> bool:
 _TRAIN = ("--data-path", "{voc}", "--model", "fcn8s_resnet18", "-j", "0", "--output-dir", "{tmp}/run")
 ROWS += (
     # --- fcn-train / fcn-data: refused before data loading, nothing created ------------------------------------
+    Row("fcn-train", _TRAIN + ("--data-path", "{tmp}/nowhere"), "expected a VOC layout"),
+    Row("fcn-train", _TRAIN + ("--model", "fcn_nope"), "expected --model to be one of fcn_resnet50"),
     Row("fcn-train", _TRAIN + ("-b", "0"), "expected -b/--batch-size to be an integer >= 1, got 0; try -b 8"),
     Row("fcn-train", _TRAIN + ("--lr", "-1"), "expected --lr > 0, got -1.0; try --lr 0.01"),
     Row("fcn-train", _TRAIN + ("-j", "-1"), "expected -j/--workers to be an integer >= 0, got -1"),
@@ -286,6 +288,24 @@ def test_own_artifacts_are_replaced_and_world_readable(artifacts, tmp_path):
         os.umask(old)
     assert out.stat().st_mode & 0o777 == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m16.onnx"]   # no temporary file left
+
+
+def test_own_reports_are_replaced_without_force(artifacts, tmp_path):
+    """A second fcn-bench/fcn-eval run replaces the JSON/CSV the first wrote (they are recognised as ours)."""
+    from fcnseg.benchmarks.cli import bench_main, eval_main
+
+    bench = ["--model", str(artifacts["onnx"]), "--shape", "16x16", "--warmup", "0", "--iters", "1", "--rounds", "1",
+             "--json", str(tmp_path / "b.json"), "--csv", str(tmp_path / "b.csv")]
+    evaluate = ["--model", str(artifacts["onnx"]), "--data-path", str(artifacts["voc"]), "--limit", "1",
+                "--json", str(tmp_path / "e.json")]
+    for _ in range(2):
+        for entry, args in ((bench_main, bench), (eval_main, evaluate)):
+            result = CliRunner().invoke(entry, args)
+            assert result.exit_code == 0, result.stderr
+    import json
+
+    assert json.loads((tmp_path / "e.json").read_text())["models"]   # valid JSON (no NaN)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.csv", "b.json", "e.json"]
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file: no unreadable input to make")

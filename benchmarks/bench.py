@@ -173,9 +173,9 @@ def peak_rss_mb() -> float:
 
 def _runner(spec: ModelSpec, images: np.ndarray, hw: tuple, providers, num_threads) -> _Runner:
     from ..runtime.segmenter import Segmenter
-    from .evaluate import onnx_providers
+    from ..runtime.backends.onnxruntime import providers_for
 
-    prov = onnx_providers(spec.path, providers) if spec.backend in (None, "onnxruntime") else None
+    prov = providers_for(spec.path, spec.backend, providers)
     if spec.mode == "model" and spec.backend == "openvino":
         return _native_openvino(spec, images, hw, num_threads)
     # size = the shorter side makes the runtime's resize a no-op, so the network sees exactly HxW.

@@ -86,7 +86,9 @@ def evaluate_model(path: str, data_path: str, split: str = "val", *, limit: Opti
     """
     from ..runtime.segmenter import Segmenter
 
-    prov = onnx_providers(path, providers) if backend in (None, "onnxruntime") else None
+    from ..runtime.backends.onnxruntime import providers_for
+
+    prov = providers_for(path, backend, providers)
     seg = Segmenter.load(path, backend=backend, size=size, providers=prov, precision_hint=precision_hint)
     meta = seg.metadata
     if num_classes is not None and meta.num_classes != num_classes:
@@ -104,11 +106,6 @@ def evaluate_model(path: str, data_path: str, split: str = "val", *, limit: Opti
                      size_mb=model_size_mb(path), miou=r["miou"], global_acc=r["global_acc"], iou=list(r["iou"]),
                      ms_per_image=elapsed / max(n, 1) * 1e3, backend=seg.backend.name, classes=list(meta.classes),
                      cm=cm, precision_hint=str(getattr(seg.backend, "precision_hint", "") or ""))
-
-
-def onnx_providers(path: str, providers: Optional[Sequence[str]]) -> Optional[Sequence[str]]:
-    """ONNX Runtime providers apply to .onnx files only; a .pth or .plan in the same run ignores them."""
-    return providers if str(path).lower().endswith(".onnx") else None
 
 
 def _progress(desc: str, total: int):

@@ -45,6 +45,13 @@ def parse_providers(values: Union[None, str, Sequence[str]]) -> Optional[List[st
     return [p.strip() for item in items for p in item.split(",") if p.strip()] or None
 
 
+def providers_for(path: Union[str, "os.PathLike[str]"], backend: Optional[str],
+                  providers: Optional[Sequence[str]]) -> Optional[Sequence[str]]:
+    """The providers for one model of a mixed run: only an .onnx run by ONNX Runtime (or the default backend)
+    takes them; a .pth, a .plan or another backend in the same run ignores them."""
+    return providers if backend in (None, "onnxruntime") and str(path).lower().endswith(".onnx") else None
+
+
 def resolve_providers(requested: Optional[Sequence[str]], available: Sequence[str]) -> list:
     """Map requested provider names (full or short: cpu, cuda, tensorrt) to ORT names, checking availability.
 

@@ -79,10 +79,10 @@ def test_fcn_bench_cli_errors_are_one_line(tmp_path):
 
 def test_providers_reach_onnx_models_only(two_models, tmp_path):
     """--providers with a .pth in the same run must not fail the .pth (it has no providers to choose)."""
-    from fcnseg.benchmarks.evaluate import onnx_providers
+    from fcnseg.runtime.backends.onnxruntime import providers_for
 
-    assert onnx_providers("a.onnx", ["cpu"]) == ["cpu"] and onnx_providers("a.pth", ["cpu"]) is None
-    assert onnx_providers("fcn.plan", ["cuda"]) is None
+    assert providers_for("a.onnx", None, ["cpu"]) == ["cpu"] and providers_for("a.pth", None, ["cpu"]) is None
+    assert providers_for("fcn.plan", None, ["cuda"]) is None and providers_for("a.onnx", "openvino", ["cpu"]) is None
     r = CliRunner().invoke(bench_main, ["--model", two_models[0], "--providers", "cpu", "--shape", "16x16",
                                         "--iters", "1", "--warmup", "0", "--rounds", "1"])
     assert r.exit_code == 0, r.output

@@ -8,7 +8,6 @@ Each subcommand parses its options and makes one call into ``fcnseg.export``. Er
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,21 +15,17 @@ import click
 
 from ..runtime import outputs
 from ..runtime.cliutil import OneLineGroup
-from ..runtime.errors import FcnsegError, one_line
+from ..runtime.errors import FcnsegError, handle_cli_errors
+from ..runtime.onnx_names import DEFAULT_OPSET
 from . import triton
 
 
 class _Group(OneLineGroup):
-    """A click group that turns ``FcnsegError`` into one line on stderr and exit status 2."""
+    """A click group whose commands' ``FcnsegError`` goes through the one CLI error handler (``--debug``)."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
+        with handle_cli_errors(bool(ctx.params.get("debug"))):
             return super().invoke(ctx)
-        except FcnsegError as e:
-            if ctx.params.get("debug") or os.environ.get("FCNSEG_DEBUG"):
-                raise
-            click.echo(f"error: {one_line(e)}", err=True)
-            ctx.exit(2)
 
 
 class _EchoHandler(logging.Handler):
@@ -78,7 +73,7 @@ def main(debug: bool, quiet: bool) -> None:
 @click.option("--num-classes", type=int, help="Expected class count (checked against the checkpoint).")
 @click.option("--argmax", is_flag=True, help="End in ArgMax: output a uint8 'mask' (N,H,W) instead of logits.")
 @click.option("--static", "static_hw", metavar="HxW", help="Fix the input to 1x3xHxW (default: dynamic N, H, W).")
-@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset (13..20).")
+@click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset (13..20).")
 @click.option("--trt8", is_flag=True, help="Stay within TensorRT 8.x (opset <= 17).")
 @click.option("--min-size", type=int, default=64, show_default=True, help="Smallest input height/width declared.")
 @click.option("--max-size", type=int, default=2048, show_default=True, help="Largest input height/width declared.")
@@ -219,12 +214,13 @@ def trt_cmd(model: str, fp16: bool, int8: bool, calib_root: Optional[str], min_s
             output: Optional[str], force: bool, library: str, compute_capability: Optional[str],
             dla_core: Optional[int], gpu_fallback: bool, save_onnx: Optional[str]) -> None:
     """Build a TensorRT engine from MODEL (an FP32, FP16 or INT8 Q/DQ ONNX)."""
-    from .tensorrt import parse_compute_capabilities, parse_shape
+    from ..runtime.shapes import parse_dims
+    from .tensorrt import parse_compute_capabilities
 
     output = _guard(output or Path(model).with_suffix(".plan"), outputs.ENGINE, [model], force)
     if fp16 and int8:
         raise click.UsageError("expected at most one of --fp16 and --int8, got both")
-    shapes = {k: parse_shape(v) if v else None for k, v in
+    shapes = {k: parse_dims(v) if v else None for k, v in
               (("min_shape", min_shape), ("opt_shape", opt_shape), ("max_shape", max_shape))}
     if save_onnx:
         save_onnx = _guard(save_onnx, outputs.ONNX_MODEL, [model], force, option="--save-onnx")
@@ -257,14 +253,12 @@ def build_trt(model: str, output: Optional[str], *, precision: Optional[str], ca
         return build_engine_from_spec(spec, output=out)
     with tempfile.TemporaryDirectory(prefix="fcn-export-trt-") as tmp:
         graph = save_onnx or str(Path(tmp) / f"{Path(model).stem}_{precision}.onnx")
+        from ..benchmarks.pipeline import fp16_from_onnx, int8_from_onnx   # the pipeline's own stages
+
         if precision == "fp16":
-            from .fp16 import convert_fp16
-
-            convert_fp16(model, graph)
+            fp16_from_onnx(model, graph)
         else:
-            from .int8 import quantize_int8
-
-            quantize_int8(model, graph, calib_root=calib_root)
+            int8_from_onnx(model, graph, calib_root=calib_root)
         return build_engine(graph, output=out, precision=precision, source_onnx=save_onnx or model,
                             **build_options)
 

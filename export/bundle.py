@@ -170,7 +170,8 @@ def _template_values(spec: EngineSpec, profile: Profile, graphs: Dict[str, Path]
                      dla_core: Optional[int], gpu_fallback: bool, source: Path) -> Dict[str, str]:
     dla = dla_core is not None
     opt = profile.opt
-    int8_line = "./build_engine.sh int8                        # -> fcn_int8.plan\n" if "int8" in graphs else ""
+    int8_line = "./build_engine.sh int8                      # -> fcn_int8.plan + fcn_int8.plan.json\n" \
+        if "int8" in graphs else ""
     return {
         "ARCH": spec.metadata.arch, "NUM_CLASSES": str(spec.metadata.num_classes), "SOURCE": source.name,
         "INPUT_NAME": spec.input_name, "MIN_SHAPE": format_shape(profile.min), "OPT_SHAPE": format_shape(opt),

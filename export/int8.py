@@ -48,6 +48,7 @@ from ..runtime.atomic import write_text
 from ..runtime.errors import FcnsegError
 from ..runtime.metadata import PREFIX, ModelMetadata
 from ..runtime.metrics import ConfusionMatrix
+from ..runtime.onnx_names import QDQ_OPS
 from ..runtime.parity import MiouComparison, compare_miou, evaluate
 from ..runtime.preprocess import preprocess
 from ..runtime.vocdata import VOCLayout, take
@@ -198,9 +199,6 @@ class VOCCalibrationReader(CalibrationDataReader):  # type: ignore[misc,valid-ty
         self._bar.update(1)
         return {self.input_name: x}
 
-    def rewind(self) -> None:
-        self._next = 0
-
 
 def _read_rgb(path: Path) -> np.ndarray:
     """A calibration image through the project's one reader (stored pixels, as the dataset's labels are)."""
@@ -347,7 +345,7 @@ def _check_args(method: str, num_images: int, max_drop: float, eval_images: Opti
 
 def _check_quantizable(model: onnx.ModelProto, meta: ModelMetadata, path: Path) -> None:
     ops = {n.op_type for n in model.graph.node}
-    if ops & {"QuantizeLinear", "DequantizeLinear"} or meta.precision == "int8":
+    if ops & set(QDQ_OPS) or meta.precision == "int8":
         raise FcnsegError(f"expected an FP32 ONNX model, got an already quantized one in {str(path)!r}; "
                           "try the FP32 export from `fcn-export onnx`")
     if any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer) or meta.precision == "fp16":

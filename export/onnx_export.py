@@ -33,6 +33,8 @@ import onnx
 from ..runtime.atomic import atomic_path
 from ..runtime.errors import FcnsegError, first_line
 from ..runtime.outputs import check_readable
+from ..runtime.onnx_names import (DEFAULT_OPSET, INPUT_NAME, LOGITS_NAME, MASK_NAME, MAX_OPSET,  # noqa: F401
+                                   MIN_OPSET, TRT8_MAX_OPSET)
 from ..runtime.shapes import parse_dims, parse_hw  # noqa: F401  (parse_hw re-exported for the CLI)
 from ..runtime.metadata import PREFIX, ModelMetadata
 from ..runtime.parity import OutputComparison, compare_logits
@@ -46,12 +48,6 @@ Shape = Tuple[int, int, int]  # (batch, height, width)
 
 log = logging.getLogger("fcnseg.export")
 
-INPUT_NAME = "input"
-LOGITS_NAME = "logits"
-MASK_NAME = "mask"
-DEFAULT_OPSET = 17          # parsed by TensorRT 8.5+ (8.x stops at 17), 10.x (9-20) and 11.x
-TRT8_MAX_OPSET = 17
-MIN_OPSET, MAX_OPSET = 13, 20   # 13: per-channel Q/DQ; 20: the TorchScript exporter's last opset
 # Odd sizes catch off-by-one crops and Resize coordinate modes; batch 2 catches a fixed batch dimension.
 DEFAULT_VERIFY_SHAPES: Tuple[Shape, ...] = ((1, 97, 131), (1, 375, 500), (1, 520, 520), (2, 97, 131))
 TRT_RESIZE_COORDINATE_MODES = ("half_pixel", "pytorch_half_pixel", "align_corners")

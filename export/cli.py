@@ -165,6 +165,18 @@ def check_cmd(model: str) -> None:
         click.get_current_context().exit(1)
 
 
+@main.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=False, exists=True))
+@click.option("--json", "as_json", is_flag=True, help="JSON instead of text.")
+@click.option("--library", type=click.Choice(["auto", "tensorrt", "tensorrt_rtx"]), default="auto", show_default=True,
+              help="TensorRT library that parses an ONNX MODEL.")
+def inspect_cmd(model: str, as_json: bool, library: str) -> None:
+    """Show MODEL.onnx as TensorRT parses it (layers, dtypes, shapes, INT8/FP16/FP32), or ENGINE.plan's sidecar."""
+    from .inspect import inspect_path
+
+    click.echo(inspect_path(model, library=library, as_json=as_json))
+
+
 @main.command("triton")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--repo", "repo_dir", required=True, type=click.Path(file_okay=False), help="Model repository folder.")

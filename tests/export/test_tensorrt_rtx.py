@@ -16,6 +16,7 @@ from pathlib import Path
 import onnx
 import pytest
 
+from fcnseg.export.check import check_trt_ready
 from fcnseg.export.fp16 import convert_fp16
 from fcnseg.export.int8 import quantize_int8
 from fcnseg.export.onnx_export import export_onnx
@@ -136,7 +137,7 @@ def test_real_engines_match_their_onnx(arch, graphs, engines):
     assert set(built) == set(KINDS[arch])
     for kind, b in built.items():
         graph = graphs(arch)[kind]
-        assert parser_errors(graph) == [], (arch, kind)
+        assert check_trt_ready(graph) and parser_errors(graph) == [], (arch, kind)   # checker and parser agree
         plan = b.path.read_bytes()
         assert len(plan) > 1000 and b.size_bytes == len(plan)
         side = EngineSidecar.read(b.path)

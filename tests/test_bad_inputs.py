@@ -34,7 +34,8 @@ class Row:
 
     @property
     def id(self) -> str:
-        return f"{self.command} {' '.join(self.args)}".replace("{", "").replace("}", "")[:80]
+        args = " ".join(self.args).replace("{", "").replace("}", "")
+        return f"{self.command} {args if len(args) <= 60 else '...' + args[-57:]}"
 
 
 def _text(name: str, content: str = "my notes\n") -> Callable[[Path], None]:
@@ -258,7 +259,7 @@ def run_row(row: Row, tmp: Path) -> Tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-@pytest.mark.parametrize("row", ROWS, ids=lambda r: r.id)
+@pytest.mark.parametrize("row", ROWS, ids=[f"{i:02d} {r.id}" for i, r in enumerate(ROWS)])
 def test_bad_input_is_one_line(row: Row, artifacts, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     if row.setup:
@@ -331,13 +332,26 @@ def test_hints_name_only_options_that_exist():
     assert sorted(h for h in hints if h[1] not in declared | not_ours) == []
 
 
-def markdown_table() -> str:
-    out = ["| command | arguments | expected (one stderr line contains) | exit |", "|---|---|---|---|"]
-    for r in ROWS:
+def markdown_table(junit_xml: Optional[str] = None) -> str:
+    """The catalogue as a markdown table; with a pytest ``--junitxml`` file, each row's result too."""
+    results: Dict[str, str] = {}
+    if junit_xml:
+        import xml.etree.ElementTree as ET
+
+        for case in ET.parse(junit_xml).iter("testcase"):
+            outcome = "failed" if case.find("failure") is not None or case.find("error") is not None else \
+                "skipped" if case.find("skipped") is not None else "passed"
+            results[case.get("name", "")] = outcome
+    out = ["| command | arguments | expected (one stderr line contains) | exit |" + (" result |" if results else ""),
+           "|---|---|---|---|" + ("---|" if results else "")]
+    for i, r in enumerate(ROWS):
         args = " ".join(r.args).replace("|", "\\|")
-        out.append(f"| `{r.command}` | `{args}` | {r.fragment} | {r.exit_code} |")
+        status = f" {results.get(f'test_bad_input_is_one_line[{i:02d} {r.id}]', 'not run')} |" if results else ""
+        out.append(f"| `{r.command}` | `{args}` | {r.fragment.replace('|', '/')} | {r.exit_code} |{status}")
     return "\n".join(out)
 
 
 if __name__ == "__main__":
-    print(markdown_table())
+    import sys
+
+    print(markdown_table(sys.argv[1] if len(sys.argv) > 1 else None))

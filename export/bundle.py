@@ -14,15 +14,17 @@ when asked), not engines, plus:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import stat
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 from ..runtime.atomic import atomic_path, write_text
 from ..runtime.errors import FcnsegError
@@ -57,8 +59,25 @@ def check_bundle_dir(out: PathLike, *, force: bool = False) -> Path:
         raise FcnsegError(f"expected an empty or new folder for the bundle, got {str(path)!r} holding "
                           f"{len(entries)} entries ({', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''}); "
                           "try another --out, or --force to replace the bundle's files there")
-    path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def staging(dest: Path) -> Iterator[Path]:
+    """Where to write the bundle: a hidden sibling folder renamed to ``dest`` at the end (so a failed run leaves
+    nothing behind), or ``dest`` itself when it already holds files (``--force``: each file is written atomically)."""
+    if dest.is_dir() and any(dest.iterdir()):
+        yield dest
+        return
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        yield tmp
+        tmp.chmod(0o755)
+        os.replace(tmp, dest)   # rename(2) also replaces an empty folder
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def bundle_profile(spec: EngineSpec, dla_core: Optional[int], explicit: bool) -> Profile:
@@ -96,14 +115,17 @@ def make_bundle(model: PathLike, out: PathLike, *, int8_from: Optional[PathLike]
     _check_int8(int8_spec, spec)
     dest = check_bundle_dir(out, force=force)
     profile = bundle_profile(spec, dla_core, explicit=None not in (min_shape, opt_shape, max_shape))
-    graphs = _write_graphs(spec, int8_spec, calib_root, dest)
-    wheel = _copy_or_build_wheel(runtime_wheel, dest / "wheels")
-    context = _template_values(spec, profile, graphs, wheel, dla_core, gpu_fallback, Path(model))
-    scripts = [_render(name, dest, context) for name in SCRIPTS]
-    files = list(graphs.values()) + [wheel] + scripts
-    sidecars = {p: _sidecar_template(spec, profile, p, g.name, dla_core, gpu_fallback) for p, g in graphs.items()}
-    _write_manifest(dest, spec, profile, graphs, sidecars, files)
-    return Bundle(dest, graphs, wheel, files + [dest / "bundle.json"])
+    with staging(dest) as stage:
+        graphs = _write_graphs(spec, int8_spec, calib_root, stage)
+        wheel = _copy_or_build_wheel(runtime_wheel, stage / "wheels")
+        context = _template_values(spec, profile, graphs, wheel, dla_core, gpu_fallback, Path(model))
+        scripts = [_render(name, stage, context) for name in SCRIPTS]
+        files = list(graphs.values()) + [wheel] + scripts
+        sidecars = {p: _sidecar_template(spec, profile, p, g.name, dla_core, gpu_fallback) for p, g in graphs.items()}
+        _write_manifest(stage, spec, profile, graphs, sidecars, files)
+        names = [f.relative_to(stage) for f in files + [stage / "bundle.json"]]
+    return Bundle(dest, {p: dest / g.name for p, g in graphs.items()}, dest / wheel.relative_to(stage),
+                  [dest / n for n in names])
 
 
 def _check_options(int8_from: Optional[PathLike], calib_root: Optional[PathLike], dla_core: Optional[int],

@@ -164,6 +164,15 @@ def test_int8_from_must_be_qdq(graphs, wheel, tmp_path):
         make_bundle(graphs["fp32"], tmp_path / "b", int8_from=graphs["fp32"], runtime_wheel=wheel, **SHAPES)
 
 
+def test_failed_bundle_leaves_nothing(graphs, tmp_path):
+    """A failure after the graphs were written (here: a wheel that is not one) leaves no folder, no temp folder."""
+    bad = tmp_path / "fcnseg_runtime-0.1.0-py3-none-any.whl.txt"
+    bad.write_text("not a wheel")
+    with pytest.raises(FcnsegError, match="expected an fcnseg_runtime-\\*.whl file for --runtime-wheel"):
+        make_bundle(graphs["fp32"], tmp_path / "b", runtime_wheel=bad, **SHAPES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [bad.name]
+
+
 def run_script(bundle_dir: Path, *args: str, path: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": path}
     return subprocess.run(["bash", str(bundle_dir / "build_engine.sh"), *args], capture_output=True, text=True,

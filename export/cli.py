@@ -187,7 +187,8 @@ def inspect_cmd(model: str, as_json: bool, library: str) -> None:
 @click.option("--max-queue-delay-us", type=int, default=triton.Batching.max_queue_delay_us, show_default=True)
 @click.option("--kind", type=click.Choice(triton.KINDS), default=triton.Batching.kind, show_default=True)
 @click.option("--backend", type=click.Choice(triton.ONNX_BACKENDS), default=triton.ONNX_BACKENDS[0],
-              show_default=True, help="Triton backend for an .onnx (openvino: --kind cpu).")
+              show_default=True, help="Triton backend for an .onnx (openvino, python: --kind cpu; python runs "
+              "fcnseg's runtime, for servers without the others).")
 @click.option("--with-preprocessing", is_flag=True, help="Add an ensemble taking encoded images, returning masks.")
 @click.option("--force", is_flag=True, help="Replace model folders that exist.")
 def triton_cmd(model: str, repo_dir: str, name: str, max_batch: Optional[int], instances: int,

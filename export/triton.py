@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -32,7 +32,7 @@ DEFAULT_NAME = "fcn"
 DEFAULT_MAX_BATCH = 8
 DEFAULT_PREFERRED = (4, 8)
 KINDS = ("gpu", "cpu")
-ONNX_BACKENDS = ("onnxruntime", "openvino")
+ONNX_BACKENDS = ("onnxruntime", "openvino", "python")
 PYTHON_MODEL = Path(__file__).with_name("triton_model.py")
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8",
                 "int32": "TYPE_INT32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL", "bytes": "TYPE_STRING"}
@@ -143,8 +143,12 @@ def config_text(config: Any) -> str:
 
 
 def network_config(name: str, model: Path, io: ModelIO, batching: Batching, onnx_backend: str) -> Any:
-    """The config of the network itself (``tensorrt_plan``, ``onnxruntime_onnx`` or ``openvino``)."""
+    """The config of the network itself (``tensorrt_plan``, ``onnxruntime_onnx``, ``openvino`` or ``python``)."""
     max_batch, preferred = resolve_batching(batching, io.max_batch)
+    if onnx_backend == "python":
+        inputs = [replace(t, ragged=True) for t in io.inputs]     # the model groups equal shapes itself
+        return python_config(name, "network", inputs, io.outputs, max_batch=max_batch, batching=batching,
+                             preferred=preferred, parameters={"fcnseg_model": "model" + model.suffix})
     if model.suffix in (".plan", ".engine"):
         kind = dict(platform="tensorrt_plan", filename="model.plan")
     elif onnx_backend == "openvino":
@@ -200,7 +204,8 @@ def export_triton(model: PathLike, repo: PathLike, *, name: str = DEFAULT_NAME, 
         name: the network's model name; with preprocessing, also ``<name>_preprocess``,
             ``<name>_postprocess`` and the ensemble ``<name>_image`` that clients call with image bytes.
         batching: max batch, preferred sizes, queue delay, instances and their kind.
-        onnx_backend: "onnxruntime" or "openvino" (CPU) for an ``.onnx``.
+        onnx_backend: for an ``.onnx``: "onnxruntime", "openvino" (CPU), or "python" (fcnseg's runtime on
+            Triton's Python backend, CPU: for a server without those backends, e.g. pytriton's).
         with_preprocessing: add the ensemble (encoded image in, mask at the image's size out).
         force: replace model folders (and the README) that already exist.
 
@@ -213,10 +218,7 @@ def export_triton(model: PathLike, repo: PathLike, *, name: str = DEFAULT_NAME, 
     io = read_plan_io(path) if path.suffix in (".plan", ".engine") else read_onnx_io(path)
     net = network_config(name, path, io, batching, onnx_backend)
     configs: Dict[str, Any] = {name: net}
-    files = {name: {net.default_model_filename: path}}
-    if net.platform == "tensorrt_plan":
-        sidecar = [p for p in (path.with_name(path.name + ".json"), path.with_suffix(".json")) if p.is_file()]
-        files[name].update({"model.plan.json": sidecar[0]} if sidecar else {})
+    files = {name: _network_files(net, path)}
     if with_preprocessing:
         extra = ensemble_configs(name, io, net.max_batch_size, batching)
         configs.update(extra)
@@ -225,6 +227,17 @@ def export_triton(model: PathLike, repo: PathLike, *, name: str = DEFAULT_NAME, 
     entry = f"{name}_image" if with_preprocessing else name
     return write_repository(Path(repo), configs, files, entry=entry, force=force, profile=io.profile,
                             input_size=io.metadata.input_size)
+
+
+def _network_files(net: Any, path: Path) -> Dict[str, Path]:
+    """The network's version folder: the model file (and an engine's sidecar), plus model.py on Python."""
+    if net.backend == "python":
+        return {"model.py": PYTHON_MODEL, "model" + path.suffix: path}
+    files = {net.default_model_filename: path}
+    if net.platform == "tensorrt_plan":
+        sidecar = [p for p in (path.with_name(path.name + ".json"), path.with_suffix(".json")) if p.is_file()]
+        files.update({"model.plan.json": sidecar[0]} if sidecar else {})
+    return files
 
 
 def export_segmenter(model: PathLike, repo: PathLike, *, name: str = "fcnseg",
@@ -266,9 +279,9 @@ def _check_choices(batching: Batching, onnx_backend: str, model: Path) -> None:
         raise FcnsegError(f"expected kind in {KINDS}, got {batching.kind!r}; try --kind cpu")
     if onnx_backend not in ONNX_BACKENDS:
         raise FcnsegError(f"expected an ONNX backend in {ONNX_BACKENDS}, got {onnx_backend!r}")
-    if onnx_backend == "openvino" and (batching.kind != "cpu" or model.suffix != ".onnx"):
-        raise FcnsegError(f"expected an .onnx with --kind cpu for the OpenVINO backend, got {model.name!r} with "
-                          f"--kind {batching.kind}; try --kind cpu")
+    if onnx_backend != "onnxruntime" and (batching.kind != "cpu" or model.suffix != ".onnx"):
+        raise FcnsegError(f"expected an .onnx with --kind cpu for the {onnx_backend} backend, got {model.name!r} "
+                          f"with --kind {batching.kind}; try --kind cpu")
     if batching.instances < 1 or batching.max_queue_delay_us < 0:
         raise FcnsegError(f"expected --instances >= 1 and --max-queue-delay-us >= 0, got {batching.instances} "
                           f"and {batching.max_queue_delay_us}")

@@ -7,7 +7,9 @@ One file serves three roles, chosen by the config parameter ``fcnseg_role``:
   request of a dynamic batch segmented in one call;
 - ``preprocess``: ``image`` (BYTES, an encoded JPEG/PNG/...) -> ``input`` (FP32 3xhxw, resized and normalised
   by ``fcnseg.runtime.preprocess.preprocess`` with the model's metadata) and ``size`` (INT32, the image's HxW);
-- ``postprocess``: ``scores`` (FP32 logits Cxhxw, or the in-graph UINT8 mask hxw) and ``size`` -> ``mask``.
+- ``postprocess``: ``scores`` (FP32 logits Cxhxw, or the in-graph UINT8 mask hxw) and ``size`` -> ``mask``;
+- ``network``: the network alone (its own input and outputs), run by the fcnseg backend for the model file
+  next to this one: the ensemble's middle step where Triton has no backend of its own for that file.
 
 It runs inside Triton's Python backend stub, whose interpreter must have ``fcnseg`` (runtime only: numpy,
 pillow and, for ``segmenter``, the model's inference library) installed. ``triton_python_backend_utils``
@@ -27,7 +29,7 @@ from fcnseg.runtime.errors import FcnsegError, one_line
 from fcnseg.runtime.metadata import ModelMetadata
 from fcnseg.runtime.preprocess import preprocess, resize_mask
 
-ROLES = ("segmenter", "preprocess", "postprocess")
+ROLES = ("segmenter", "preprocess", "postprocess", "network")
 
 
 def config_parameters(model_config: Dict[str, Any]) -> Dict[str, str]:
@@ -73,19 +75,27 @@ class TritonPythonModel:
             raise FcnsegError(f"expected parameter fcnseg_role in {ROLES}, got {self.role!r}; "
                               "try writing the repository again with fcn-export triton")
         self.metadata = ModelMetadata.from_dict(json.loads(params.get("fcnseg_metadata") or "{}"))
+        here = Path(args["model_repository"]) / args["model_version"]
+        threads = int(params["fcnseg_num_threads"]) if params.get("fcnseg_num_threads") else None
         if self.role == "segmenter":
             from fcnseg.runtime import Segmenter
 
-            here = Path(args["model_repository"]) / args["model_version"]
-            threads = int(params["fcnseg_num_threads"]) if params.get("fcnseg_num_threads") else None
             size = int(params["fcnseg_size"]) if params.get("fcnseg_size") else None
             self.segmenter = Segmenter.load(here / params["fcnseg_model"], size=size, num_threads=threads)
+        elif self.role == "network":
+            from fcnseg.runtime.segmenter import load_backend
+
+            config = json.loads(args["model_config"])
+            self.io = (config["input"][0]["name"], [o["name"] for o in config["output"]])
+            self.backend = load_backend(here / params["fcnseg_model"], num_threads=threads)
 
     def execute(self, requests: List[Any]) -> List[Any]:
         import triton_python_backend_utils as pb_utils
 
         if self.role == "segmenter":
             return self._segment(requests, pb_utils)
+        if self.role == "network":
+            return self._network(requests, pb_utils)
         handle = self._preprocess if self.role == "preprocess" else self._postprocess
         return [_respond(pb_utils, handle, request) for request in requests]
 
@@ -101,6 +111,28 @@ class TritonPythonModel:
             out.append(_response(pb_utils, [("mask", np.stack(masks[start:start + len(a)]))]))
             start += len(a)
         return out
+
+    def _network(self, requests: List[Any], pb_utils: Any) -> List[Any]:
+        """Requests of one input shape run as one batch; each gets its rows of every output back."""
+        name, outputs = self.io
+        arrays = [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests]
+        groups: Dict[tuple, List[int]] = {}
+        for i, a in enumerate(arrays):
+            groups.setdefault(a.shape[1:], []).append(i)
+        responses: List[Any] = [None] * len(requests)
+        for idx in groups.values():
+            try:
+                out = self.backend.infer(np.concatenate([arrays[i] for i in idx]))
+            except FcnsegError as e:
+                for i in idx:
+                    responses[i] = _error(pb_utils, e)
+                continue
+            start = 0
+            for i in idx:
+                n = len(arrays[i])
+                responses[i] = _response(pb_utils, [(k, out[k][start:start + n]) for k in outputs])
+                start += n
+        return responses
 
     def _preprocess(self, request: Any) -> List[Tuple[str, np.ndarray]]:
         import triton_python_backend_utils as pb_utils
@@ -124,8 +156,9 @@ class TritonPythonModel:
         return [("mask", np.stack(masks))]
 
     def finalize(self) -> None:
-        if getattr(self, "segmenter", None) is not None:
-            self.segmenter.close()
+        for attr in ("segmenter", "backend"):
+            if getattr(self, attr, None) is not None:
+                getattr(self, attr).close()
 
 
 def _response(pb_utils: Any, outputs: List[Tuple[str, np.ndarray]]) -> Any:
@@ -137,4 +170,8 @@ def _respond(pb_utils: Any, handle: Any, request: Any) -> Any:
     try:
         return _response(pb_utils, handle(request))
     except FcnsegError as e:
-        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(one_line(e)))
+        return _error(pb_utils, e)
+
+
+def _error(pb_utils: Any, error: FcnsegError) -> Any:
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(one_line(error)))

@@ -105,6 +105,16 @@ def test_segmenter_repository(r18_onnx, tmp_path):
     assert sorted(p.name for p in (tmp_path / "repo/fcnseg/1").iterdir()) == ["model.onnx", "model.py"]
 
 
+def test_network_on_python_backend(r18_onnx, tmp_path):
+    """--backend python: fcnseg's runtime runs the network where the server has no ONNX Runtime backend."""
+    repo = export_triton(r18_onnx, tmp_path / "repo", onnx_backend="python", batching=Batching(kind="cpu"))
+    config = parse(repo.config_path("fcn"))
+    assert (config.backend, config.parameters["fcnseg_role"].string_value) == ("python", "network")
+    assert [(t.name, dims(t), t.allow_ragged_batch) for t in config.input] == [("input", [3, -1, -1], True)]
+    assert [(t.name, dims(t)) for t in config.output] == [("logits", [21, -1, -1])]
+    assert sorted(p.name for p in (tmp_path / "repo/fcn/1").iterdir()) == ["model.onnx", "model.py"]
+
+
 def test_cli_refuses_existing_models_unless_force(r18_onnx, tmp_path):
     repo = tmp_path / "repo"
     args = ["triton", str(r18_onnx), "--repo", str(repo), "--with-preprocessing", "--preferred-batch", "2,4"]

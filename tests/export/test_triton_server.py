@@ -1,11 +1,11 @@
 """A real Triton Inference Server (the tritonserver bundled by nvidia-pytriton, in .venv-triton) on 127.0.0.1.
 
 The repository is written by fcnseg.export.triton: the Python-backend model ``fcnseg`` runs Segmenter (ONNX
-Runtime, CPU) on the tiny fcn8s_resnet18 export, and the ensemble's Python steps ``fcn_preprocess`` /
-``fcn_postprocess`` are loaded next to it (the bundled server has no ONNX Runtime backend for the network
-step). Masks come back over HTTP and gRPC and are compared with the local Segmenter pixel for pixel; a
-bounded concurrent load (8 clients x 25 requests) must fail nothing and make the dynamic batcher form
-batches larger than one. Set FCNSEG_TRITON_REPORT=path to get the figures as JSON.
+Runtime, CPU) on the tiny fcn8s_resnet18 export, and next to it the ensemble ``fcn_image`` (encoded image in,
+mask out) with its network step on the Python backend too (``--backend python``: the bundled server has no
+ONNX Runtime backend). Masks come back over HTTP and gRPC and are compared with the local Segmenter pixel
+for pixel; a bounded concurrent load (8 clients x 25 requests) must fail nothing and make the dynamic
+batcher form batches larger than one. Set FCNSEG_TRITON_REPORT=path to get the figures as JSON.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -49,11 +50,13 @@ def server(install, r18_onnx, tmp_path_factory):
     from fcnseg.serve import TritonServer
 
     root = tmp_path_factory.mktemp("triton")
-    repo = export_segmenter(r18_onnx, root / "repo", batching=Batching(kind="cpu", max_queue_delay_us=5000)).root
-    ensemble = export_triton(r18_onnx, root / "ensemble", with_preprocessing=True).root
-    for step in ("fcn_preprocess", "fcn_postprocess"):
-        shutil.copytree(ensemble / step, repo / step)
-    with TritonServer(repo, install=install, models=["fcnseg", "fcn_preprocess", "fcn_postprocess"]) as srv:
+    batching = Batching(kind="cpu", max_queue_delay_us=5000)
+    repo = export_segmenter(r18_onnx, root / "repo", batching=batching).root
+    ensemble = export_triton(r18_onnx, root / "ensemble", with_preprocessing=True, onnx_backend="python",
+                             batching=batching)
+    for step in ensemble.models:
+        shutil.copytree(ensemble.root / step, repo / step)
+    with TritonServer(repo, install=install, models=["fcnseg"] + ensemble.models) as srv:
         srv.wait_ready(timeout=90)
         yield srv
     assert srv.process.poll() is not None
@@ -104,10 +107,10 @@ def _client_run(url: str, images, reference, seed: int) -> int:
 
 
 def test_concurrent_load_forms_batches(server, images, reference):
-    stats_before = _stats(server)
+    stats_before = _settled_stats(server)
     with ThreadPoolExecutor(CLIENTS) as pool:
         mismatches = sum(pool.map(lambda s: _client_run(server.http_url, images, reference, s), range(CLIENTS)))
-    stats = _stats(server)
+    stats = _settled_stats(server)
     requests = stats["inference_count"] - stats_before["inference_count"]
     executions = stats["execution_count"] - stats_before["execution_count"]
     failed = stats["inference_stats"]["fail"].get("count", 0)
@@ -123,10 +126,18 @@ def test_concurrent_load_forms_batches(server, images, reference):
             json.dump(report, f, indent=2)
 
 
-def _stats(server) -> dict:
+def _settled_stats(server) -> dict:
+    """fcnseg's statistics once two reads 0.2 s apart agree (the server records a request after answering it)."""
     client = httpclient.InferenceServerClient(server.http_url)
     try:
-        return client.get_inference_statistics("fcnseg")["model_stats"][0]
+        last = None
+        for _ in range(25):
+            stats = client.get_inference_statistics("fcnseg")["model_stats"][0]
+            if last is not None and stats["inference_count"] == last["inference_count"]:
+                return stats
+            last = stats
+            time.sleep(0.2)
+        return stats
     finally:
         client.close()
 
@@ -141,6 +152,32 @@ def _metrics(server) -> dict:
         assert match, f"{name} missing from the metrics"
         found[name] = float(match.group(1))
     return found
+
+
+@pytest.mark.parametrize("module", [httpclient, grpcclient], ids=["http", "grpc"])
+def test_ensemble_image_bytes_to_mask(server, module, images, reference):
+    """fcn_image: PNG or JPEG bytes in, the Segmenter's mask of the decoded image out, at the image's size."""
+    client = module.InferenceServerClient(server.http_url if module is httpclient else server.grpc_url)
+    try:
+        for image, ref, fmt in zip(images, reference, ["PNG", "JPEG", "PNG", "JPEG"]):
+            buf = io.BytesIO()
+            Image.fromarray(image).save(buf, format=fmt)
+            inp = module.InferInput("image", [1, 1], "BYTES")
+            inp.set_data_from_numpy(np.array([[buf.getvalue()]], dtype=object))
+            mask = client.infer("fcn_image", [inp]).as_numpy("mask")
+            if fmt == "JPEG":   # lossy: compare with the Segmenter on the pixels the server decoded
+                ref = _segment(server, np.asarray(Image.open(buf).convert("RGB")))
+            assert mask.shape == (1,) + image.shape[:2] and int((mask[0] != ref).sum()) == 0
+    finally:
+        client.close()
+
+
+def _segment(server, image: np.ndarray) -> np.ndarray:
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        return infer(client, httpclient, image)[0]
+    finally:
+        client.close()
 
 
 def test_ensemble_python_steps_on_server(server, r18_onnx, images):

@@ -18,7 +18,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..runtime.errors import FcnsegError, first_line
+from ..runtime.errors import FcnsegError, one_line
 from .bench import Stats
 
 CONCURRENCY = (1, 4, 16)
@@ -77,7 +77,7 @@ def request_maker(url: str, model: str, protocol: str = "http") -> Callable[[Any
     try:
         meta = client.get_model_metadata(model, **({"as_json": True} if protocol == "grpc" else {}))
     except Exception as e:  # tritonclient raises its own exception types for refused connections and 404s
-        raise FcnsegError(f"expected a Triton server serving {model!r} at {url}, got: {first_line(e)}; "
+        raise FcnsegError(f"expected a Triton server serving {model!r} at {url}, got: {one_line(e, 300)}; "
                           "try fcn-serve --model MODEL, or --triton-model NAME") from None
     finally:
         client.close()
@@ -125,7 +125,7 @@ def run_load(url: str, model: str, images: Sequence[np.ndarray], *, concurrency:
                         latencies.append(time.perf_counter() - t0)
                 except Exception as e:  # a failed request is counted and reported, not fatal
                     with lock:
-                        errors.append(first_line(e))
+                        errors.append(one_line(e, 300))
         finally:
             client.close()
 

@@ -23,7 +23,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import onnx
 
-from ..runtime.errors import FcnsegError, first_line
+from ..runtime.errors import FcnsegError, one_line
 from ..runtime.metadata import ModelMetadata
 from ..runtime.onnx_names import QDQ_OPS
 from ..runtime.parity import OutputComparison, compare_logits
@@ -125,7 +125,7 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
                                                          op_block_list=list(FP16_OP_BLOCK_LIST))
     except Exception as e:  # the converter raises bare ValueError/KeyError on graphs it cannot type
         raise FcnsegError(f"expected onnxconverter-common to convert the graph to FP16, got {type(e).__name__}: "
-                          f"{first_line(e)}") from None
+                          f"{one_line(e, 300)}") from None
     if tail is not None:
         nodes, inits, outputs = tail
         converted.graph.node.extend(nodes)

@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Mapping, Optional
 
-from .errors import FcnsegError, first_line
+from .errors import FcnsegError, one_line
 from .voc import BASE_SIZE, MEAN, STD, VOC_CLASSES, voc_palette
 
 PREFIX = "fcnseg."
@@ -91,4 +91,4 @@ def metadata_from_props(props: Mapping[str, str], source: str) -> ModelMetadata:
         return ModelMetadata.from_props(props)
     except (ValueError, TypeError) as e:
         raise FcnsegError(f"expected fcnseg.* metadata_props holding JSON in {source!r}, got unreadable values "
-                          f"({first_line(e)}); try re-exporting with fcn-export") from None
+                          f"({one_line(e, 300)}); try re-exporting with fcn-export") from None

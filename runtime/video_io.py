@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from .errors import FcnsegError, first_line
+from .errors import FcnsegError, one_line
 from .postprocess import IMAGE_SUFFIXES, read_image
 from .preprocess import to_rgb_uint8
 
@@ -103,7 +103,7 @@ class AVSource(Source):
             raise FcnsegError(f"expected more frames from {self.name}, got none for {self.timeout:g} s: the "
                               "stream stopped; try a longer --timeout") from None
         except (av.error.FFmpegError, OSError) as e:
-            raise FcnsegError(f"could not decode {self.name} ({first_line(e)}); expected a video FFmpeg can "
+            raise FcnsegError(f"could not decode {self.name} ({one_line(e, 300)}); expected a video FFmpeg can "
                               "decode") from None
 
     def close(self) -> None:
@@ -224,7 +224,7 @@ def _network_source(url: str, timeout: float, options: Optional[Dict[str, str]])
 
 
 def _open_message(url: str, error: Exception) -> str:
-    reason = getattr(error, "strerror", None) or first_line(error)
+    reason = getattr(error, "strerror", None) or one_line(error, 300)
     if isinstance(error, FileNotFoundError):
         return f"expected a video file or stream at {url}, got {reason!r}; check the path or address"
     return (f"could not open {url} as a video ({reason}); expected a file or stream FFmpeg can decode "

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import numpy as np
 from PIL import Image
 
-from .errors import FcnsegError, first_line
+from .errors import FcnsegError, one_line
 from .outputs import SOFTWARE
 from .postprocess import save_image
 from .preprocess import to_rgb_uint8
@@ -119,7 +119,7 @@ class AVSink(Sink):
                                                       options=opts if self.codec == "libx264" else {})
         except (self.av.error.FFmpegError, OSError, ValueError) as e:
             self.abort()
-            raise FcnsegError(f"could not open {self.name} for writing ({first_line(e)}); check the path or "
+            raise FcnsegError(f"could not open {self.name} for writing ({one_line(e, 300)}); check the path or "
                               "address") from None
         if not self.network:
             self._container.metadata["comment"] = SOFTWARE   # lets a later run recognise its own output
@@ -132,7 +132,7 @@ class AVSink(Sink):
         try:
             self._container.mux(packets)
         except (self.av.error.FFmpegError, OSError) as e:
-            raise FcnsegError(f"could not write to {self.name} ({first_line(e)})") from None
+            raise FcnsegError(f"could not write to {self.name} ({one_line(e, 300)})") from None
 
     def close(self) -> None:
         if self._container is None:

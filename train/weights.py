@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from ..runtime.errors import FcnsegError, first_line
+from ..runtime.errors import FcnsegError, one_line
 
 __all__ = ["read_checkpoint", "check_checkpoint_file", "state_dict_of", "classes_from_state", "arch_from_state", "args_dict"]
 
@@ -36,7 +36,7 @@ def read_checkpoint(path: "str | os.PathLike[str]") -> dict:
     try:
         obj = _load(p)
     except Exception as e:  # torch raises many types for truncated or foreign files
-        raise FcnsegError(f"could not read checkpoint {str(p)!r} ({type(e).__name__}: {first_line(e, 200)}); "
+        raise FcnsegError(f"could not read checkpoint {str(p)!r} ({type(e).__name__}: {one_line(e, 200)}); "
                           "expected a file written by torch.save, e.g. by fcn-train") from None
     if not isinstance(obj, dict):
         raise FcnsegError(f"expected a checkpoint dict or state dict in {str(p)!r}, got {type(obj).__name__}")

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..errors import FcnsegError, first_line
+from ..errors import FcnsegError, one_line
 from ..metadata import ModelMetadata, metadata_from_props
 from .base import INPUT_CHANNELS, BaseBackend
 
@@ -39,7 +39,7 @@ def import_openvino() -> Any:
         import openvino
     except (ImportError, OSError) as e:
         raise FcnsegError(f"expected the openvino package to run .onnx models with OpenVINO, got "
-                          f"{type(e).__name__}: {first_line(e)}; try `{INSTALL_HINT}` or backend='onnxruntime'") \
+                          f"{type(e).__name__}: {one_line(e, 300)}; try `{INSTALL_HINT}` or backend='onnxruntime'") \
             from None
     return openvino
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 
-from ..errors import FcnsegError, first_line
+from ..errors import FcnsegError, one_line
 from ..metadata import ModelMetadata
 from ..sidecar import EngineSidecar, sidecar_path, sm_name  # sidecar_path: re-exported
 from .base import BaseBackend
@@ -235,7 +235,7 @@ class TensorRTBackend(BaseBackend):
         try:
             engine = self._runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
         except Exception as e:  # TensorRT raises on some mismatches and returns None on others
-            engine, reason = None, first_line(e)
+            engine, reason = None, one_line(e, 300)
         if engine is None:
             raise FcnsegError(engine_mismatch_message(self.plan_path, self.sidecar, version=version,
                                                       gpu=device_info(), reason=reason, library=self.library))

@@ -15,13 +15,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, List, Union
+from typing import Iterator, List, Set, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 TEMP_MARK = ".fcnseg-"
 STALE_SECONDS = 3600.0
 _TEMP_RE = re.compile(r"^\..+\.fcnseg-(\d+)-[^.]+\.tmp$")
 _umask_lock = threading.Lock()
+_cleaned: Set[str] = set()
 
 
 @contextlib.contextmanager
@@ -29,7 +30,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it is removed."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(target.parent)
+    _clean_once(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}{TEMP_MARK}{os.getpid()}-", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
@@ -43,11 +44,26 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
 
 
 def current_umask() -> int:
-    """The process's umask (read by setting it and restoring it at once, under a lock)."""
-    with _umask_lock:
+    """The process's umask: from ``/proc/self/status`` on Linux, else by setting and restoring it under a lock."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_lock:   # another thread creating a file in between would briefly see 022
         mask = os.umask(0o022)
         os.umask(mask)
     return mask
+
+
+def _clean_once(folder: Path) -> None:
+    """``remove_stale_temps`` once per folder and process (a dataset of 10,000 files is not rescanned each time)."""
+    key = str(folder.resolve())
+    if key not in _cleaned:
+        _cleaned.add(key)
+        remove_stale_temps(folder)
 
 
 def remove_stale_temps(folder: PathLike, *, max_age: float = STALE_SECONDS) -> List[Path]:

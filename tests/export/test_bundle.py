@@ -238,26 +238,27 @@ def test_build_engine_sh_with_trtexec(graphs, wheel, tmp_path, version, strongly
     assert sidecar.gpu_fallback == dla and sidecar.model_metadata().num_classes == NUM_CLASSES
 
 
-def _find_python(version: str):
-    """The interpreter finder of tests/runtime/test_jetpack_compat.py (PATH, then pyenv installs)."""
+def _jetpack_compat():
+    """tests/runtime/test_jetpack_compat.py: its interpreter finder (PATH, then pyenv) and venv pip driver."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
         "jetpack_compat", Path(__file__).resolve().parents[1] / "runtime" / "test_jetpack_compat.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.find_python(version)
+    return module
 
 
 def test_wheel_installs_into_a_clean_python38(bundle, tmp_path):
-    python = _find_python("3.8")
+    compat = _jetpack_compat()
+    python = compat.find_python("3.8")
     if python is None:
         pytest.skip("Python 3.8 (JetPack 5's) is not installed here")
     venv = tmp_path / "clean38"
-    subprocess.run([python, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
+    subprocess.run([python, "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True, timeout=120)
     wheel = next((bundle.path / "wheels").glob("fcnseg_runtime-*.whl"))
-    pip = [str(venv / "bin/python"), "-m", "pip", "--disable-pip-version-check", "install", "-q"]
-    proc = subprocess.run(pip + ["--only-binary=:all:", str(wheel)], capture_output=True, text=True, timeout=300)
+    pip = compat.pip_command(python, venv) + ["install", "-q", "--only-binary=:all:"]
+    proc = subprocess.run(pip + [str(wheel)], capture_output=True, text=True, timeout=300)   # deps from the index
     assert proc.returncode == 0, proc.stderr
     code = ("import sys, numpy, PIL; from fcnseg.runtime.onnx_metadata import read_onnx_metadata; "
             "m = read_onnx_metadata(sys.argv[1]); print(sys.version.split()[0], numpy.__version__, PIL.__version__, "

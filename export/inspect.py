@@ -60,7 +60,7 @@ class NetworkReport:
         lines += [f"  parser error: {e}" for e in self.errors]
         for layer in self.layers:
             outs = ", ".join(f"{o['name']} {o['dtype']} {_shape(o['shape'])}" for o in layer.outputs)
-            lines.append(f"  {layer.index:4d} {layer.precision:5s} {layer.type:16s} {layer.name} -> {outs}")
+            lines.append(f"  {layer.index:4d} {layer.precision:8s} {layer.type:14s} {layer.name} -> {outs}")
         return "\n".join(lines)
 
 

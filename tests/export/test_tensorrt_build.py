@@ -23,10 +23,14 @@ EXPLICIT, STRONG = 1 << 0, 1 << 1  # 1 << int(flag), as TensorRT numbers the cre
 
 # ---------------------------------------------------------------- a fake tensorrt module
 
-def make_trt(version):
-    """A module object offering what TensorRT ``version`` offers; ``m.calls`` records builder calls."""
-    major = int(version.split(".")[0])
-    m = types.ModuleType("tensorrt")
+def make_trt(version, *, rtx=False, dla_cores=None):
+    """A module object offering what TensorRT ``version`` offers; ``m.calls`` records builder calls.
+
+    ``rtx=True`` describes TensorRT for RTX 1.x (module ``tensorrt_rtx``: 11.x's API plus compute-capability
+    targets); ``dla_cores`` gives the builder DLA cores (Jetson AGX/NX; None: no DLA API at all).
+    """
+    major = 11 if rtx else int(version.split(".")[0])
+    m = types.ModuleType("tensorrt_rtx" if rtx else "tensorrt")
     m.__version__ = version
     m.calls = []
     m.plan = b"PLAN-BYTES"
@@ -90,6 +94,18 @@ def make_trt(version):
         def get_timing_cache(self):
             return Cache()
 
+    if dla_cores is not None:
+        m.DeviceType = type("DeviceType", (), {"GPU": "GPU", "DLA": "DLA"})
+        Config.DLA_core = -1
+        Config.default_device_type = "GPU"
+        m.BuilderFlag.GPU_FALLBACK = "GPU_FALLBACK"
+    if rtx:
+        m.ComputeCapability = type("ComputeCapability", (), {"__members__": {
+            n: n for n in ("NONE", "CURRENT", "SM75", "SM80", "SM86", "SM89", "SM120", "SM121")}, **{
+            n: n for n in ("SM75", "SM80", "SM86", "SM89", "SM120", "SM121")}})
+        Config.num_compute_capabilities = 0
+        Config.set_compute_capability = lambda self, cc, i: m.calls.append(("cc", cc, i))
+
     class OptProfile:
         def set_shape(self, name, lo, opt, hi):
             m.calls.append(("set_shape", name, tuple(lo), tuple(opt), tuple(hi)))
@@ -103,6 +119,8 @@ def make_trt(version):
     }
     if major < 10:
         builder_attrs["max_batch_size"] = 1  # implicit batch still exists: EXPLICIT_BATCH is required
+    if dla_cores is not None:
+        builder_attrs["num_DLA_cores"] = dla_cores
     m.Builder = type("Builder", (), builder_attrs)
 
     class ParserError:
@@ -486,4 +504,97 @@ def test_tensorrt_not_installed_through_the_cli(monkeypatch, tmp_path, fp32_onnx
     assert result.exit_code != 0
     assert sum(NOT_INSTALLED in line for line in result.output.splitlines()) == 1, result.output
     assert "Traceback" not in result.output
+    assert leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------- TensorRT for RTX and DLA (fakes)
+
+def use_rtx(monkeypatch):
+    m = make_trt("1.7.1.116", rtx=True, dla_cores=0)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", m)
+    monkeypatch.setitem(sys.modules, "tensorrt", None)   # `auto` must fall back to RTX
+    return m
+
+
+def test_rtx_features_and_default_targets(monkeypatch, tmp_path, fp32_onnx):
+    m = use_rtx(monkeypatch)
+    f = T.detect_features(m)
+    assert f.library == "tensorrt_rtx" and f.compute_capabilities and f.always_strongly_typed and not f.timing_cache
+    out = T.build_engine(fp32_onnx, output=tmp_path / "m.plan", timing_cache=tmp_path / "t.cache")
+    assert ("network", STRONG) in m.calls   # always strongly typed, even for an FP32 graph
+    assert [c for c in m.calls if c[0] == "cc"] == [("cc", "SM86", 0), ("cc", "SM89", 1), ("cc", "SM120", 2)]
+    assert not any(c[0] in ("create_cache", "set_cache") for c in m.calls) and not (tmp_path / "t.cache").exists()
+    side = out.sidecar
+    assert (side.library, side.library_version, side.compute_capabilities) == ("tensorrt_rtx", "1.7.1.116",
+                                                                              ["8.6", "8.9", "12.0"])
+
+
+def test_rtx_chosen_targets_and_unknown_ones(monkeypatch, tmp_path, fp32_onnx):
+    m = use_rtx(monkeypatch)
+    out = T.build_engine(fp32_onnx, output=tmp_path / "m.plan", compute_capabilities=["7.5", "12.0"])
+    assert [c for c in m.calls if c[0] == "cc"] == [("cc", "SM75", 0), ("cc", "SM120", 1)]
+    assert out.sidecar.compute_capabilities == ["7.5", "12.0"] and out.sidecar.targets() == "sm_75/sm_120"
+    with pytest.raises(FcnsegError, match=r"expected compute capabilities .*, got 9.0; Hopper"):
+        T.build_engine(fp32_onnx, output=tmp_path / "n.plan", compute_capabilities=["9.0"])
+    with pytest.raises(FcnsegError, match="expected compute capabilities like 8.6,8.9,12.0, got 'sm86'"):
+        T.parse_compute_capabilities("sm86")
+
+
+def test_full_tensorrt_refuses_compute_capabilities(fake_trt, tmp_path, fp32_onnx):
+    with pytest.raises(FcnsegError, match="expected TensorRT for RTX .* for --compute-capability"):
+        T.build_engine(fp32_onnx, output=tmp_path / "m.plan", library="tensorrt", compute_capabilities=["8.6"])
+    assert leftovers(tmp_path) == []
+
+
+def test_library_choice_is_checked(tmp_path, fp32_onnx):
+    with pytest.raises(FcnsegError, match="expected --library in"):
+        T.build_engine(fp32_onnx, output=tmp_path / "m.plan", library="trt")
+
+
+@pytest.mark.parametrize("version", ["8.5.2", "10.3.0"])
+def test_dla_core_with_gpu_fallback(monkeypatch, tmp_path, version):
+    m = make_trt(version, dla_cores=2)
+    monkeypatch.setitem(sys.modules, "tensorrt", m)
+    configs = []
+    real = m.Builder.create_builder_config
+    monkeypatch.setattr(m.Builder, "create_builder_config", lambda self: configs.append(real(self)) or configs[-1])
+    out = T.build_engine(tiny_onnx(tmp_path / "m.onnx", "int8"), output=tmp_path / "m.plan", dla_core=1,
+                         gpu_fallback=True)
+    cfg, = configs
+    assert (cfg.default_device_type, cfg.DLA_core) == ("DLA", 1) and ("flag", "GPU_FALLBACK") in m.calls
+    assert out.sidecar.dla_core == 1 and out.sidecar.gpu_fallback
+
+
+@pytest.mark.parametrize("kwargs, cores, message", [
+    (dict(dla_core=2), 2, r"expected --dla-core between 0 and 1 \(this device has 2 DLA cores\), got 2"),
+    (dict(dla_core=0), 0, "no DLA cores on this machine"),
+    (dict(gpu_fallback=True), 2, "expected --dla-core N with --gpu-fallback"),
+    (dict(dla_core=0, precision="fp32"), 2, "expected an FP16 or INT8 engine for DLA"),
+])
+def test_dla_errors(monkeypatch, tmp_path, fp32_onnx, kwargs, cores, message):
+    monkeypatch.setitem(sys.modules, "tensorrt", make_trt("8.5.2", dla_cores=cores))
+    kind = "fp32" if kwargs.get("precision") == "fp32" else "int8"
+    with pytest.raises(FcnsegError, match=message):
+        T.build_engine(tiny_onnx(tmp_path / "g.onnx", kind), output=tmp_path / "m.plan", **kwargs)
+    assert not (tmp_path / "m.plan").exists()
+
+
+def test_dla_absent_from_the_api(fake_trt, tmp_path):
+    with pytest.raises(FcnsegError, match=r"no DLA API in this TensorRT\); try without --dla-core"):
+        T.build_engine(tiny_onnx(tmp_path / "m.onnx", "int8"), output=tmp_path / "m.plan", library="tensorrt",
+                       dla_core=0)
+
+
+def test_dla_on_real_tensorrt_rtx_is_a_clear_error(tmp_path):
+    pytest.importorskip("tensorrt_rtx", reason="needs TensorRT for RTX")
+    from click.testing import CliRunner
+
+    from fcnseg.export.cli import main
+
+    onnx_path = tiny_onnx(tmp_path / "m.onnx", "int8")
+    result = CliRunner().invoke(main, ["trt", str(onnx_path), "--library", "tensorrt_rtx", "--dla-core", "0",
+                                       "--min-shape", "1x3x8x8", "--opt-shape", "1x3x8x8", "--max-shape", "1x3x8x8"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "TensorRT for RTX targets RTX GPUs, which have no DLA" in lines[0], result.stderr
     assert leftovers(tmp_path) == []

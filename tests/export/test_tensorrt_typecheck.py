@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-CHECKED = ("fcnseg/export/tensorrt.py", "fcnseg/runtime/backends/tensorrt.py", "fcnseg/runtime/backends/cuda_memory.py")
+CHECKED = ("fcnseg/export/tensorrt.py", "fcnseg/export/trt_features.py", "fcnseg/export/inspect.py",
+           "fcnseg/runtime/backends/tensorrt.py", "fcnseg/runtime/backends/cuda_memory.py", "fcnseg/runtime/sidecar.py")
 # Removed in TensorRT 11 (migration guide): code that runs on 11 may reach these only via getattr/hasattr.
 REMOVED_IN_11 = {"FP16", "INT8", "BF16", "FP8", "INT4", "FP4", "OBEY_PRECISION_CONSTRAINTS",
                  "PREFER_PRECISION_CONSTRAINTS", "int8_calibrator", "set_calibration_profile",

@@ -353,10 +353,16 @@ def engine_sidecar(spec: EngineSpec, mode: BuildMode, features: Features, io: Di
     return EngineSidecar(
         library=features.library, library_version=features.version, compute_capabilities=list(targets),
         precision=mode.precision, profile={"input": spec.input_name, **spec.profile.to_dict()}, io=dict(io),
-        metadata=replace(spec.metadata, precision=mode.precision).to_dict(), dla_core=spec.dla_core,
+        metadata=replace(spec.metadata, precision=mode.precision, **_profile_sizes(spec.profile)).to_dict(),
+        dla_core=spec.dla_core,
         gpu_fallback=spec.gpu_fallback, gpu=dict(gpu), strongly_typed=mode.strongly_typed,
         builder_flags=list(mode.flags), onnx=str(spec.source_onnx or spec.onnx_path),
         build_seconds=round(seconds, 3))
+
+
+def _profile_sizes(profile: Any) -> Dict[str, int]:
+    """The shorter-side range the engine's profile serves, for the runtime's ``--size`` check (issue 9)."""
+    return {"min_size": int(max(profile.min[2:])), "max_size": int(min(profile.max[2:]))}
 
 
 def save_engine(plan: bytes, output: Path, sidecar: EngineSidecar) -> Path:

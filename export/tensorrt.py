@@ -361,8 +361,8 @@ def engine_sidecar(spec: EngineSpec, mode: BuildMode, features: Features, io: Di
 
 
 def _profile_sizes(profile: Any) -> Dict[str, int]:
-    """The shorter-side range the engine's profile serves, for the runtime's ``--size`` check (issue 9)."""
-    return {"min_size": int(max(profile.min[2:])), "max_size": int(min(profile.max[2:]))}
+    """The input side range of the engine's profile, for the runtime's ``--size`` check (issue 9)."""
+    return {"min_size": int(min(profile.min[2:])), "max_size": int(max(profile.max[2:]))}
 
 
 def save_engine(plan: bytes, output: Path, sidecar: EngineSidecar) -> Path:

@@ -275,10 +275,11 @@ def _check_size_range(size: Optional[int], meta: ModelMetadata, static_hw: Optio
     """Refuse a size outside the model's declared range before any image is resized to it (no OOM kill)."""
     if size is None or static_hw is not None:
         return
-    low, high = meta.min_size, meta.max_size
-    if (high is not None and size > high) or (low is not None and size < low):
-        raise FcnsegError(f"expected --size within the model's declared input range {low or 1}..{high or 'any'} "
-                          f"(fcnseg.min_size/max_size), got {size}; try --size {meta.input_size or high}")
+    low, high = meta.min_size or 1, meta.max_size
+    if (high is not None and size > high) or size < low:
+        fits = meta.input_size if meta.input_size and low <= meta.input_size <= (high or meta.input_size) else None
+        raise FcnsegError(f"expected --size within the model's declared input range {low}..{high or 'any'} "
+                          f"(fcnseg.min_size/max_size), got {size}; try --size {fits or (high or low)}")
 
 
 def _as_images(image: Any) -> Tuple[List[np.ndarray], str]:

@@ -132,7 +132,9 @@ def bench_main(triton_url, triton_model, concurrency, requests, protocol, engine
 
     monitor = open_power_monitor(power_interval) if power else None   # one error line off a Jetson, before loading
     try:
-        results = bench_models(specs, [parse_hw(s) for s in shapes], list(batches), warmup=warmup, iters=iters,
+        hws = [parse_hw(s) for s in shapes]
+        check_fits_in_memory(hws, batches)
+        results = bench_models(specs, hws, list(batches), warmup=warmup, iters=iters,
                                rounds=rounds, providers=prov, num_threads=threads, power=monitor)
     finally:
         if monitor is not None:
@@ -149,6 +151,23 @@ def bench_main(triton_url, triton_model, concurrency, requests, protocol, engine
         write_text(json_path, json.dumps(json_safe([r.to_dict() for r in results]), indent=2, allow_nan=False))
     if csv_path:
         write_csv(results, csv_path)
+
+
+def check_fits_in_memory(shapes, batches) -> None:
+    """Refuse a --shape/--batch whose images and network input would not fit in memory (instead of an OOM kill)."""
+    import os
+
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return
+    for h, w in shapes:
+        for b in batches:
+            need = b * h * w * 3 * (1 + 4 + 4)   # uint8 images, float32 input, float32 logits of >= 3 classes
+            if need > total // 2:
+                raise FcnsegError(f"expected --shape and --batch that fit in half of this machine's "
+                                  f"{total / 2**30:.0f} GiB, got {h}x{w} x {b} needing about {need / 2**30:.0f} GiB; "
+                                  "try --shape 520x520")
 
 
 def json_safe(value):

@@ -104,6 +104,8 @@ ROWS += (
         "'--limit': 0 is not in the range x>=1", note="was NaN written into JSON"),
     Row("fcn-eval", ("--data-path", "{voc}", "--compare", "{onnx}", "{onnx5}"),
         "expected models with the reference's 21 classes, got 5"),
+    Row("fcn-bench", ("--model", "{onnx}", "--shape", "100000x100000"), "expected --shape and --batch that fit",
+        note="was OOM-killed"),
     Row("fcn-predict", ("{image}", "-m", "{onnx}", "-o", "{tmp}/out", "--size", "100000"),
         "expected --size within the model's declared input range 8..256", note="was OOM-killed"),
 )

@@ -45,8 +45,9 @@ class Segmenter:
         size: shorter side images are resized to before inference; None uses ``metadata.input_size``,
             0 disables resizing (the network then sees the original size).
 
-    Backends that declare ``thread_safe = True`` (ONNX Runtime) run concurrently; others (TensorRT,
-    PyTorch) are called under a lock. ``last_timing`` is kept per thread.
+    Backends that declare ``thread_safe = True`` (OpenVINO, ONNX Runtime) run concurrently; others (TensorRT,
+    PyTorch) are called under a lock. ``last_timing`` is kept per thread. A backend that declares
+    ``accepts_uint8`` (OpenVINO) gets the resized uint8 images and normalises them inside its graph.
 
     Example:
         >>> seg = Segmenter.load("fcn.onnx")

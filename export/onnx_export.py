@@ -300,6 +300,10 @@ def load_onnx(path: PathLike) -> onnx.ModelProto:
         model = onnx.load(str(p))
         onnx.checker.check_model(model)
     except Exception as e:  # protobuf DecodeError, checker ValidationError, external-data OSError ...
+        with open(p, "rb") as f:
+            if f.read(2) in (b"PK", b"\x80\x02"):  # torch.save's zip (or legacy pickle), never an ONNX protobuf
+                raise FcnsegError(f"expected an ONNX model, got the PyTorch checkpoint {str(p)!r}; try "
+                                  f"`fcn-export onnx {p}` to export it first") from None
         first = (str(e).splitlines() or [type(e).__name__])[0][:200]
         raise FcnsegError(f"could not read {str(p)!r} as an ONNX model ({type(e).__name__}: {first}); "
                           "expected a complete .onnx file, e.g. from `fcn-export onnx`; try exporting it again") \

@@ -8,6 +8,7 @@ plain dict; torchvision's own checkpoints (``args`` an ``argparse.Namespace``) a
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
@@ -20,7 +21,7 @@ from ..runtime.voc import BASE_SIZE, MEAN, STD, VOC_CLASSES
 from .models import MODELS, get_model
 from .weights import arch_from_state, args_dict, classes_from_state, read_checkpoint, state_dict_of
 
-__all__ = ["save_checkpoint", "read_checkpoint", "LoadedCheckpoint", "load_checkpoint", "parse_checkpoint",
+__all__ = ["save_checkpoint", "link_or_copy", "read_checkpoint", "LoadedCheckpoint", "load_checkpoint", "parse_checkpoint",
            "model_from_checkpoint"]
 
 
@@ -28,6 +29,20 @@ def save_checkpoint(obj: Mapping[str, Any], path: "str | os.PathLike[str]") -> N
     """Write ``obj`` with ``torch.save`` to a temporary file, then rename it over ``path``."""
     with atomic_path(path) as tmp:
         torch.save(dict(obj), tmp)
+
+
+def link_or_copy(src: "str | os.PathLike[str]", dst: "str | os.PathLike[str]") -> None:
+    """Make ``dst`` the same file as ``src``: a hard link where the file system allows it, else a copy.
+
+    Either way ``dst`` is replaced atomically (a temporary name, then a rename), so a reader of the old ``dst``
+    never sees a partial file, and ``src`` is never written through ``dst`` (nothing writes files in place).
+    """
+    with atomic_path(dst) as tmp:
+        os.unlink(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:  # no hard links here (some network and FUSE file systems)
+            shutil.copyfile(src, tmp)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from ..runtime.errors import FcnsegError
 from ..runtime.metrics import ConfusionMatrix
 from ..runtime.voc import IGNORE_INDEX, MEAN, STD, VOC_CLASSES
 from . import distributed
-from .checkpoint import save_checkpoint
+from .checkpoint import link_or_copy, save_checkpoint
 from .config import TrainConfig, resolve_device
 from .data import collate_fn, get_dataset
 from .datacheck import scan_splits
@@ -187,9 +187,11 @@ def train(cfg: TrainConfig) -> dict:
 def _train(cfg: TrainConfig, device: torch.device, dist_info: distributed.DistInfo,
            point: Optional[ResumePoint]) -> dict:
     out = Path(cfg.output_dir)
-    prepare_output_dir(out, resume_epoch=point.start_epoch if point else None, force=cfg.force,
-                       create=dist_info.is_main, say=tqdm.write)
+    resume_epoch = point.start_epoch if point else None
+    prepare_output_dir(out, resume_epoch=resume_epoch, force=cfg.force, create=False)  # refuse before the data
     train_loader, val_loader = make_loaders(cfg, dist_info)
+    # created (and an old run moved aside) only once the data has passed its checks
+    prepare_output_dir(out, resume_epoch=resume_epoch, force=cfg.force, create=dist_info.is_main, say=tqdm.write)
     torch.manual_seed(cfg.seed)  # the same initial weights in every run (and every process) with this seed
     model, runner = build_model(cfg, device, dist_info)
     optimizer = make_optimizer(model, cfg)
@@ -223,9 +225,10 @@ def _train(cfg: TrainConfig, device: torch.device, dist_info: distributed.DistIn
 def _save_epoch(out: Path, ckpt: dict, log: dict, *, is_best: bool) -> None:
     epoch = ckpt["epoch"]
     save_checkpoint(ckpt, out / f"model_{epoch}.pth")
-    save_checkpoint(ckpt, out / "checkpoint.pth")
+    # the same bytes: linked (atomically replacing the old name) instead of serialised and written again
+    link_or_copy(out / f"model_{epoch}.pth", out / "checkpoint.pth")
     if is_best:
-        save_checkpoint(ckpt, out / "model_best.pth")
+        link_or_copy(out / f"model_{epoch}.pth", out / "model_best.pth")
     append_metrics(out / "metrics.jsonl", log)
     tqdm.write(f"epoch {epoch}: loss {log['train_loss']:.4f}  lr {log['lr']:.5f}  mIoU {log['miou'] * 100:.1f}  "
                f"pixel acc {log['global_acc'] * 100:.1f}  ({log['epoch_s']:.0f} s, {log['train_img_s']:.1f} img/s)")

@@ -32,7 +32,7 @@ def reference(tmp_path_factory):
     return path, model
 
 
-def test_exports_to_onnx_matching_torchvisions_model(reference, tmp_path):
+def test_exports_to_onnx_matching_torchvisions_model(reference, tmp_path, one_thread):
     import onnxruntime as ort
 
     from fcnseg.export.cli import main as export_main
@@ -52,7 +52,7 @@ def test_exports_to_onnx_matching_torchvisions_model(reference, tmp_path):
     assert (got.argmax(1) == expected.argmax(1)).mean() > 0.999
 
 
-def test_loads_for_eval_and_as_pretrained_weights(reference):
+def test_loads_for_eval_and_as_pretrained_weights(reference, one_thread):
     path, model = reference
     loaded, ckpt = model_from_checkpoint(path)  # what fcn-eval's PyTorch backend and fcn-export call
     assert (ckpt.arch, ckpt.num_classes, ckpt.info["args"]["model"]) == ("fcn_resnet50", 21, "fcn_resnet50")

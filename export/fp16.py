@@ -86,13 +86,23 @@ def convert_fp16(model_path: PathLike, output: Optional[PathLike] = None, *, ver
     check_io_types(model, fp16)
     meta.precision = "fp16"
     set_metadata(fp16, meta)
-    shapes = verify_shapes or default_verify_shapes(model)
+    shapes = _check_verify_shapes(verify_shapes, meta) or default_verify_shapes(model)
     comparisons = verify_fp16(model, fp16, shapes, min_agreement=min_agreement, rtol=rtol) if verify else []
     out = Path(output) if output is not None else src.with_name(src.stem + "_fp16.onnx")
     save_onnx(fp16, out)
     seconds = time.perf_counter() - t0
     log.info("wrote %s (fp16 body, float32 I/O) in %.1f s", out, seconds)
     return Fp16Result(out, meta, comparisons, seconds)
+
+
+def _check_verify_shapes(shapes: Optional[Sequence[Shape]], meta: ModelMetadata) -> Optional[Sequence[Shape]]:
+    """Refuse verify shapes outside the model's declared size range (9999x9999 would be OOM-killed, not refused)."""
+    low, high = meta.min_size or 1, meta.max_size
+    for n, h, w in shapes or ():
+        if min(h, w) < low or (high is not None and max(h, w) > high):
+            raise FcnsegError(f"expected verify shapes with H, W in the model's declared range {low}..{high}, got "
+                              f"{n}x{h}x{w}; try --verify-shapes 1x{max(low, 97)}x{max(low, 131)}")
+    return shapes
 
 
 def _check_convertible(model: onnx.ModelProto, meta: ModelMetadata, path: Path) -> None:

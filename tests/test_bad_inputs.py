@@ -114,6 +114,8 @@ ROWS += (
     Row("fcn-export int8", ("{onnx}", "--calib-data", "{voc}", "--report", "{tmp}/notes.json"),
         "is not an fcnseg INT8 report; pass --force", setup=_text("notes.json", '{"mine": 1}')),
     Row("fcn-export nosuch", (), "No such command 'nosuch'"),
+    Row("fcn-export fp16", ("{onnx}", "-o", "{tmp}/big.onnx", "--verify-shapes", "1x9999x9999"),
+        "expected verify shapes with H, W in the model's declared range 8..256", note="was OOM-killed"),
 )
 
 def _train_run(tmp: Path) -> None:

@@ -134,10 +134,11 @@ def compare_models(paths: Sequence[str], data_path: str, split: str = "val", *, 
     rows: list = []
     for spec in model_specs(paths, backends, precision_hint=precision_hint, providers=providers):
         path = spec.path
+        classes = len(rows[0].classes) if rows and rows[0].classes else None   # the reference's, once known
         try:
             row = evaluate_model(path, data_path, split, limit=limit, size=size, providers=providers,
-                                 progress=progress, num_classes=len(rows[0].classes) if rows and rows[0].classes else None,
-                                 backend=spec.backend, precision_hint=spec.precision_hint)
+                                 progress=progress, num_classes=classes, backend=spec.backend,
+                                 precision_hint=spec.precision_hint)
         except _ClassMismatch:
             raise   # no delta table is meaningful across class lists
         except FcnsegError as e:

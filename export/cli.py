@@ -231,6 +231,7 @@ def trt_cmd(model: str, fp16: bool, int8: bool, calib_root: Optional[str], min_s
     from .tensorrt import parse_compute_capabilities
 
     output = _guard(output or Path(model).with_suffix(".plan"), outputs.ENGINE, [model], force)
+    _guard(output + ".json", outputs.ENGINE_SIDECAR, [model], force)   # the sidecar written next to it
     if fp16 and int8:
         raise click.UsageError("expected at most one of --fp16 and --int8, got both")
     shapes = {k: parse_dims(v) if v else None for k, v in

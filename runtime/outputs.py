@@ -96,6 +96,8 @@ def _is_bench_csv(path: Path) -> bool:
 
 ONNX_MODEL = ArtifactKind("fcnseg ONNX model", _is_fcnseg_onnx)
 ENGINE = ArtifactKind("fcnseg engine (with its sidecar JSON)", _is_fcnseg_engine)
+ENGINE_SIDECAR = ArtifactKind("fcnseg engine sidecar", lambda p: isinstance(_json(p), dict)
+                              and ("metadata" in _json(p) or "format" in _json(p)))
 CALIBRATION_CACHE = ArtifactKind("fcnseg calibration cache", _json_dict_with("ranges"))
 INT8_REPORT = ArtifactKind("fcnseg INT8 report", _json_dict_with("calibration_ids", "evaluation_ids"))
 MASK = ArtifactKind("fcnseg mask", lambda p: _is_mask_npy(p) if p.suffix.lower() == ".npy" else _is_fcnseg_png(p))

@@ -114,6 +114,8 @@ ROWS += (
     Row("fcn-export int8", ("{onnx}", "--calib-data", "{voc}", "--report", "{tmp}/notes.json"),
         "is not an fcnseg INT8 report; pass --force", setup=_text("notes.json", '{"mine": 1}')),
     Row("fcn-export nosuch", (), "No such command 'nosuch'"),
+    Row("fcn-export trt", ("{onnx}", "-o", "{tmp}/m.plan"), "m.plan.json exists and is not an fcnseg engine sidecar",
+        setup=_text("m.plan.json", '{"mine": 1}'), note="a foreign file where the sidecar goes"),
     Row("fcn-export fp16", ("{onnx}", "-o", "{tmp}/big.onnx", "--verify-shapes", "1x9999x9999"),
         "expected verify shapes with H, W in the model's declared range 8..256", note="was OOM-killed"),
 )

@@ -24,15 +24,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
-import onnx
-
 from ..runtime.atomic import atomic_path, write_bytes
 from ..runtime.backends.tensorrt import import_tensorrt
 from ..runtime.errors import FcnsegError
-from ..runtime.metadata import ModelMetadata
-from ..runtime.onnx_names import QDQ_OPS
 from ..runtime.sidecar import EngineSidecar, sidecar_path
-from .onnx_export import load_onnx
+from .engine_spec import (LIBRARY_CHOICES, PRECISIONS, QDQ_OPS, EngineSpec, engine_spec, onnx_input,  # noqa: F401
+                          precision_of_onnx)
 from .profile import (DEFAULT_MAX_SHAPE, DEFAULT_MIN_SHAPE, DEFAULT_OPT_SHAPE, SIZE_KEYS, Dim, Profile,  # noqa: F401
                       Shape, declared_size_range, derive_profile)
 from .trt_features import (BuildMode, Features, check_dla, choose_build_mode, choose_targets,  # noqa: F401
@@ -45,111 +42,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 log = logging.getLogger("fcnseg.export")
 
-PRECISIONS = ("fp32", "fp16", "int8")
-LIBRARY_CHOICES = ("auto", "tensorrt", "tensorrt_rtx")
 ENGINE_SUFFIXES = (".plan", ".engine")
-
-
-# ---------------------------------------------------------------- what the ONNX graph is
-
-def onnx_input(model: onnx.ModelProto) -> Tuple[str, List[Dim]]:
-    """The image input's name and dims (int where fixed, the symbol's name or None where dynamic)."""
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
-        raise FcnsegError(f"expected an ONNX graph with one image input, got {[i.name for i in inputs]}; "
-                          "try a graph from fcn-export onnx")
-    dims: List[Dim] = []
-    for d in inputs[0].type.tensor_type.shape.dim:
-        dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
-    return inputs[0].name, dims
-
-
-def precision_of_onnx(model: Union[onnx.ModelProto, PathLike]) -> str:
-    """"int8" for a Q/DQ graph, "fp16" for an FP16-typed one (FP16 weights or casts), else "fp32"."""
-    if not isinstance(model, onnx.ModelProto):
-        model = load_onnx(model)
-    fp16 = onnx.TensorProto.FLOAT16
-    nodes = list(model.graph.node)
-    if any(n.op_type in QDQ_OPS for n in nodes):
-        return "int8"
-    typed = list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
-    if (any(t.data_type == fp16 for t in model.graph.initializer)
-            or any(n.op_type == "Cast" and any(a.name == "to" and a.i == fp16 for a in n.attribute) for n in nodes)
-            or any(n.op_type == "Constant" and any(a.t.data_type == fp16 for a in n.attribute) for n in nodes)
-            or any(v.type.tensor_type.elem_type == fp16 for v in typed)):
-        return "fp16"
-    return "fp32"
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    """Everything an engine build needs, resolved and validated from the ONNX before TensorRT is touched.
-
-    Attributes:
-        onnx_path: the graph to parse.
-        input_name: the image input's name.
-        profile: min/opt/max shapes.
-        graph_precision: what the graph itself is ("fp32", "fp16" or "int8").
-        precision: what was asked for (None = the graph's).
-        metadata: the ONNX's ``ModelMetadata``.
-        nodes: (name, op_type) of every top-level node, to name nodes in 8.x parser errors.
-        workspace_gib: TensorRT workspace memory pool limit.
-        timing_cache: file to load/save the timing cache (None: no cache; ignored by TensorRT for RTX).
-        strongly_typed: None = when the graph is FP16/Q-DQ typed and TensorRT supports it.
-        library: "auto", "tensorrt" or "tensorrt_rtx".
-        compute_capabilities: GPU targets for TensorRT for RTX (None: its portable set).
-        dla_core: build for this DLA core (Jetson); None for the GPU.
-        gpu_fallback: let layers DLA cannot run fall back to the GPU.
-        source_onnx: the ONNX to name in the sidecar (default ``onnx_path``; set when that is a temporary file).
-    """
-
-    onnx_path: Path
-    input_name: str
-    profile: Profile
-    graph_precision: str
-    precision: Optional[str]
-    metadata: ModelMetadata
-    nodes: Tuple[Tuple[str, str], ...] = ()
-    workspace_gib: float = 4.0
-    timing_cache: Optional[Path] = None
-    strongly_typed: Optional[bool] = None
-    library: str = "auto"
-    compute_capabilities: Optional[Tuple[str, ...]] = None
-    dla_core: Optional[int] = None
-    gpu_fallback: bool = False
-    source_onnx: Optional[Path] = None
-
-
-def engine_spec(onnx_path: PathLike, *, precision: Optional[str] = None, min_shape: Optional[Sequence[int]] = None,
-                opt_shape: Optional[Sequence[int]] = None, max_shape: Optional[Sequence[int]] = None,
-                workspace_gib: float = 4.0, timing_cache: Optional[PathLike] = None,
-                strongly_typed: Optional[bool] = None, library: str = "auto",
-                compute_capabilities: Optional[Sequence[str]] = None, dla_core: Optional[int] = None,
-                gpu_fallback: bool = False, source_onnx: Optional[PathLike] = None) -> EngineSpec:
-    """Read the ONNX and validate the build options (no TensorRT needed). See ``build_engine``."""
-    if precision is not None and precision not in PRECISIONS:
-        raise FcnsegError(f"expected a precision in {PRECISIONS}, got {precision!r}; try --fp16 or --int8")
-    if not workspace_gib > 0:
-        raise FcnsegError(f"expected a positive workspace in GiB, got {workspace_gib}; try --workspace 4")
-    if library not in LIBRARY_CHOICES:
-        raise FcnsegError(f"expected --library in {LIBRARY_CHOICES}, got {library!r}; try --library auto")
-    if compute_capabilities is not None:
-        compute_capabilities = parse_compute_capabilities(",".join(compute_capabilities))
-    model = load_onnx(onnx_path)
-    name, dims = onnx_input(model)
-    profile = derive_profile(dims, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
-                             size_range=declared_size_range(model))
-    props = {p.key: p.value for p in model.metadata_props}
-    return EngineSpec(onnx_path=Path(onnx_path), input_name=name, profile=profile,
-                      graph_precision=precision_of_onnx(model), precision=precision,
-                      metadata=ModelMetadata.from_props(props),
-                      nodes=tuple((n.name, n.op_type) for n in model.graph.node), workspace_gib=workspace_gib,
-                      timing_cache=Path(timing_cache) if timing_cache is not None else None,
-                      strongly_typed=strongly_typed, library=library,
-                      compute_capabilities=tuple(compute_capabilities) if compute_capabilities else None,
-                      dla_core=dla_core, gpu_fallback=gpu_fallback,
-                      source_onnx=Path(source_onnx) if source_onnx is not None else None)
 
 
 # ---------------------------------------------------------------- build steps

@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .atomic import write_text
 from .errors import FcnsegError
@@ -29,6 +29,7 @@ SIDECAR_FORMAT = 2
 LIBRARIES = ("tensorrt", "tensorrt_rtx")
 PRECISIONS = ("fp32", "fp16", "int8")
 _CC_RE = re.compile(r"^\d+\.\d+$")
+RTX_TARGETS = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")  # TensorRT for RTX 1.x ComputeCapability members
 
 
 def sidecar_path(plan_path: PathLike) -> Path:
@@ -205,3 +206,33 @@ def _from_format_1(doc: Dict[str, Any]) -> Dict[str, Any]:
         out["io"] = {"inputs": list(doc.get("inputs") or []), "outputs": list(doc.get("outputs") or [])}
     out["format"] = SIDECAR_FORMAT
     return out
+
+
+def check_runnable(plan_path: Union[str, Path], sidecar: Optional[EngineSidecar],
+                   gpu: Optional[Dict[str, str]], reason: str = "") -> None:
+    """Raise FcnsegError with one line saying why this engine cannot run on ``gpu`` (None: no GPU at all)."""
+    plan = Path(plan_path)
+    onnx = (sidecar.onnx if sidecar is not None and sidecar.onnx else "MODEL.onnx")
+    if gpu is None:
+        raise FcnsegError(f"cannot run TensorRT engine {plan.name!r} here: expected a CUDA GPU, got none "
+                          f"({reason or 'no CUDA device'}); TensorRT engines run on NVIDIA GPUs only: try the ONNX "
+                          f"model ({onnx}) with onnxruntime or openvino")
+    if sidecar is None or sidecar.library != "tensorrt_rtx" or not sidecar.compute_capabilities:
+        return
+    cc = gpu.get("compute_capability", "unknown")
+    if cc in sidecar.compute_capabilities or not _cc_below_max(cc, sidecar.compute_capabilities):
+        return  # a listed target, or a newer GPU the library may still cover: let TensorRT decide
+    fix = (f"fcn-export trt {onnx} --library tensorrt_rtx --compute-capability {cc}" if cc in RTX_TARGETS
+           else f"fcn-export trt {onnx} --library tensorrt")
+    raise FcnsegError(f"cannot run TensorRT engine {plan.name!r} here: built with tensorrt_rtx "
+                      f"{sidecar.version_short} for {sidecar.targets()}; this GPU is {sm_name(cc)} "
+                      f"({gpu.get('name', 'unknown GPU')}): rebuild with `{fix}`")
+
+
+def _cc_below_max(cc: str, targets: Sequence[str]) -> bool:
+    def key(c: str) -> Tuple[int, ...]:
+        return tuple(int(p) for p in c.split("."))
+    try:
+        return key(cc) < max(key(t) for t in targets)
+    except ValueError:
+        return True

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import FcnsegError, one_line
 from ..metadata import ModelMetadata
-from ..sidecar import EngineSidecar, sidecar_path, sm_name  # sidecar_path: re-exported
+from ..sidecar import EngineSidecar, check_runnable, sidecar_path  # noqa: F401  (sidecar_path: re-exported)
 from .base import BaseBackend
 from .cuda_memory import CudaMemory, device_info, load_cuda_memory
 
@@ -109,37 +109,6 @@ def probe_gpu() -> Tuple[Optional[Dict[str, str]], str]:
     lib.cuDeviceGetAttribute(ctypes.byref(major), 75, device)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
     lib.cuDeviceGetAttribute(ctypes.byref(minor), 76, device)  # ..._MINOR
     return {"name": buf.value.decode(errors="replace"), "compute_capability": f"{major.value}.{minor.value}"}, ""
-
-
-def check_runnable(plan_path: Union[str, Path], sidecar: Optional[EngineSidecar],
-                   gpu: Optional[Dict[str, str]], reason: str = "") -> None:
-    """Raise FcnsegError with one line saying why this engine cannot run on ``gpu`` (None: no GPU at all)."""
-    plan = Path(plan_path)
-    onnx = (sidecar.onnx if sidecar is not None and sidecar.onnx else "MODEL.onnx")
-    if gpu is None:
-        raise FcnsegError(f"cannot run TensorRT engine {plan.name!r} here: expected a CUDA GPU, got none "
-                          f"({reason or 'no CUDA device'}); TensorRT engines run on NVIDIA GPUs only: try the ONNX "
-                          f"model ({onnx}) with onnxruntime or openvino")
-    if sidecar is None or sidecar.library != "tensorrt_rtx" or not sidecar.compute_capabilities:
-        return
-    cc = gpu.get("compute_capability", "unknown")
-    if cc in sidecar.compute_capabilities or not _cc_below_max(cc, sidecar.compute_capabilities):
-        return  # a listed target, or a newer GPU the library may still cover: let TensorRT decide
-    rtx_targets = {"7.5", "8.0", "8.6", "8.9", "12.0", "12.1"}  # TensorRT for RTX 1.x ComputeCapability members
-    fix = (f"fcn-export trt {onnx} --library tensorrt_rtx --compute-capability {cc}" if cc in rtx_targets
-           else f"fcn-export trt {onnx} --library tensorrt")
-    raise FcnsegError(f"cannot run TensorRT engine {plan.name!r} here: built with tensorrt_rtx "
-                      f"{sidecar.version_short} for {sidecar.targets()}; this GPU is {sm_name(cc)} "
-                      f"({gpu.get('name', 'unknown GPU')}): rebuild with `{fix}`")
-
-
-def _cc_below_max(cc: str, targets: Sequence[str]) -> bool:
-    def key(c: str) -> Tuple[int, ...]:
-        return tuple(int(p) for p in c.split("."))
-    try:
-        return key(cc) < max(key(t) for t in targets)
-    except ValueError:
-        return True
 
 
 def format_shape(shape: Sequence[int]) -> str:

@@ -17,10 +17,10 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from fcnseg.runtime import ModelMetadata, Segmenter
-from fcnseg.runtime.backends.tensorrt import TensorRTBackend, check_runnable, probe_gpu
+from fcnseg.runtime.backends.tensorrt import TensorRTBackend, probe_gpu
 from fcnseg.runtime.cli import predict_main
 from fcnseg.runtime.errors import FcnsegError
-from fcnseg.runtime.sidecar import EngineSidecar
+from fcnseg.runtime.sidecar import EngineSidecar, check_runnable
 
 H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
 

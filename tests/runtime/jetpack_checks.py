@@ -110,7 +110,7 @@ def check_metadata(inputs, out):
 
 
 def check_imports(out):
-    """Import every module of the installed runtime; record the failures (only the CLIs may need click/tqdm)."""
+    """Import every module of the installed runtime (the CLIs with the cli extra's click/tqdm); record failures."""
     import importlib
     import pkgutil
 

@@ -161,7 +161,7 @@ def make_trt(version, *, rtx=False, dla_cores=None):
     return m
 
 
-@pytest.fixture(params=["8.5.2", "10.3.0", "11.1.0"])
+@pytest.fixture(params=["8.5.2", "8.6.2", "10.3.0", "11.1.0"])
 def fake_trt(request, monkeypatch):
     m = make_trt(request.param)
     monkeypatch.setitem(sys.modules, "tensorrt", m)
@@ -357,6 +357,8 @@ def test_choose_build_mode_errors(version, graph, wanted, strongly, message):
     ("8.5.2", "fp32", "fp16", EXPLICIT, ["FP16"]),
     ("8.5.2", "fp16", None, EXPLICIT, ["FP16"]),
     ("8.5.2", "int8", None, EXPLICIT, ["INT8", "FP16"]),
+    ("8.6.2", "fp32", "fp16", EXPLICIT, ["FP16"]),   # JetPack 6.0
+    ("8.6.2", "int8", None, EXPLICIT, ["INT8", "FP16"]),
     ("10.3.0", "fp32", None, 0, []),
     ("10.3.0", "fp32", "fp16", 0, ["FP16"]),
     ("10.3.0", "fp16", None, STRONG, []),

@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 from tqdm import tqdm
 
 from ..runtime.errors import FcnsegError
@@ -112,14 +112,17 @@ def make_loaders(cfg: TrainConfig, dist_info: distributed.DistInfo) -> tuple[Dat
                           f"{cfg.batch_size}, got {len(train_ds)}; try a smaller -b/--batch-size")
     if cfg.check_data:
         scan_splits([train_ds.layout, val_ds.layout], threads=min(8, os.cpu_count() or 1), show=dist_info.is_main)
+    train_sampler: Sampler
+    val_sampler: Sampler
     if dist_info.enabled:
         train_sampler, val_sampler = DistributedSampler(train_ds, seed=cfg.seed), DistributedSampler(val_ds, shuffle=False)
     else:
         train_sampler, val_sampler = RandomSampler(train_ds, generator=torch.Generator()), SequentialSampler(val_ds)
-    kw = {"num_workers": cfg.workers, "collate_fn": collate_fn}
     # Train workers start anew each epoch, seeded from the reseeded global RNG: a resumed epoch is the same epoch.
-    train = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=train_sampler, drop_last=True, **kw)
-    val = DataLoader(val_ds, batch_size=1, sampler=val_sampler, persistent_workers=cfg.workers > 0, **kw)
+    train = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=train_sampler, drop_last=True,
+                       num_workers=cfg.workers, collate_fn=collate_fn)
+    val = DataLoader(val_ds, batch_size=1, sampler=val_sampler, persistent_workers=cfg.workers > 0,
+                     num_workers=cfg.workers, collate_fn=collate_fn)
     return train, val
 
 
@@ -204,7 +207,7 @@ def _train(cfg: TrainConfig, device: torch.device, dist_info: distributed.DistIn
         scheduler, plan, replanned = point.restore(cfg, model, optimizer, scaler, len(train_loader))
         if replanned and dist_info.is_main:
             tqdm.write(f"resuming at epoch {start} with the LR schedule re-planned: poly decay to 0 at iteration "
-                       f"{plan.total} (was {point.saved_plan['total']})")
+                       f"{plan.total} (was {(point.saved_plan or {}).get('total')})")
     log: dict = {}
     for epoch in range(start, cfg.epochs):
         seed_epoch(cfg, epoch, dist_info.rank, train_loader)

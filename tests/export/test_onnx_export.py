@@ -137,11 +137,11 @@ def test_metadata_round_trip(r18_onnx):
     assert model.opset_import[0].version == 17
 
 
-def test_raw_state_dict_needs_arch(checkpoint_factory, tmp_path):
+def test_raw_state_dict_arch_is_told_from_its_keys(checkpoint_factory, tmp_path):
     raw = checkpoint_factory(tmp_path / "raw.pth", raw=True)
-    with pytest.raises(FcnsegError, match="--arch"):
-        export_onnx(raw, tmp_path / "raw.onnx", verify=False)
-    result = export_onnx(raw, tmp_path / "raw.onnx", arch="fcn8s_resnet18", verify_shapes=[(1, 64, 64)])
+    with pytest.raises(FcnsegError, match="got one of fcn8s_resnet18 .*; try --arch fcn8s_resnet18"):
+        export_onnx(raw, tmp_path / "raw.onnx", arch="fcn8s_resnet34", verify=False)
+    result = export_onnx(raw, tmp_path / "raw.onnx", verify_shapes=[(1, 64, 64)])
     assert result.path.is_file() and read_metadata(onnx.load(str(result.path)))[0].arch == "fcn8s_resnet18"
     assert check_trt_ready(result.path)
 

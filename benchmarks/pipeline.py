@@ -183,7 +183,7 @@ def checkpoint_for(data: Optional[Path], out: Path, m: ModelSettings, size: int)
 
     tc = TrainConfig(data_path=str(need(data, "a dataset")), model=m.arch, epochs=m.epochs, batch_size=m.batch_size,
                      lr=m.lr, workers=m.workers, output_dir=str(out / "train"), amp=m.amp, base_size=size,
-                     crop_size=size - 16, device=m.device)
+                     crop_size=size - 16, device=m.device, force=True)  # a rerun moves the old run aside
     last = train(tc)
     return out / "train" / "model_best.pth", last
 

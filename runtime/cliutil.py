@@ -13,7 +13,13 @@ from typing import Any, List, Optional
 import click
 
 
+# click >= 8.2 raises this (a UsageError) for a bare group or a command with no_args_is_help: show the help.
+_HELP_ERRORS = tuple(getattr(click.exceptions, n) for n in ("NoArgsIsHelpError",) if hasattr(click.exceptions, n))
+
+
 def _one_line_usage(error: click.UsageError, name: str) -> None:
+    if isinstance(error, _HELP_ERRORS):
+        raise error
     ctx = error.ctx
     command = ctx.command_path if ctx is not None else name
     message = " ".join(error.format_message().split()).rstrip(".")

@@ -324,6 +324,13 @@ def test_unreadable_model_says_permission_denied(artifacts, tmp_path):
     assert code == 2 and "permission denied" in err and len(err.strip().splitlines()) == 1
 
 
+def test_bare_group_still_shows_its_help():
+    from fcnseg.export.cli import main as export_main
+
+    result = CliRunner().invoke(export_main, [])
+    assert "Usage:" in result.output + result.stderr and "Commands:" in result.output + result.stderr
+
+
 def test_hints_name_only_options_that_exist():
     """Every "try ... --option" in a message names an option some fcn-* command declares (no `try --split` typos)."""
     import re

@@ -286,3 +286,12 @@ def test_run_py_segments_a_video_through_the_stream_api(bundle, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "StreamStats(frames=2" in proc.stdout and out.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_bundle_quantizes_with_calib_data(r18_onnx, tiny_voc, wheel, tmp_path):
+    """--calib-data: the INT8 graph is calibrated here (FCN-8s/ResNet-18 on the tiny synthetic VOC)."""
+    b = make_bundle(r18_onnx, tmp_path / "b", calib_root=tiny_voc, runtime_wheel=wheel)
+    assert set(b.graphs) == {"fp16", "int8"} and precision_of_onnx(b.graphs["int8"]) == "int8"
+    assert read_onnx_metadata(b.graphs["int8"]).arch == "fcn8s_resnet18"
+    assert "./build_engine.sh int8" in (b.path / "README.md").read_text()

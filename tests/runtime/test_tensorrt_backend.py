@@ -512,7 +512,7 @@ def test_real_engine_matches_onnxruntime(tensorrt_gpu, tmp_path, precision):
     plan = build_engine(graph, output=tmp_path / f"conv_{precision}.plan", min_shape=(1, 3, 16, 16),
                         opt_shape=(1, 3, 64, 64), max_shape=(2, 3, 128, 128), workspace_gib=1.0)
     side = json.loads(sidecar_path(plan).read_text())
-    assert side["precision"] == precision and side["tensorrt_version"] == tensorrt_gpu.__version__
+    assert side["precision"] == precision and side["library_version"] == tensorrt_gpu.__version__
     for graphs in (False, True):
         with TensorRTBackend(plan, cuda_graphs=graphs) as b:
             for shape in [(1, 16, 16), (1, 37, 53), (2, 128, 128)]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from ..runtime.backends.tensorrt import import_tensorrt, probe_gpu
-from ..runtime.errors import FcnsegError, first_line
+from ..runtime.errors import FcnsegError, one_line
 from ..runtime.sidecar import EngineSidecar
 from .onnx_export import PathLike
 from .trt_features import Features, detect_features
@@ -143,7 +143,7 @@ def inspect_engine(plan: PathLike) -> Dict[str, Any]:
     try:
         result["layers"] = _engine_layers(p, sidecar.library if sidecar is not None else "auto")
     except Exception as e:  # a wrong GPU or library: the sidecar is still worth showing
-        result["layers_note"] = f"the engine could not be loaded here: {first_line(e)}"
+        result["layers_note"] = f"the engine could not be loaded here: {one_line(e, 300)}"
     return result
 
 

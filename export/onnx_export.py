@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 
 from ..runtime.atomic import atomic_path
-from ..runtime.errors import FcnsegError, first_line
+from ..runtime.errors import FcnsegError, one_line
 from ..runtime.outputs import check_readable
 from ..runtime.onnx_names import (DEFAULT_OPSET, INPUT_NAME, LOGITS_NAME, MASK_NAME, MAX_OPSET,  # noqa: F401
                                    MIN_OPSET, TRT8_MAX_OPSET)
@@ -243,7 +243,7 @@ def _full_check(model: onnx.ModelProto) -> None:
     try:
         onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        raise FcnsegError(f"expected a valid ONNX graph, got a checker error: {first_line(e)}; "
+        raise FcnsegError(f"expected a valid ONNX graph, got a checker error: {one_line(e, 300)}; "
                           "try another --opset") from None
 
 
@@ -369,7 +369,7 @@ def ort_session(model: Union[onnx.ModelProto, PathLike], *,
         return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     except Exception as e:
         raise FcnsegError(f"expected ONNX Runtime to load the graph, got {type(e).__name__}: "
-                          f"{first_line(e)}") from None
+                          f"{one_line(e, 300)}") from None
 
 
 def run_session(session: "onnxruntime.InferenceSession", x: np.ndarray) -> Dict[str, np.ndarray]:

@@ -39,11 +39,6 @@ def one_line(error: BaseException, limit: Optional[int] = None) -> str:
     return text[:limit] if limit else text
 
 
-def first_line(error: BaseException, limit: int = 300) -> str:
-    """Kept for modules not yet switched to ``one_line(error, limit)``, which it calls."""
-    return one_line(error, limit)
-
-
 @contextlib.contextmanager
 def handle_cli_errors(debug: bool = False) -> Iterator[None]:
     """The one CLI error handler: FcnsegError becomes one line on stderr and exit status 2.

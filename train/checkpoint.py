@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from ..runtime.atomic import atomic_path
-from ..runtime.errors import FcnsegError, first_line
+from ..runtime.errors import FcnsegError, one_line
 from ..runtime.metadata import ModelMetadata
 from ..runtime.voc import BASE_SIZE, MEAN, STD, VOC_CLASSES
 from .models import MODELS, get_model
@@ -116,7 +116,7 @@ def model_from_checkpoint(path: "str | os.PathLike[str]", *, arch: Optional[str]
     try:
         model.load_state_dict(ckpt.state_dict)
     except RuntimeError as e:
-        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), first_line(e))
+        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), one_line(e, 300))
         raise FcnsegError(f"checkpoint {str(path)!r} does not fit {arch} with {n} classes: {first}") from None
     return model.eval(), ckpt
 

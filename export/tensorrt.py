@@ -10,7 +10,8 @@ Two libraries, one chain: ``library="auto"`` uses ``tensorrt`` when importable, 
 library offers is detected on the module (``trt_features.detect_features``), never guessed from a version
 string. The build is a chain of small steps in the manner of Polygraphy's loaders (``engine_spec``, see
 ``engine_spec.py`` and ``profile.py`` -> ``create_network`` -> ``parse_onnx`` -> ``config_from_features``
--> ``build_plan`` -> ``save_engine``); each takes the library's objects, so tests drive them with fake modules and with the real TensorRT for RTX.
+-> ``build_plan`` -> ``save_engine``); each takes the library's objects, so tests drive them with fake
+modules and with the real TensorRT for RTX.
 The engine has no user-metadata API, hence the sidecar (``fcnseg.runtime.sidecar.EngineSidecar``).
 """
 

@@ -8,9 +8,12 @@ shapes back and copies through pinned host memory. With ``cuda_graphs=True`` the
 input shape is captured once into a CUDA graph and replayed (a graph freezes shapes and addresses).
 
 TensorRT and the CUDA library (cuda-python or pycuda, see ``cuda_memory``) are imported inside the
-constructor, never at module import. Engines are tied to the TensorRT version and the GPU they were
-built with; the sidecar ``<plan>.json`` written by ``fcnseg.export.tensorrt`` records both, so a
-failed deserialization says what the engine needs and how to rebuild it.
+constructor, never at module import; the TensorRT library is the one the sidecar ``<plan>.json``
+(``EngineSidecar``) names: ``tensorrt`` or ``tensorrt_rtx`` (TensorRT for RTX). Before anything is loaded
+the GPU is asked of the driver (``probe_gpu``, ctypes over libcuda): with no GPU, or an RTX engine whose
+compute capabilities leave this GPU out (Hopper, say), one line says so and how to rebuild. Engines are
+tied to the library version and the GPU they were built for, so a failed deserialization says what the
+engine needs and how to rebuild it.
 """
 
 from __future__ import annotations

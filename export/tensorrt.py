@@ -370,4 +370,5 @@ def build_engine_from_spec(spec: EngineSpec, *, output: PathLike) -> BuiltEngine
         save_timing_cache(config, spec.timing_cache)
     sidecar = engine_sidecar(spec, mode, features, network_io(network, features), gpu_info(), targets, seconds)
     save_engine(plan, out, sidecar)
+    log.info("wrote %s (%.1f MB, %s, built in %.1f s)", out, len(plan) / 1e6, sidecar.describe(), seconds)
     return BuiltEngine(out, sidecar, seconds)

@@ -168,6 +168,7 @@ ROWS += (
                                   "expected a CUDA GPU for --device cuda, got none", note="on a machine without CUDA"),)),
     Row("fcn-train", _TRAIN + ("--output-dir", "{notes}"), "expected --output-dir to be a folder, got the file"),
     Row("fcn-train", _TRAIN + ("--output-dir", "{notes}/run"), "expected --output-dir under a folder"),
+    Row("fcn-train", _TRAIN + ("-b", "1", "--output-dir", "/proc/run"), "expected a writable --output-dir"),
     Row("fcn-train", _TRAIN, "holding a previous run (model_best.pth); try --resume", setup=_train_run,
         note="a better run's model_best.pth was replaced"),
     Row("fcn-train", _TRAIN + ("--resume", "{tmp}/aux.pth"), "got one with it in", setup=_aux_checkpoint,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -55,7 +56,11 @@ def prepare_output_dir(out: Path, *, resume_epoch: Optional[int] = None, force: 
                           "(the old run is moved to a previous-<time> folder inside it), or another --output-dir")
     if not create:
         return
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # e.g. /proc, a read-only mount: os.access cannot tell for root
+        raise FcnsegError(f"expected a writable --output-dir, got {str(out)!r}: {e.strerror or e}; "
+                          "try another --output-dir") from None
     stale = previous if resume_epoch is None else _later_files(out, previous, resume_epoch)
     if resume_epoch is not None and _rows_from(out / "metrics.jsonl", resume_epoch):
         stale.append(out / "metrics.jsonl")  # moved whole, then rewritten below with the earlier rows
@@ -77,9 +82,13 @@ def _check_writable(out: Path) -> None:
     if not parent.is_dir():
         raise FcnsegError(f"expected --output-dir under a folder, got {str(out)!r} under the file {str(parent)!r}; "
                           "try another --output-dir")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise FcnsegError(f"expected a writable --output-dir, got {str(out)!r}: permission denied on "
-                          f"{str(parent)!r}; try another --output-dir")
+    try:  # os.access says yes to root even on /proc or a read-only mount: try it
+        fd, probe = tempfile.mkstemp(prefix=".fcnseg-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise FcnsegError(f"expected a writable --output-dir, got {str(out)!r}: cannot create files in "
+                          f"{str(parent)!r} ({e.strerror or e}); try another --output-dir") from None
 
 
 def _later_files(out: Path, previous: List[Path], epoch: int) -> List[Path]:

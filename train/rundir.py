@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
 from ..runtime.atomic import write_text
 from ..runtime.errors import FcnsegError
+from ..runtime.outputs import check_writable_parent
 
 __all__ = ["run_files", "prepare_output_dir", "append_metrics"]
 
@@ -76,19 +76,7 @@ def prepare_output_dir(out: Path, *, resume_epoch: Optional[int] = None, force: 
 def _check_writable(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise FcnsegError(f"expected --output-dir to be a folder, got the file {str(out)!r}; try another --output-dir")
-    parent = out
-    while not parent.exists():  # the first existing ancestor decides whether the folder can be made
-        parent = parent.parent
-    if not parent.is_dir():
-        raise FcnsegError(f"expected --output-dir under a folder, got {str(out)!r} under the file {str(parent)!r}; "
-                          "try another --output-dir")
-    try:  # os.access says yes to root even on /proc or a read-only mount: try it
-        fd, probe = tempfile.mkstemp(prefix=".fcnseg-probe-", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise FcnsegError(f"expected a writable --output-dir, got {str(out)!r}: cannot create files in "
-                          f"{str(parent)!r} ({e.strerror or e}); try another --output-dir") from None
+    check_writable_parent(out / "checkpoint.pth", "--output-dir")  # under a file, read-only, /proc
 
 
 def _later_files(out: Path, previous: List[Path], epoch: int) -> List[Path]:

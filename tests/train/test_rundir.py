@@ -42,7 +42,7 @@ def test_force_moves_the_previous_run_aside_and_says_where(tmp_path):
 
 @pytest.mark.parametrize("where, message", [
     ("notes.txt", "expected --output-dir to be a folder, got the file"),
-    ("notes.txt/run", "expected --output-dir under a folder, got .* under the file"),
+    ("notes.txt/run", "expected --output-dir in a folder, got .* whose parent .*notes.txt' is a file"),
 ])
 def test_an_output_path_that_is_or_is_under_a_file_is_refused(tmp_path, where, message):
     (tmp_path / "notes.txt").write_text("mine")

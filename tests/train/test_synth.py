@@ -131,7 +131,7 @@ def test_refuses_a_dataset_it_did_not_write_and_a_file(tmp_path):
     assert (real / "ImageSets" / "Segmentation" / "train.txt").read_text() == "2007_000032\n"
     assert sorted(p.name for p in real.rglob("*")) == ["ImageSets", "Segmentation", "train.txt"]
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(FcnsegError, match="expected ROOT to be a folder .*which is the file"):
+    with pytest.raises(FcnsegError, match="expected ROOT to be a folder .*got the file"):
         synthesize(tmp_path / "notes.txt", num_train=2, num_val=1, size=48, progress=False)
     assert (tmp_path / "notes.txt").read_text() == "mine"
 

@@ -25,10 +25,10 @@ import onnx
 
 from ..runtime.errors import FcnsegError, one_line
 from ..runtime.metadata import ModelMetadata
-from ..runtime.onnx_names import QDQ_OPS
 from ..runtime.parity import OutputComparison, compare_logits
 from .onnx_export import (LOGITS_NAME, MASK_NAME, PathLike, Shape, default_verify_shapes, expose_argmax_input,
-                          load_onnx, ort_session, read_metadata, run_session, save_onnx, set_metadata)
+                          load_onnx, ort_session, read_metadata, require_fp32_graph, run_session, save_onnx,
+                          set_metadata)
 
 log = logging.getLogger("fcnseg.export")
 
@@ -81,7 +81,7 @@ def convert_fp16(model_path: PathLike, output: Optional[PathLike] = None, *, ver
     src = Path(model_path)
     model = load_onnx(src)
     meta, _ = read_metadata(model)
-    _check_convertible(model, meta, src)
+    require_fp32_graph(model, meta, src)
     fp16 = to_fp16(model)
     check_io_types(model, fp16)
     meta.precision = "fp16"
@@ -103,17 +103,6 @@ def _check_verify_shapes(shapes: Optional[Sequence[Shape]], meta: ModelMetadata)
             raise FcnsegError(f"expected verify shapes with H, W in the model's declared range {low}..{high}, got "
                               f"{n}x{h}x{w}; try --verify-shapes 1x{max(low, 97)}x{max(low, 131)}")
     return shapes
-
-
-def _check_convertible(model: onnx.ModelProto, meta: ModelMetadata, path: Path) -> None:
-    ops = {n.op_type for n in model.graph.node}
-    if ops & set(QDQ_OPS) or meta.precision == "int8":
-        raise FcnsegError(f"expected an FP32 ONNX model, got a quantized (INT8 Q/DQ) one in {str(path)!r}; "
-                          "try the FP32 export from `fcn-export onnx`")
-    float16 = any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
-    if float16 or meta.precision == "fp16":
-        raise FcnsegError(f"expected an FP32 ONNX model, got one already in FP16 in {str(path)!r}; "
-                          "try the FP32 export from `fcn-export onnx`")
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:

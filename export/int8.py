@@ -48,14 +48,13 @@ from ..runtime.atomic import write_text
 from ..runtime.errors import FcnsegError
 from ..runtime.metadata import PREFIX, ModelMetadata
 from ..runtime.metrics import ConfusionMatrix
-from ..runtime.onnx_names import QDQ_OPS
 from ..runtime.parity import MiouComparison, compare_miou, evaluate
 from ..runtime.preprocess import preprocess
 from ..runtime.vocdata import VOCLayout, take
 from .check import check_trt_ready
 from .qdq import fold_weight_quantizers
-from .onnx_export import (PathLike, load_onnx, ort_session, output_kind, read_metadata, run_session, save_onnx,
-                          set_metadata, static_input_shape)
+from .onnx_export import (PathLike, load_onnx, ort_session, output_kind, read_metadata, require_fp32_graph,
+                          run_session, save_onnx, set_metadata, static_input_shape)
 
 try:  # the base class gives ORT's reader protocol (get_next, iteration); fall back to a plain object
     from onnxruntime.quantization import CalibrationDataReader
@@ -344,13 +343,8 @@ def _check_args(method: str, num_images: int, max_drop: float, eval_images: Opti
 
 
 def _check_quantizable(model: onnx.ModelProto, meta: ModelMetadata, path: Path) -> None:
-    ops = {n.op_type for n in model.graph.node}
-    if ops & set(QDQ_OPS) or meta.precision == "int8":
-        raise FcnsegError(f"expected an FP32 ONNX model, got an already quantized one in {str(path)!r}; "
-                          "try the FP32 export from `fcn-export onnx`")
-    if any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer) or meta.precision == "fp16":
-        raise FcnsegError(f"expected an FP32 ONNX model, got an FP16 one in {str(path)!r}; "
-                          "try quantizing the FP32 export (TensorRT mixes INT8 and FP16 by itself)")
+    require_fp32_graph(model, meta, path, fp16_hint="try quantizing the FP32 export (TensorRT mixes INT8 and FP16 "
+                       "by itself)")
     if static_input_shape(model) is not None:
         raise FcnsegError(f"expected dynamic height/width to calibrate on images of any size, got the static "
                           f"input {static_input_shape(model)} in {str(path)!r}; try exporting without --static")

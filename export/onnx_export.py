@@ -34,7 +34,7 @@ from ..runtime.atomic import atomic_path
 from ..runtime.errors import FcnsegError, one_line
 from ..runtime.outputs import check_readable
 from ..runtime.onnx_names import (DEFAULT_OPSET, INPUT_NAME, LOGITS_NAME, MASK_NAME, MAX_OPSET,  # noqa: F401
-                                   MIN_OPSET, TRT8_MAX_OPSET)
+                                   MIN_OPSET, QDQ_OPS, TRT8_MAX_OPSET)
 from ..runtime.shapes import parse_dims, parse_hw  # noqa: F401  (parse_hw re-exported for the CLI)
 from ..runtime.metadata import PREFIX, ModelMetadata
 from ..runtime.parity import OutputComparison, compare_logits
@@ -396,6 +396,16 @@ def expose_argmax_input(model: onnx.ModelProto) -> onnx.ModelProto:
                                                  name="fcnseg_expose_logits"))
     copy.graph.output.append(onnx.helper.make_tensor_value_info(LOGITS_NAME, onnx.TensorProto.FLOAT, None))
     return copy
+
+
+def require_fp32_graph(model: onnx.ModelProto, meta: ModelMetadata, path: PathLike, *,
+                       fp16_hint: str = "try the FP32 export from `fcn-export onnx`") -> None:
+    """Refuse a graph that is already INT8 (Q/DQ nodes or metadata) or FP16 (initializers or metadata)."""
+    if {n.op_type for n in model.graph.node} & set(QDQ_OPS) or meta.precision == "int8":
+        raise FcnsegError(f"expected an FP32 ONNX model, got a quantized (INT8 Q/DQ) one in {str(path)!r}; "
+                          "try the FP32 export from `fcn-export onnx`")
+    if any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer) or meta.precision == "fp16":
+        raise FcnsegError(f"expected an FP32 ONNX model, got an FP16 one in {str(path)!r}; {fp16_hint}")
 
 
 def static_input_shape(model: onnx.ModelProto) -> Optional[Shape]:

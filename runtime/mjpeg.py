@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import FcnsegError
-from .video_sinks import Sink
+from .video_io import Sink
 
 BOUNDARY = "fcnsegframe"
 CLIENT_WAIT = 1.0   # seconds a client waits for the next frame before checking whether the sink closed

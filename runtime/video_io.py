@@ -154,6 +154,27 @@ class CsiSource(Source):
         self._cap.release()
 
 
+class Sink:
+    """Where rendered frames go: ``write(frame, index)`` with HxWx3 uint8 RGB frames, then ``close()``."""
+
+    name: str = "sink"
+
+    def write(self, frame: np.ndarray, index: int) -> None:
+        raise NotImplementedError
+
+    def source_rate(self, fps: Optional[float]) -> None:
+        """Told the source's frame rate (None: unknown) before the first frame; video sinks record it."""
+
+    def close(self) -> None:
+        """Finish the output (flush the encoder, write the trailer); safe to call twice."""
+
+    def __enter__(self) -> "Sink":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def csi_pipeline(url: str) -> str:
     """The GStreamer pipeline for ``csi://N[?width=W&height=H&framerate=F&flip=M]`` (nvarguscamerasrc, BGR out)."""
     parts = urlsplit(url)

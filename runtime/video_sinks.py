@@ -20,31 +20,10 @@ from .errors import FcnsegError, one_line
 from .outputs import SOFTWARE
 from .postprocess import save_image
 from .preprocess import to_rgb_uint8
-from .video_io import DEFAULT_FPS, OUTPUT_FORMATS, VIDEO_SUFFIXES, import_av
+from .video_io import DEFAULT_FPS, OUTPUT_FORMATS, VIDEO_SUFFIXES, Sink, import_av
 
 PathLike = Union[str, "os.PathLike[str]"]
 NETWORK_SINKS = {"udp": "mpegts", "rtp": "rtp"}   # MPEG-TS over UDP; H.264 over RTP (payload 96), as segnet
-
-
-class Sink:
-    """Where rendered frames go: ``write(frame, index)`` with HxWx3 uint8 RGB frames, then ``close()``."""
-
-    name: str = "sink"
-
-    def write(self, frame: np.ndarray, index: int) -> None:
-        raise NotImplementedError
-
-    def source_rate(self, fps: Optional[float]) -> None:
-        """Told the source's frame rate (None: unknown) before the first frame; video sinks record it."""
-
-    def close(self) -> None:
-        """Finish the output (flush the encoder, write the trailer); safe to call twice."""
-
-    def __enter__(self) -> "Sink":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class FolderSink(Sink):

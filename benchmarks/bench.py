@@ -83,7 +83,7 @@ class ModelSpec:
     Attributes:
         path: .onnx, .plan/.engine or .pth.
         backend: "openvino", "onnxruntime", "tensorrt", "pytorch"; None: the Segmenter's choice.
-        precision_hint: OpenVINO's ("f32", "bf16"); None: its default (ours for e2e, OpenVINO's own for "model").
+        precision_hint: OpenVINO's ("f32", "bf16"); None: the backend's default (OpenVINO's own for "model").
         mode: "e2e" (Segmenter end to end) or "model" (the library alone on a preprocessed input).
         label: the row's name in tables (default: file name, backend, mode).
     """
@@ -199,7 +199,8 @@ def _network_input(images: np.ndarray, meta: Any) -> np.ndarray:
 def _native_openvino(spec: ModelSpec, images: np.ndarray, hw: tuple, num_threads: Optional[int]) -> _Runner:
     """OpenVINO as its own user runs it: compile the .onnx with OpenVINO's defaults, infer a float32 NCHW batch.
 
-    Outputs are shared, not copied, so this is OpenVINO's fastest plain call.
+    ``InferRequest.infer`` with its defaults, as OpenVINO's samples call it: the logits come back as a numpy
+    array the caller owns (copied out of the request, which the next call reuses).
     """
     from ..runtime.backends.openvino import _read_metadata, import_openvino
 
@@ -216,8 +217,7 @@ def _native_openvino(spec: ModelSpec, images: np.ndarray, hw: tuple, num_threads
     request = compiled.create_infer_request()
     x = _network_input(images, meta)
     hint = spec.precision_hint or compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-    return _Runner(spec, None, lambda: request.infer({0: x}, share_inputs=True, share_outputs=True),
-                   "openvino", meta.precision, hint)
+    return _Runner(spec, None, lambda: request.infer({0: x}), "openvino", meta.precision, hint)
 
 
 def _device_mb(seg) -> Optional[float]:
@@ -279,7 +279,8 @@ def _result(r: _Runner, hw: tuple, batch: int, peak: float) -> BenchResult:
                        stages={s: Stats.of(v) for s, v in r.stages.items()},
                        images_per_s=batch * 1e3 / e2e.median, peak_host_mb=peak,
                        peak_device_mb=_device_mb(r.seg) if r.spec.mode == "e2e" else None, mode=r.spec.mode,
-                       precision_hint=r.hint, label=r.spec.name(r.backend))
+                       precision_hint=r.hint, label=r.spec.name(r.backend),
+                       extra={"hint_requested": r.spec.precision_hint or ""})
 
 
 def bench_models(specs: Sequence[Union[str, ModelSpec]], shapes: Sequence[tuple], batches: Sequence[int],

@@ -8,7 +8,7 @@ import click
 
 from ..runtime import outputs
 from ..runtime.cliutil import OneLineCommand
-from ..runtime.backends.openvino import PRECISION_HINTS
+from ..runtime.backends.openvino import PARITY_PRECISION_HINT, PRECISION_HINTS
 from ..runtime.errors import FcnsegError, cli_errors
 from ..runtime.segmenter import BACKEND_NAMES
 from .evaluate import TOLERANCES
@@ -20,8 +20,8 @@ FORCE_HELP = "replace an existing --json/--csv even when it is not an fcnseg rep
 def _backend_options(fn):
     """``--providers``, ``--backend`` (repeatable: one row per backend) and ``--precision-hint``, as one decorator."""
     fn = click.option("--precision-hint", type=click.Choice(PRECISION_HINTS), default=None,
-                      help="OpenVINO precision for non-INT8 layers (bf16: faster on CPUs with BF16) [default: f32, "
-                           "for parity]")(fn)
+                      help="OpenVINO precision for non-INT8 layers (bf16: faster on CPUs with BF16) [default: "
+                           "fcn-eval f32, for parity; fcn-bench f32 for FP32/FP16 graphs, OpenVINO's own for INT8]")(fn)
     fn = click.option("--backend", "backends", multiple=True, type=click.Choice(BACKEND_NAMES),
                       help="run each .onnx with this backend; repeat for one row per backend [default: the fastest "
                            "installed]")(fn)
@@ -66,7 +66,7 @@ def eval_main(model, compare, more, data_path, split, limit, size, providers, ba
     prov = parse_providers(providers)
     tol = {"fp32": tol_fp32, "fp16": tol_fp16, "int8": tol_int8}
     result = compare_models(paths, data_path, split, limit=limit, size=size, tolerances=tol, providers=prov,
-                            backends=list(backends) or [None], precision_hint=precision_hint)
+                            backends=list(backends) or [None], precision_hint=precision_hint or PARITY_PRECISION_HINT)
     click.echo(parity_table(result))
     click.echo("\nper-class IoU (%) and deltas (points):")
     click.echo(class_delta_table(result))

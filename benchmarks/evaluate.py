@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ..runtime.backends.openvino import PARITY_PRECISION_HINT
 from ..runtime.errors import FcnsegError
 from ..runtime.metrics import ConfusionMatrix
 from ..runtime.parity import MiouComparison, ParityResult, compare_miou, evaluate
@@ -82,7 +83,8 @@ def evaluate_model(path: str, data_path: str, split: str = "val", *, limit: Opti
     """Evaluate one model file (.pth, .onnx, .plan) through the runtime on a VOC split.
 
     ``num_classes``: the class count the model must have (a comparison's reference), checked before any image.
-    ``backend`` / ``precision_hint``: as ``Segmenter.load`` (None: the fastest backend installed, f32).
+    ``backend`` / ``precision_hint``: as ``Segmenter.load`` (None: the fastest backend installed, its default
+    precision; ``compare_models`` and fcn-eval ask for f32).
     """
     from ..runtime.segmenter import Segmenter
 
@@ -118,7 +120,8 @@ def _progress(desc: str, total: int):
 def compare_models(paths: Sequence[str], data_path: str, split: str = "val", *, limit: Optional[int] = None,
                    size: Optional[int] = None, tolerances: Optional[dict] = None,
                    providers: Optional[Sequence[str]] = None, progress: bool = True,
-                   backends: Sequence[Optional[str]] = (None,), precision_hint: Optional[str] = None) -> ParityResult:
+                   backends: Sequence[Optional[str]] = (None,),
+                   precision_hint: Optional[str] = PARITY_PRECISION_HINT) -> ParityResult:
     """Evaluate every model on the same images; the first is the reference for the deltas.
 
     A model that fails to load or run gets a row with its error as status instead of stopping the table.

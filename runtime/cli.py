@@ -39,7 +39,8 @@ from .stream_cli import StreamOptions, run_stream, stream_options
 @click.option("--backend", type=click.Choice(BACKEND_NAMES), default=None,
               help="Inference backend [default: by suffix; .onnx: OpenVINO when installed, else ONNX Runtime].")
 @click.option("--precision-hint", type=click.Choice(PRECISION_HINTS), default=None,
-              help="OpenVINO precision for non-INT8 layers; bf16 is faster on CPUs with BF16 [default: f32].")
+              help="OpenVINO precision for non-INT8 layers; bf16 is faster on CPUs with BF16 [default: f32 for "
+              "FP32/FP16 graphs, OpenVINO's own for INT8 graphs].")
 @click.option("--force", is_flag=True, help="Replace files in --out that fcnseg did not write (never an input).")
 @stream_options
 @cli_errors

@@ -82,8 +82,9 @@ class Segmenter:
                 TensorRT/CUDA when available, else CPU. Only for ``.onnx``.
             size: see the class docstring.
             num_threads: CPU threads for OpenVINO, ONNX Runtime (intra-op) or PyTorch.
-            precision_hint: OpenVINO's precision for the layers not in INT8: "f32" (default, for parity) or
-                "bf16" (faster where the CPU has BF16 instructions).
+            precision_hint: OpenVINO's precision for the layers not in INT8: "f32" or "bf16" (faster where the
+                CPU has BF16 instructions); default f32 for FP32/FP16 graphs (parity), OpenVINO's own default
+                for the device for INT8 graphs.
         """
         return cls(load_backend(path, backend=backend, providers=providers, num_threads=num_threads,
                                 precision_hint=precision_hint), size=size)

@@ -14,6 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from fcnseg.runtime import FcnsegError, ModelMetadata, Segmenter
+from fcnseg.runtime.backends.openvino import default_precision_hint
 
 pytest.importorskip("openvino")
 
@@ -137,6 +138,9 @@ def test_precision_hints_and_bad_files(models, tmp_path):
         assert seg.backend.precision_hint == "bf16" and seg(image(16, 16)).shape == (16, 16)
     with pytest.raises(FcnsegError, match="f32, bf16"):
         Segmenter.load(models["logits"], precision_hint="fp8")
+    # FP32/FP16 graphs: f32 (parity); INT8 graphs: the device's own default when it is one of ours
+    assert [default_precision_hint(g, d) for g, d in (("fp32", "bf16"), ("int8", "bf16"), ("int8", "f16"))] == [
+        "f32", "bf16", "f32"]
     with pytest.raises(FcnsegError, match="only with the openvino backend"):
         Segmenter.load(models["logits"], backend="onnxruntime", precision_hint="bf16")
     with pytest.raises(FcnsegError, match="expected a backend in openvino, onnxruntime"):

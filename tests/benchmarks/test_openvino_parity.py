@@ -19,6 +19,7 @@ def test_fcn_eval_compare_rows_for_openvino_and_onnxruntime(trained, tmp_path):
     models = [str(trained[k]) for k in ("ckpt", "fp32", "int8")]
     r = CliRunner().invoke(eval_main, ["--data-path", str(trained["data"]), "--json", str(out), "--backend",
                                        "openvino", "--backend", "onnxruntime", "--compare", *models])
+    print("\n" + r.output)
     assert r.exit_code == 0, r.output
     rows = json.loads(out.read_text())["models"]
     got = [(row["backend"], row["precision"], row["precision_hint"]) for row in rows]
@@ -34,4 +35,5 @@ def test_int8_with_openvinos_own_bf16_default_stays_within_tolerance(trained):
     rows = compare_models([str(trained["ckpt"]), str(trained["int8"])], str(trained["data"]), "val",
                           backends=["openvino"], precision_hint="bf16", progress=False)
     assert [(r.backend, r.precision_hint) for r in rows] == [("pytorch", ""), ("openvino", "bf16")]
+    print("\n" + parity_table(rows))
     assert rows, parity_table(rows)

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -65,6 +66,18 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _collect_lines(stream) -> list:
+    """Read ``stream`` line by line in a thread into the returned list (so a full pipe never blocks the server)."""
+    lines: list = []
+
+    def read() -> None:
+        for line in iter(stream.readline, b""):
+            lines.append(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
 def test_serve_answers_and_ctrl_c_stops(install, tmp_path):
     model = tiny_onnx(tmp_path / "tiny.onnx")
     ports = [free_port() for _ in range(3)]
@@ -81,10 +94,16 @@ def test_serve_answers_and_ctrl_c_stops(install, tmp_path):
         client.close()
         with Segmenter.load(model) as seg:
             assert int((mask != seg(image)).sum()) == 0
+        # The server answers before fcn-serve prints its banner: wait for the banner, then press Ctrl-C.
+        lines = _collect_lines(proc.stderr)
+        deadline = time.monotonic() + 30
+        while not any(b"Ctrl-C stops" in line for line in lines) and time.monotonic() < deadline:
+            time.sleep(0.1)
         proc.send_signal(signal.SIGINT)                                 # what Ctrl-C sends
-        _, err = proc.communicate(timeout=40)
-        assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
-        assert "Ctrl-C stops" in err.decode() and not any(_listening(p) for p in ports)
+        proc.wait(timeout=40)
+        err = b"".join(lines).decode(errors="replace")
+        assert proc.returncode == 0, err[-2000:]
+        assert "Ctrl-C stops" in err and "stopping" in err and not any(_listening(p) for p in ports)
         assert (tmp_path / "repo" / "fcnseg" / "config.pbtxt").is_file()     # a given --repo is kept
     finally:
         if proc.poll() is None:

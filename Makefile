@@ -38,7 +38,8 @@ test: $(STAMP) $(TRITON_STAMP)
 test-fast: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# FCN-ResNet50 at 520x520 on this CPU: PyTorch FP32 vs ONNX Runtime FP32 / INT8 (both layouts), end to end.
+# FCN-ResNet50 and FCN-8s/ResNet-18 at 520x520 on this CPU: PyTorch FP32 eager vs ONNX Runtime and OpenVINO on the
+# FP32 and INT8 graphs, end to end and model only, interleaved in one run (bench_out/<arch>/cpu_speed.md).
 bench-cpu: $(STAMP)
 	$(BIN)/python -m fcnseg.benchmarks.cpu_speed --out bench_out
 

@@ -117,8 +117,12 @@ def step_parity(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
 
     paths = [str(need(art.checkpoint, "a checkpoint"))] + [str(p) for p in art.models.values()]
     paths += [str(p) for p in art.runnable_engines()]
+    from ..runtime.backends.openvino import openvino_available
+
+    backends = [b for b in cfg.parity_backends if b != "openvino" or openvino_available()]
     with _true_fp32():
-        result = compare_models(paths, str(need(art.data, "a dataset")), "val", limit=cfg.parity_limit)
+        result = compare_models(paths, str(need(art.data, "a dataset")), "val", limit=cfg.parity_limit,
+                                backends=backends or (None,))
     art.parity = result
     write_text(cfg.out / "parity.json", json.dumps(to_jsonable(result.to_dict()), indent=2, allow_nan=False))
     report.failures += [Path(r.path).name for r in result.failed]

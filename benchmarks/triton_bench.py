@@ -18,7 +18,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..runtime.errors import FcnsegError, one_line
+from ..runtime.errors import FcnsegError, import_optional, one_line
 from .bench import Stats
 
 CONCURRENCY = (1, 4, 16)
@@ -59,15 +59,8 @@ def synthetic_images(shapes: Sequence[Tuple[int, int]], count: int = 4, seed: in
 def _client_module(protocol: str) -> Any:
     if protocol not in PROTOCOLS:
         raise FcnsegError(f"expected a protocol in {PROTOCOLS}, got {protocol!r}")
-    try:
-        if protocol == "grpc":
-            import tritonclient.grpc as module
-        else:
-            import tritonclient.http as module
-    except ImportError as e:
-        raise FcnsegError(f"expected tritonclient for the Triton benchmark, got an import error ({e}); try "
-                          "`pip install 'tritonclient[http,grpc]'` (fcnseg's `triton` extra)") from None
-    return module
+    return import_optional(f"tritonclient.{protocol}", "tritonclient for the Triton benchmark",
+                           "`pip install 'tritonclient[http,grpc]'` (fcnseg's `triton` extra)")
 
 
 def request_maker(url: str, model: str, protocol: str = "http") -> Callable[[Any, np.ndarray], List[Any]]:

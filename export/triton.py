@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from ..runtime.errors import FcnsegError
+from ..runtime.errors import FcnsegError, import_optional
 from .triton_io import ModelIO, TensorSpec, read_onnx_io, read_plan_io
 
 log = logging.getLogger(__name__)
@@ -81,12 +81,8 @@ class TritonRepository:
 
 
 def _config_pb2() -> Any:
-    try:
-        from tritonclient.grpc import model_config_pb2
-    except ImportError as e:
-        raise FcnsegError(f"expected tritonclient for Triton's model-config schema, got an import error ({e}); "
-                          "try `pip install 'tritonclient[grpc]'` (fcnseg's `triton` extra)") from None
-    return model_config_pb2
+    return import_optional("tritonclient.grpc.model_config_pb2", "tritonclient for Triton's model-config schema",
+                           "`pip install 'tritonclient[grpc]'` (fcnseg's `triton` extra)")
 
 
 # ---------------------------------------------------------------- configs

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import os
 import sys
 from typing import Any, Callable, Iterator, Optional
@@ -37,6 +38,23 @@ def one_line(error: BaseException, limit: Optional[int] = None) -> str:
         lines = lines[:1]
     text = " ".join(lines) or type(error).__name__
     return text[:limit] if limit else text
+
+
+def import_optional(module: str, expected: str, hint: str) -> Any:
+    """Import an optional dependency when it is needed, or say in one line how to install it.
+
+    Args:
+        module: dotted module name, e.g. ``"av"`` or ``"tritonclient.grpc"``.
+        expected: what the package is and what it is for (the "expected X" of the message).
+        hint: what to run (the "try Z" of the message).
+
+    Raises:
+        FcnsegError: "expected {expected}, got an import error (...); try {hint}".
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise FcnsegError(f"expected {expected}, got an import error ({e}); try {hint}") from None
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 
-from .errors import FcnsegError, one_line
+from .errors import FcnsegError, import_optional, one_line
 from .postprocess import IMAGE_SUFFIXES, read_image
 from .preprocess import to_rgb_uint8
 
@@ -32,12 +32,8 @@ CSI_DEFAULTS = {"width": 1280, "height": 720, "framerate": 30, "flip": 0}
 
 def import_av() -> Any:
     """PyAV, or one line saying how to install it."""
-    try:
-        import av
-    except ImportError as e:
-        raise FcnsegError(f"expected PyAV for video, cameras and streams, got an import error ({e}); "
-                          "try `pip install fcnseg[video]` (or `pip install av`)") from None
-    return av
+    return import_optional("av", "PyAV for video, cameras and streams",
+                           "`pip install fcnseg[video]` (or `pip install av`)")
 
 
 def is_stream_spec(spec: str) -> bool:

@@ -1,50 +1,27 @@
 """fcn-bench --triton against a real Triton server (bundled tritonserver, .venv-triton) on 127.0.0.1.
 
-The served model is a 1x1-conv ONNX graph with fcnseg metadata (tiny on purpose: this checks the load
-client's counting, percentiles, in-process ratio and JSON, not the speed of a network).
+The served model is the 1x1-conv ONNX graph with fcnseg metadata of tests/conftest.py (tiny on purpose: this
+checks the load client's counting, percentiles, in-process ratio and JSON, not the speed of a network).
 """
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
-import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import TensorProto, helper, numpy_helper
 
 from fcnseg.benchmarks.cli import bench_main
 from fcnseg.benchmarks.triton_bench import run_load, synthetic_images
-from fcnseg.runtime import FcnsegError, ModelMetadata
-
-
-def tiny_onnx(path, classes: int = 4):
-    """1x1 conv 3 -> ``classes`` with dynamic N/H/W and fcnseg metadata (input size 16)."""
-    rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array(rng.normal(size=(classes, 3, 1, 1)).astype(np.float32), "W")
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["input", "W"], ["logits"], kernel_shape=[1, 1])], "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes, "H", "W"])], [weight])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    helper.set_model_props(model, ModelMetadata(arch="tiny", num_classes=classes, input_size=16).to_props())
-    onnx.save(model, str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    from fcnseg.serve import TritonInstall, serve_model
+def served(triton_install, tiny_conv_onnx):
+    from fcnseg.serve import serve_model
 
-    try:
-        install = TritonInstall.find()
-    except FcnsegError as e:
-        pytest.skip(f"needs the tritonserver bundled by nvidia-pytriton in .venv-triton (make test creates it): {e}")
-    model = tiny_onnx(tmp_path_factory.mktemp("tiny") / "tiny.onnx")
-    with serve_model(model, install=install, max_queue_delay_us=2000) as server:
+    with serve_model(tiny_conv_onnx, install=triton_install, max_queue_delay_us=2000) as server:
         server.wait_ready(timeout=90)
-        yield server, model
+        yield server, tiny_conv_onnx
 
 
 def test_fcn_bench_triton_table_and_json(served, tmp_path):

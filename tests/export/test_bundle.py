@@ -11,7 +11,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -32,62 +31,13 @@ SHAPES = {"min_shape": (1, 3, 32, 32), "opt_shape": (1, 3, 64, 64), "max_shape":
 VENV_BIN = Path(sys.executable).parent
 
 
-def conv_onnx(path: Path) -> Path:
-    """A 2-conv net with dynamic N/H/W and fcnseg metadata, shaped like fcn-export's graphs (input -> logits)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    w1 = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, "w1")
-    b1 = numpy_helper.from_array(rng.standard_normal(8).astype(np.float32) * 0.1, "b1")
-    w2 = numpy_helper.from_array(rng.standard_normal((NUM_CLASSES, 8, 1, 1)).astype(np.float32) * 0.3, "w2")
-    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["h"], pads=[1, 1, 1, 1], name="conv1"),
-             helper.make_node("Relu", ["h"], ["r"], name="relu1"),
-             helper.make_node("Conv", ["r", "w2"], ["logits"], name="conv2")]
-    graph = helper.make_graph(
-        nodes, "conv", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", NUM_CLASSES, "H", "W"])], [w1, b1, w2])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    meta = ModelMetadata(arch="conv", num_classes=NUM_CLASSES, input_size=64)
-    props = {**meta.to_props(), "fcnseg.min_size": "32", "fcnseg.max_size": "256"}
-    for k, v in props.items():
-        model.metadata_props.add(key=k, value=v)
-    onnx.save(model, str(path))
-    return path
-
-
-def int8_onnx(src: Path, dst: Path) -> Path:
-    """Q/DQ the TensorRT way (symmetric int8, per-channel weights, no bias quantization), keeping the metadata."""
-    import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            rng = np.random.default_rng(1)
-            self.items = iter([{"input": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(4)])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8, per_channel=True,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                                   "AddQDQPairToWeight": True, "DedicatedQDQPair": False,
-                                   "ForceQuantizeNoInputCheck": True,
-                                   "QDQOpTypePerChannelSupportToAxis": {"Conv": 0}})
-    model, props = onnx.load(str(dst)), onnx.load(str(src)).metadata_props
-    del model.metadata_props[:]
-    model.metadata_props.extend(props)
-    onnx.save(model, str(dst))
-    return dst
-
-
 @pytest.fixture(scope="module")
-def graphs(tmp_path_factory):
+def graphs(conv_onnx_factory, int8_qdq_factory, tmp_path_factory):
+    """A 2-conv net with dynamic N/H/W shaped like fcn-export's graphs, FP32 and INT8 Q/DQ."""
     d = tmp_path_factory.mktemp("bundle_src")
-    fp32 = conv_onnx(d / "conv.onnx")
-    return {"fp32": fp32, "int8": int8_onnx(fp32, d / "conv_int8.onnx")}
+    meta = ModelMetadata(arch="conv", num_classes=NUM_CLASSES, input_size=64, min_size=32, max_size=256)
+    fp32 = conv_onnx_factory(d / "conv.onnx", meta)
+    return {"fp32": fp32, "int8": int8_qdq_factory(fp32, d / "conv_int8.onnx")}
 
 
 @pytest.fixture(scope="module")

@@ -28,24 +28,14 @@ from tritonclient.utils import InferenceServerException
 
 from fcnseg.export.triton import Batching, export_segmenter, export_triton
 from fcnseg.export.triton_model import postprocess_scores, preprocess_encoded
-from fcnseg.runtime import FcnsegError, Segmenter
+from fcnseg.runtime import Segmenter
 
 CLIENTS, REQUESTS = 8, 25
 SIZES = [(48, 64), (64, 48), (33, 71), (48, 64)]
 
 
 @pytest.fixture(scope="module")
-def install():
-    from fcnseg.serve import TritonInstall
-
-    try:
-        return TritonInstall.find()
-    except FcnsegError as e:
-        pytest.skip(f"needs the tritonserver bundled by nvidia-pytriton in .venv-triton (make test creates it): {e}")
-
-
-@pytest.fixture(scope="module")
-def server(install, r18_onnx, tmp_path_factory):
+def server(triton_install, r18_onnx, tmp_path_factory):
     """The running server; stopped by the fixture's finalizer whatever the tests did."""
     from fcnseg.serve import TritonServer
 
@@ -56,7 +46,7 @@ def server(install, r18_onnx, tmp_path_factory):
                              batching=batching)
     for step in ensemble.models:
         shutil.copytree(ensemble.root / step, repo / step)
-    with TritonServer(repo, install=install, models=["fcnseg"] + ensemble.models) as srv:
+    with TritonServer(repo, install=triton_install, models=["fcnseg"] + ensemble.models) as srv:
         srv.wait_ready(timeout=90)
         yield srv
     assert srv.process.poll() is not None

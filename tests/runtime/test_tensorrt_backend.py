@@ -431,28 +431,10 @@ def test_module_imports_without_torch_or_tensorrt():
 
 
 # ---------------------------------------------------------------- real TensorRT (skipped without it)
+# The graphs: tests/conftest.py's 2-conv net (dynamic batch/height/width, input -> logits like fcn-export's), its
+# FP16 conversion and its INT8 Q/DQ form.
 
-def conv_onnx(path):
-    """A 2-conv net with dynamic batch/height/width, exported like fcn-export's graphs (input -> logits)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    w1 = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3, "w1")
-    b1 = numpy_helper.from_array(rng.standard_normal(8).astype(np.float32) * 0.1, "b1")
-    w2 = numpy_helper.from_array(rng.standard_normal((NUM_CLASSES, 8, 1, 1)).astype(np.float32) * 0.3, "w2")
-    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["h"], pads=[1, 1, 1, 1], name="conv1"),
-             helper.make_node("Relu", ["h"], ["r"], name="relu1"),
-             helper.make_node("Conv", ["r", "w2"], ["logits"], name="conv2")]
-    graph = helper.make_graph(
-        nodes, "conv", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", NUM_CLASSES, "H", "W"])], [w1, b1, w2])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # readable by the ONNX parsers of TensorRT 8.5 and later
-    for k, v in ModelMetadata(arch="conv", num_classes=NUM_CLASSES).to_props().items():
-        model.metadata_props.add(key=k, value=v)
-    onnx.save(model, str(path))
-    return path
+CONV_META = ModelMetadata(arch="conv", num_classes=NUM_CLASSES)
 
 
 def fp16_onnx(src, dst):
@@ -463,39 +445,19 @@ def fp16_onnx(src, dst):
     return dst
 
 
-def int8_onnx(src, dst):
-    """Q/DQ the TensorRT way (symmetric int8, per-channel weights, no bias quantization)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{"input": batch(1, 32, 32, seed=s)} for s in range(8)])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8, per_channel=True,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                                   "AddQDQPairToWeight": True, "DedicatedQDQPair": False,
-                                   "ForceQuantizeNoInputCheck": True,
-                                   "QDQOpTypePerChannelSupportToAxis": {"Conv": 0}})
-    return dst
-
-
 def ort_logits(path, x):
     import onnxruntime as ort
 
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
 
 
-def test_real_engine_graphs_are_what_they_claim(tmp_path):
+def test_real_engine_graphs_are_what_they_claim(conv_onnx_factory, int8_qdq_factory, tmp_path):
     """The graphs the TensorRT tests build from run on ORT and are typed as their precision claims."""
     from fcnseg.export.tensorrt import engine_spec
 
-    fp32 = conv_onnx(tmp_path / "conv.onnx")
+    fp32 = conv_onnx_factory(tmp_path / "conv.onnx", CONV_META)
     x = batch(2, 19, 23)
-    for make, precision in ((fp16_onnx, "fp16"), (int8_onnx, "int8")):
+    for make, precision in ((fp16_onnx, "fp16"), (int8_qdq_factory, "int8")):
         graph = make(fp32, tmp_path / f"conv_{precision}.onnx")
         assert engine_spec(graph).graph_precision == precision
         assert ort_logits(graph, x).shape == ort_logits(fp32, x).shape == (2, NUM_CLASSES, 19, 23)
@@ -503,12 +465,12 @@ def test_real_engine_graphs_are_what_they_claim(tmp_path):
 
 @pytest.mark.tensorrt
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_real_engine_matches_onnxruntime(tensorrt_gpu, tmp_path, precision):
+def test_real_engine_matches_onnxruntime(tensorrt_gpu, conv_onnx_factory, int8_qdq_factory, tmp_path, precision):
     from fcnseg.export.tensorrt import build_engine
     from fcnseg.runtime.parity import compare_logits
 
-    fp32 = conv_onnx(tmp_path / "conv.onnx")
-    graph = (fp16_onnx if precision == "fp16" else int8_onnx)(fp32, tmp_path / f"conv_{precision}.onnx")
+    fp32 = conv_onnx_factory(tmp_path / "conv.onnx", CONV_META)
+    graph = (fp16_onnx if precision == "fp16" else int8_qdq_factory)(fp32, tmp_path / f"conv_{precision}.onnx")
     plan = build_engine(graph, output=tmp_path / f"conv_{precision}.plan", min_shape=(1, 3, 16, 16),
                         opt_shape=(1, 3, 64, 64), max_shape=(2, 3, 128, 128), workspace_gib=1.0)
     side = json.loads(sidecar_path(plan).read_text())

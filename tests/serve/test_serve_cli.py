@@ -13,39 +13,15 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 import tritonclient.http as httpclient
 from click.testing import CliRunner
-from onnx import TensorProto, helper, numpy_helper
 
-from fcnseg.runtime import FcnsegError, ModelMetadata, Segmenter
-from fcnseg.serve import TritonInstall, free_port
+from fcnseg.runtime import Segmenter
+from fcnseg.serve import free_port
 from fcnseg.serve.cli import main as serve_cli
 
 FCN_SERVE = Path(sys.executable).with_name("fcn-serve")
-
-
-def tiny_onnx(path, classes: int = 3):
-    """1x1 conv 3 -> ``classes`` with dynamic N/H/W and fcnseg metadata (input size 16)."""
-    rng = np.random.default_rng(1)
-    weight = numpy_helper.from_array(rng.normal(size=(classes, 3, 1, 1)).astype(np.float32), "W")
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["input", "W"], ["logits"], kernel_shape=[1, 1])], "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes, "H", "W"])], [weight])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    helper.set_model_props(model, ModelMetadata(arch="tiny", num_classes=classes, input_size=16).to_props())
-    onnx.save(model, str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def install():
-    try:
-        return TritonInstall.find()
-    except FcnsegError as e:
-        pytest.skip(f"needs the tritonserver bundled by nvidia-pytriton in .venv-triton (make test creates it): {e}")
 
 
 def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 90.0) -> None:
@@ -78,8 +54,8 @@ def _collect_lines(stream) -> list:
     return lines
 
 
-def test_serve_answers_and_ctrl_c_stops(install, tmp_path):
-    model = tiny_onnx(tmp_path / "tiny.onnx")
+def test_serve_answers_and_ctrl_c_stops(triton_install, tiny_conv_onnx, tmp_path):
+    model = tiny_conv_onnx
     ports = [free_port() for _ in range(3)]
     cmd = [str(FCN_SERVE), "--model", str(model), "--port", str(ports[0]), "--grpc-port", str(ports[1]),
            "--metrics-port", str(ports[2]), "--max-batch", "4", "--repo", str(tmp_path / "repo")]

@@ -13,7 +13,8 @@ Example:
 
 from .check import CheckReport, Violation, check_trt_ready
 from .fp16 import Fp16Result, convert_fp16
-from .int8 import Int8Result, VOCCalibrationReader, quantize_int8
+from .calibration import VOCCalibrationReader
+from .int8 import Int8Result, quantize_int8
 from .onnx_export import ExportResult, export_onnx, load_onnx, read_metadata
 
 __all__ = ["export_onnx", "ExportResult", "convert_fp16", "Fp16Result", "quantize_int8", "Int8Result",

@@ -10,6 +10,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from fcnseg.export import calibration as C
 from fcnseg.export import int8 as I
 from fcnseg.export.check import check_trt_ready
 from fcnseg.export.onnx_export import read_metadata
@@ -133,7 +134,7 @@ class _FakeEvaluator:
 def test_sensitive_layers_stay_float_until_budget_met(r18_onnx, tiny_voc, caplog, monkeypatch):
     base = onnx.shape_inference.infer_shapes(onnx.load(str(r18_onnx)))
     meta, _ = read_metadata(base)
-    ranges = I.calibrate(base, I.VOCCalibrationReader(tiny_voc, "val", meta, num_images=2, progress=False),
+    ranges = C.calibrate(base, C.VOCCalibrationReader(tiny_voc, "val", meta, num_images=2, progress=False),
                          "minmax")
     convs = [n.name for n in base.graph.node if n.op_type in ("Conv", "ConvTranspose")]
     order = I.rank_sensitivity(base, ranges, I._Evaluator(tiny_voc, "val", 1, meta, False).inputs(1))

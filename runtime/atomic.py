@@ -20,7 +20,7 @@ from typing import Iterator, List, Set, Union
 PathLike = Union[str, "os.PathLike[str]"]
 TEMP_MARK = ".fcnseg-"
 STALE_SECONDS = 3600.0
-_TEMP_RE = re.compile(r"^\..+\.fcnseg-(\d+)-[^.]+\.tmp$")
+_TEMP_RE = re.compile(r"^\..+\.fcnseg-(\d+)-[^.]+\.tmp(\.\w+)?$")
 _umask_lock = threading.Lock()
 _cleaned: Set[str] = set()
 
@@ -28,19 +28,32 @@ _cleaned: Set[str] = set()
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it is removed."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _clean_once(target.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}{TEMP_MARK}{os.getpid()}-", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    tmp = temp_path(path)
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, target)
+        yield tmp
+        commit_temp(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def temp_path(path: PathLike, *, keep_suffix: bool = False) -> Path:
+    """Create the empty temporary file for ``path`` (``keep_suffix``: end in ``.tmp<suffix>``, for writers that
+    pick the format from the name, as FFmpeg does); stale temporaries in that folder are removed first."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _clean_once(target.parent)
+    suffix = ".tmp" + (target.suffix if keep_suffix else "")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}{TEMP_MARK}{os.getpid()}-", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def commit_temp(tmp: PathLike, path: PathLike) -> None:
+    """Give ``tmp`` the user's umask permissions and rename it to ``path``."""
+    os.chmod(tmp, 0o666 & ~current_umask())
+    os.replace(tmp, path)
 
 
 def current_umask() -> int:

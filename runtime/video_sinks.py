@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -16,6 +15,7 @@ from urllib.parse import urlsplit
 import numpy as np
 from PIL import Image
 
+from .atomic import commit_temp, temp_path
 from .errors import FcnsegError, one_line
 from .outputs import SOFTWARE
 from .postprocess import save_image
@@ -84,10 +84,7 @@ class AVSink(Sink):
             if "pkt_size" not in url:   # MPEG-TS packets (7 x 188 bytes) that fit one UDP datagram
                 url += ("&" if "?" in url else "?") + "pkt_size=1316"
         else:
-            target = Path(self.name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, self._tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
-            os.close(fd)
+            self._tmp = str(temp_path(self.name, keep_suffix=True))
             url = self._tmp
         try:
             self._container = self.av.open(url, "w", format=self.format)
@@ -122,7 +119,7 @@ class AVSink(Sink):
             container, self._container = self._container, None
             container.close()
             if self._tmp is not None:
-                os.replace(self._tmp, self.name)
+                commit_temp(self._tmp, self.name)
                 self._tmp = None
 
     def abort(self) -> None:

@@ -49,10 +49,11 @@ def test_stale_temps_of_dead_writers_are_removed_on_the_next_write(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)   # that process has exited
     orphan = tmp_path / f".model.onnx.fcnseg-{dead_pid}-abc123.tmp"
+    orphan_video = tmp_path / f".clip.mp4.fcnseg-{dead_pid}-vid123.tmp.mp4"   # FFmpeg's temp keeps its suffix
     live = tmp_path / f".model.onnx.fcnseg-{os.getpid()}-def456.tmp"   # a writer still running (this one)
     old = tmp_path / f".x.json.fcnseg-{os.getpid()}-old999.tmp"
     foreign = tmp_path / ".notes.txt.tmp"                               # not ours: never touched
-    for p in (orphan, live, old, foreign):
+    for p in (orphan, orphan_video, live, old, foreign):
         p.write_text("partial")
     stamp = time.time() - 7200
     os.utime(old, (stamp, stamp))

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from ..runtime.atomic import current_umask
 from ..runtime.errors import FcnsegError, import_optional
 from .triton_io import ModelIO, TensorSpec, read_onnx_io, read_plan_io
 
@@ -308,6 +309,7 @@ def write_repository(repo: Path, configs: Mapping[str, Any], files: Mapping[str,
 def _write_model_dir(target: Path, config: str, files: Mapping[str, Path]) -> None:
     """Fill a temporary folder next to ``target``, then swap it in (the old one, if any, is removed after)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp.chmod(0o777 & ~current_umask())   # mkdtemp's 0700 would keep a server running as another user out
     try:
         (tmp / "config.pbtxt").write_text(config)
         (tmp / "1").mkdir()

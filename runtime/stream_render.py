@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 
+from .atomic import commit_temp, temp_path
 from .errors import FcnsegError
 from .postprocess import colorize, legend, overlay, save_mask
 from .preprocess import to_rgb_uint8
@@ -111,9 +111,8 @@ class _JsonLines:
 
     def __init__(self, path: PathLike) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        self._file = os.fdopen(fd, "w")
+        self._tmp = temp_path(self.path)
+        self._file = open(self._tmp, "w")
 
     def write(self, record: Dict[str, Any]) -> None:
         self._file.write(json.dumps(record) + "\n")
@@ -121,4 +120,4 @@ class _JsonLines:
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()
-            os.replace(self._tmp, self.path)
+            commit_temp(self._tmp, self.path)

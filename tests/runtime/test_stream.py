@@ -78,7 +78,8 @@ def test_video_to_mp4_with_masks_and_stats(model, video, tmp_path):
     assert f"{N} frames" in err and "0 dropped" in err and "latency" in err
     written = read_video(out)
     assert len(decoded) == N and len(written) == N
-    assert out.stat().st_mode & 0o777 == 0o666 & ~current_umask()      # the user's umask, not mkstemp's 0600
+    for artifact in (out, stats):                                        # the user's umask, not mkstemp's 0600
+        assert artifact.stat().st_mode & 0o777 == 0o666 & ~current_umask()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temporary file left
     seg = Segmenter.load(model)
     legend_w = FrameRenderer("side-by-side", classes=seg.metadata.classes).legend_width

@@ -179,7 +179,10 @@ def class_delta_table(rows: Sequence[ModelEval]) -> str:
 
     ref = rows[0]
     compared = [r for r in rows[1:] if r.comparison is not None]
-    headers = ["class", f"IoU {Path(ref.path).name}"] + [f"d {Path(r.path).name}" for r in compared]
+    # A model evaluated on several backends appears once per backend: name the backend in its column then.
+    names = [Path(r.path).name for r in compared]
+    headers = ["class", f"IoU {Path(ref.path).name}"] + [
+        f"d {n} {r.backend}" if names.count(n) > 1 else f"d {n}" for n, r in zip(names, compared)]
     body = [[name, ref.iou[i] * 100] + [float(r.comparison.class_delta[i]) for r in compared]
             for i, name in enumerate(ref.classes)]
     return format_table(headers, body)

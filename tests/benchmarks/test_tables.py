@@ -21,3 +21,24 @@ def test_parse_hw():
     assert parse_hw("375x500") == (375, 500)
     with pytest.raises(FcnsegError, match="520x520 \\(HxW\\)"):
         parse_hw("375")
+
+
+def test_class_delta_columns_name_the_backend_when_a_model_runs_on_several():
+    import numpy as np
+
+    from fcnseg.benchmarks.evaluate import ModelEval, class_delta_table
+    from fcnseg.runtime.parity import MiouComparison
+
+    classes = ["background", "cat"]
+
+    def row(path, backend, delta):
+        r = ModelEval(path=path, format="ONNX", precision="int8", miou=0.5, global_acc=0.9, iou=[0.5, 0.5],
+                      classes=classes, backend=backend)
+        r.comparison = MiouComparison(0.5, 0.5, np.array([delta, -delta]), 1.0, classes)
+        return r
+
+    rows = [row("ref.pth", "pytorch", 0.0), row("m.onnx", "onnxruntime", 0.25), row("m.onnx", "openvino", 0.5),
+            row("other.onnx", "openvino", 0.75)]
+    header = class_delta_table(rows).splitlines()[0].split("  ")
+    assert [h.strip() for h in header if h.strip()] == ["class", "IoU ref.pth", "d m.onnx onnxruntime",
+                                                         "d m.onnx openvino", "d other.onnx"]

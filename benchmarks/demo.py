@@ -52,7 +52,8 @@ def main(out: str, epochs: int, num_train: int, num_val: int, data_path: str, en
     """Run the whole pipeline on a synthetic VOC dataset and write a report."""
     cfg = PipelineConfig(Path(out), data=DataSettings(root=optional_path(data_path), num_train=num_train,
                                                       num_val=num_val),
-                         model=ModelSettings(epochs=epochs), engines=EngineSettings(library=engine_library))
+                         model=ModelSettings(epochs=epochs), engines=EngineSettings(library=engine_library),
+                         parity_backends=("onnxruntime", "openvino"))   # both CPU backends side by side
     report = run_demo(cfg)
     click.secho(f"\nreport: {cfg.out / 'report.md'}", bold=True)
     if report.exit_code:

@@ -99,8 +99,8 @@ class PipelineConfig:
     engines: EngineSettings = field(default_factory=EngineSettings)
     bench: BenchSettings = field(default_factory=BenchSettings)
     parity_limit: Optional[int] = None               # parity on the first N val images (None: all)
-    # Every .onnx is evaluated on each of these that is installed (OpenVINO is the runtime's CPU default).
-    parity_backends: Tuple[str, ...] = ("onnxruntime", "openvino")
+    # Every .onnx is evaluated on each of these that is installed; () = the runtime's default for the file.
+    parity_backends: Tuple[str, ...] = ()
     overlay_images: int = 4
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -37,3 +38,22 @@ def test_int8_with_openvinos_own_bf16_default_stays_within_tolerance(trained):
     assert [(r.backend, r.precision_hint) for r in rows] == [("pytorch", ""), ("openvino", "bf16")]
     print("\n" + parity_table(rows))
     assert rows, parity_table(rows)
+
+
+@pytest.mark.slow
+def test_pipeline_parity_step_runs_every_onnx_on_each_backend(trained, tmp_path):
+    """The demo's parity step (parity_backends): one row per .onnx and CPU backend, all within tolerance."""
+    from fcnseg.benchmarks.pipeline import Artifacts, PipelineConfig
+    from fcnseg.benchmarks.report import Report
+    from fcnseg.benchmarks.steps import step_parity
+
+    cfg = PipelineConfig(tmp_path, parity_limit=8, parity_backends=("onnxruntime", "openvino"))
+    art = Artifacts(data=trained["data"], checkpoint=trained["ckpt"],
+                    models={"fp32": trained["fp32"], "int8": trained["int8"]})
+    step_parity(cfg, art, Report("r", "r"))
+    rows = [(Path(r.path).name, r.backend.split("/")[0]) for r in art.parity]
+    assert rows == [(trained["ckpt"].name, "pytorch"),
+                    (trained["fp32"].name, "onnxruntime"), (trained["fp32"].name, "openvino"),
+                    (trained["int8"].name, "onnxruntime"), (trained["int8"].name, "openvino")]
+    assert art.parity, art.parity.summary()
+    assert json.loads((tmp_path / "parity.json").read_text())["passed"] is True

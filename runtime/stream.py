@@ -246,7 +246,7 @@ class _Loop:
                 else:
                     _put(decoded, item, self.stop)
         finally:
-            _put_end(decoded, self.stop)
+            _put(decoded, _END, self.stop)
 
     def _put_latest(self, q: "queue.Queue[Any]", item: Any) -> None:
         """Queue a live frame, dropping the oldest waiting one when the queue is full."""
@@ -278,7 +278,7 @@ class _Loop:
                     _put(inferred, result, self.stop)
         finally:
             _drain(decoded)   # unblock the decoder so it can see the stop
-            _put_end(inferred, self.stop)
+            _put(inferred, _END, self.stop)
 
     def _write_stage(self, inferred: "queue.Queue[Any]") -> None:
         while True:
@@ -340,24 +340,16 @@ def _guard(fn: Callable[..., None], errors: List[BaseException],
 
 
 def _put(q: "queue.Queue[Any]", item: Any, stop: threading.Event) -> None:
-    """Blocking put that gives up once ``stop`` is set."""
+    """Blocking put that gives up once ``stop`` is set; the end marker is never given up: once stopped, room is
+    made for it by discarding what the next stage has not taken."""
     while True:
         try:
             q.put(item, timeout=0.1)
             return
         except queue.Full:
             if stop.is_set():
-                return
-
-
-def _put_end(q: "queue.Queue[Any]", stop: threading.Event) -> None:
-    """Queue the end marker; once stopped, make room for it by discarding what the next stage has not taken."""
-    while True:
-        try:
-            q.put(_END, timeout=0.1)
-            return
-        except queue.Full:
-            if stop.is_set():
+                if item is not _END:
+                    return
                 _drain(q)
 
 

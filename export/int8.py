@@ -52,6 +52,7 @@ from .calibration import (METHODS, QUANT_OP_TYPES, Ranges, VOCCalibrationReader,
                           split_ids)
 from .check import check_trt_ready
 from .qdq import fold_weight_quantizers
+from .subpixel import subpixel_upsampling
 from .onnx_export import (PathLike, load_onnx, ort_session, output_kind, read_metadata, require_fp32_graph,
                           run_session, save_onnx, set_metadata, static_input_shape)
 
@@ -86,6 +87,8 @@ class QuantTarget:
         activation_type: "QInt8" or "QUInt8".
         extra_options: ONNX Runtime quantizer options.
         trt_ready: the result must pass ``check_trt_ready``.
+        subpixel: rewrite large-stride upsampling ConvTranspose as Conv + DepthToSpace first and keep that Conv
+            in float (``fcnseg.export.subpixel``: faster on OpenVINO's CPU plugin, same outputs).
     """
 
     name: str
@@ -93,6 +96,7 @@ class QuantTarget:
     activation_type: str
     extra_options: Dict[str, Any]
     trt_ready: bool
+    subpixel: bool = False
 
     def quantized_op_types(self) -> List[str]:
         if self.op_types:
@@ -103,7 +107,7 @@ class QuantTarget:
 
 
 TARGETS = {
-    "tensorrt": QuantTarget("tensorrt", QUANT_OP_TYPES, "QInt8", TRT_EXTRA_OPTIONS, True),
+    "tensorrt": QuantTarget("tensorrt", QUANT_OP_TYPES, "QInt8", TRT_EXTRA_OPTIONS, True, subpixel=True),
     "cpu": QuantTarget("cpu", (), "QUInt8", CPU_EXTRA_OPTIONS, False),
 }
 CACHE_FORMAT = "fcnseg-calibration-v1"
@@ -187,6 +191,7 @@ def quantize_int8(model_path: PathLike, output: Optional[PathLike] = None, *, ca
     model = load_onnx(src)
     meta, _ = read_metadata(model)
     _check_quantizable(model, meta, src)
+    subpixel = subpixel_upsampling(model) if tgt.subpixel else []
     base = onnx.shape_inference.infer_shapes(model)
     calib_ids, eval_ids = split_ids(calib_root, calib_split, eval_split, num_images, eval_images, meta.num_classes)
     key = {"format": CACHE_FORMAT, "model_sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
@@ -200,7 +205,8 @@ def quantize_int8(model_path: PathLike, output: Optional[PathLike] = None, *, ca
         if cache is not None:
             write_text(cache, json.dumps({**key, "images": used, "ranges": ranges}, indent=1))
     evaluator = _Evaluator(calib_root, eval_split, None, meta, progress, ids=eval_ids)
-    quantized, cmp, excluded = _quantize_within_budget(base, ranges, evaluator, max_drop, sensitivity_images, tgt)
+    quantized, cmp, excluded = _quantize_within_budget(base, ranges, evaluator, max_drop, sensitivity_images, tgt,
+                                                       keep_float=subpixel)
     if tgt.trt_ready:
         fold_weight_quantizers(quantized)   # int8 weight initializers, as ModelOpt writes: ~4x smaller
         _check_ready(quantized)
@@ -208,7 +214,7 @@ def quantize_int8(model_path: PathLike, output: Optional[PathLike] = None, *, ca
     set_metadata(quantized, meta, {PREFIX + "int8": {
         "target": target, "method": method, "calib_split": calib_split, "num_images": used, "eval_split": eval_split,
         "num_eval_images": len(eval_ids), "miou_fp32": cmp.ref_miou, "miou_int8": cmp.test_miou,
-        "excluded": excluded}})
+        "excluded": excluded, "subpixel_upsampling": subpixel}})
     out = Path(output) if output is not None else src.with_name(src.stem + "_int8.onnx")
     save_onnx(quantized, out)
     seconds = time.perf_counter() - t0
@@ -323,13 +329,13 @@ def _predictor(model: onnx.ModelProto, meta: ModelMetadata) -> Any:
 
 def _quantize_within_budget(base: onnx.ModelProto, ranges: Ranges, ev: _Evaluator, max_drop: float,
                             sensitivity_images: int, target: QuantTarget = TARGETS["tensorrt"],
-                            ) -> Tuple[onnx.ModelProto, MiouComparison, List[str]]:
-    """Quantize every layer; if the mIoU drop is over budget, bisect over the most sensitive layers."""
+                            keep_float: Sequence[str] = ()) -> Tuple[onnx.ModelProto, MiouComparison, List[str]]:
+    """Quantize every layer but ``keep_float``; if the mIoU drop is over budget, bisect over the most sensitive."""
     ref = ev.confusion(base, "fp32 mIoU")
     classes = ev.meta.classes
 
     def attempt(exclude: List[str]) -> Tuple[onnx.ModelProto, MiouComparison]:
-        q = quantize_qdq(base, ranges, exclude=exclude, target=target)
+        q = quantize_qdq(base, ranges, exclude=[*keep_float, *exclude], target=target)
         cmp = compare_miou(ref, ev.confusion(q, f"int8 mIoU ({len(exclude)} float)"), tolerance=max_drop,
                            classes=classes)
         log.info("int8 with %d layers in float: mIoU %.2f vs fp32 %.2f (%+.2f points)", len(exclude),

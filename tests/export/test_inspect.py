@@ -14,18 +14,24 @@ from fcnseg.export.inspect import inspect_engine, inspect_onnx
 pytest.importorskip("tensorrt_rtx", reason="needs TensorRT for RTX (pip install tensorrt-rtx)")
 
 
-def convs(path):
-    return sum(n.op_type in ("Conv", "ConvTranspose") for n in onnx.load(str(path)).graph.node)
+def convs(path, *, quantized=True):
+    """Conv/ConvTranspose nodes whose weight comes from a DequantizeLinear (``quantized=False``: the others, e.g.
+    the float Conv of FCN-8s's sub-pixel upsampling)."""
+    graph = onnx.load(str(path)).graph
+    dq = {out for n in graph.node if n.op_type == "DequantizeLinear" for out in n.output}
+    return sum(n.op_type in ("Conv", "ConvTranspose") and (n.input[1] in dq) == quantized for n in graph.node)
 
 
 def test_int8_graph_runs_every_quantized_conv_in_int8(r18_int8):
-    assert r18_int8.excluded == []   # every conv was quantized
+    assert r18_int8.excluded == []   # every conv was quantized (but the sub-pixel one, float by design)
     report = inspect_onnx(r18_int8.path, library="tensorrt_rtx")
     counts = report.counts()
     assert report.errors == [] and report.library.startswith("tensorrt_rtx ")
     assert counts["int8"] == convs(r18_int8.path) and counts["fp16"] == 0 and counts["q/dq"] > 0
     conv_layers = [layer for layer in report.layers if layer.type in ("CONVOLUTION", "DECONVOLUTION")]
-    assert {layer.precision for layer in conv_layers} == {"int8"}
+    precisions = [layer.precision for layer in conv_layers]
+    assert precisions.count("int8") == convs(r18_int8.path)
+    assert precisions.count("fp32") == convs(r18_int8.path, quantized=False) == 1   # the sub-pixel Conv
     assert sum(counts.values()) == len(report.layers)
 
 

@@ -20,10 +20,12 @@ $(STAMP): pyproject.toml constraints.txt
 TRITON_VENV  := .venv-triton
 TRITON_STAMP := $(TRITON_VENV)/.fcnseg-installed
 
-$(TRITON_STAMP): pyproject.toml
+# OpenVINO there too, so the served Segmenter runs the same backend as an in-process one (OpenVINO accepts numpy < 2).
+$(TRITON_STAMP): pyproject.toml Makefile
 	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/python -m pip install -q --upgrade pip
-	$(TRITON_VENV)/bin/python -m pip install -q "nvidia-pytriton==0.7.0" "onnxruntime>=1.18,<1.20" "pillow>=9"
+	$(TRITON_VENV)/bin/python -m pip install -q "nvidia-pytriton==0.7.0" "onnxruntime>=1.18,<1.20" "pillow>=9" \
+		"openvino==2026.4.1"
 	$(TRITON_VENV)/bin/python -m pip install -q --no-deps -e .
 	touch $(TRITON_STAMP)
 

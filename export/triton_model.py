@@ -87,7 +87,10 @@ class TritonPythonModel:
 
             config = json.loads(args["model_config"])
             self.io = (config["input"][0]["name"], [o["name"] for o in config["output"]])
-            self.backend = load_backend(here / params["fcnseg_model"], num_threads=threads)
+            # The graph's own outputs: ONNX Runtime for .onnx (OpenVINO's backend folds the argmax into the graph).
+            model = here / params["fcnseg_model"]
+            self.backend = load_backend(model, num_threads=threads,
+                                        backend="onnxruntime" if model.suffix == ".onnx" else None)
 
     def execute(self, requests: List[Any]) -> List[Any]:
         import triton_python_backend_utils as pb_utils

@@ -1,4 +1,4 @@
-"""Real TensorRT engines, built on this CPU with TensorRT for RTX, for all four architectures.
+"""Real TensorRT engines, built on this CPU with TensorRT for RTX, for all four architectures in every form.
 
 Random weights, small profiles (1x3x64x64 .. 1x3x128x128). Each engine is checked on the builder side
 (running one needs an RTX GPU): zero parser errors, a serialized plan, the sidecar's I/O names, dtypes and
@@ -9,6 +9,7 @@ environment variable FCNSEG_ENGINE_TABLE, when set.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ import onnx
 import pytest
 
 from fcnseg.export.check import check_trt_ready
+from fcnseg.export.cli import build_trt
 from fcnseg.export.fp16 import convert_fp16
 from fcnseg.export.int8 import quantize_int8
 from fcnseg.export.onnx_export import export_onnx
@@ -27,9 +29,11 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None
                                 reason="needs TensorRT for RTX (pip install tensorrt-rtx)")
 
 PROFILE = {"min_shape": (1, 3, 64, 64), "opt_shape": (1, 3, 96, 96), "max_shape": (1, 3, 128, 128)}
-# fcn_resnet101 is built in FP16 only: its export alone takes ~10 s here, INT8 calibration as long again
-KINDS = {"fcn8s_resnet18": ("fp32", "fp16", "int8", "argmax"), "fcn8s_resnet34": ("fp32", "fp16", "int8"),
-         "fcn_resnet50": ("fp32", "fp16", "int8"), "fcn_resnet101": ("fp16",)}
+# Every architecture in every form: FP32, the FP16-typed graph, `fcn-export trt --fp16` on the FP32 graph
+# ("fp16_flag": converted in a temporary folder, then built), the Q/DQ INT8 graph and the in-graph argmax graph.
+ALL_KINDS = ("fp32", "fp16", "fp16_flag", "int8", "argmax")
+KINDS = {arch: ALL_KINDS for arch in ("fcn8s_resnet18", "fcn8s_resnet34", "fcn_resnet50", "fcn_resnet101")}
+PRECISION = {"argmax": "fp32", "fp16_flag": "fp16"}   # the engine's precision where the kind's name is not it
 BUILT: list = []   # (arch, kind, BuiltEngine) for the table
 
 
@@ -42,7 +46,8 @@ def rtx_dir(tmp_path_factory):
 def graphs(rtx_dir, checkpoint_factory, tiny_voc, r18_onnx, r18_argmax_onnx, r18_int8):
     """arch -> {kind: ONNX path}, made once per architecture when first asked for (fcn8s_resnet18: the shared ones)."""
     cache: dict = {"fcn8s_resnet18": {"fp32": r18_onnx, "argmax": r18_argmax_onnx, "int8": r18_int8.path,
-                                      "fp16": convert_fp16(r18_onnx, rtx_dir / "r18_fp16.onnx", verify=False).path}}
+                                      "fp16": convert_fp16(r18_onnx, rtx_dir / "r18_fp16.onnx", verify=False).path,
+                                      "fp16_flag": r18_onnx}}
 
     def make(arch: str) -> dict:
         if arch not in cache:
@@ -54,7 +59,7 @@ def graphs(rtx_dir, checkpoint_factory, tiny_voc, r18_onnx, r18_argmax_onnx, r18
 def _graphs(arch, folder, make_checkpoint, voc):
     ckpt = make_checkpoint(folder / f"{arch}.pth", arch)
     fp32 = export_onnx(ckpt, folder / f"{arch}.onnx", verify=False).path
-    out = {"fp32": fp32}
+    out = {"fp32": fp32, "fp16_flag": fp32}
     kinds = KINDS[arch]
     if "fp16" in kinds:
         out["fp16"] = convert_fp16(fp32, folder / f"{arch}_fp16.onnx", verify=False).path
@@ -77,8 +82,10 @@ def engines(graphs, rtx_dir):
             for kind, path in graphs(arch).items():
                 if kind not in KINDS[arch]:
                     continue
-                built = build_engine(path, output=rtx_dir / f"{arch}_{kind}.plan", library="tensorrt_rtx",
-                                     workspace_gib=1.0, **PROFILE)
+                build = functools.partial(build_trt, precision="fp16", calib_root=None) if kind == "fp16_flag" \
+                    else build_engine
+                built = build(str(path), output=str(rtx_dir / f"{arch}_{kind}.plan"), library="tensorrt_rtx",
+                              workspace_gib=1.0, **PROFILE)
                 cache[arch][kind] = built
                 BUILT.append((arch, kind, built))
         return cache[arch]
@@ -143,7 +150,7 @@ def test_real_engines_match_their_onnx(arch, graphs, engines):
         side = EngineSidecar.read(b.path)
         assert side == b.sidecar and side.library == "tensorrt_rtx" and side.compute_capabilities == ["8.6", "8.9",
                                                                                                         "12.0"]
-        assert side.precision == ("fp32" if kind == "argmax" else kind) and side.strongly_typed
+        assert side.precision == PRECISION.get(kind, kind) and side.strongly_typed
         assert_io_matches(side.io, onnx_io(graph))
         for tensor in side.io["inputs"] + side.io["outputs"]:
             assert tensor["name"].encode() in plan   # the engine binds the same tensor names
@@ -157,10 +164,19 @@ def test_int8_smaller_than_fp16_smaller_than_fp32(arch, engines):
     assert sizes["int8"] < sizes["fp16"] < sizes["fp32"], sizes
 
 
-def test_argmax_engine_outputs_a_uint8_mask(engines):
-    side = engines("fcn8s_resnet18")["argmax"].sidecar
+@pytest.mark.parametrize("arch", list(KINDS))
+def test_argmax_engine_outputs_a_uint8_mask(arch, engines):
+    side = engines(arch)["argmax"].sidecar
     assert side.io["outputs"] == [{"name": "mask", "dtype": "uint8", "shape": [-1, -1, -1]}]
     assert side.model_metadata().argmax
+
+
+@pytest.mark.parametrize("arch", list(KINDS))
+def test_fp16_flag_engine_equals_the_fp16_typed_one_in_size_class(arch, engines):
+    """`--fp16` on the FP32 graph gives an FP16 engine: about the FP16-typed graph's size, well under FP32's."""
+    built = engines(arch)
+    flag, typed, fp32 = (built[k].size_bytes for k in ("fp16_flag", "fp16", "fp32"))
+    assert abs(flag - typed) < 0.1 * typed and flag < 0.75 * fp32, (flag, typed, fp32)
 
 
 def test_trt_fp16_on_an_fp32_graph_keeps_intermediates_in_a_temp_folder(graphs, tmp_path):

@@ -28,10 +28,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 from ..runtime.atomic import atomic_path, write_text
 from ..runtime.errors import FcnsegError
-from ..runtime.sidecar import EngineSidecar
 from ..runtime.backends.tensorrt import format_shape
 from .runtime_wheel import build_runtime_wheel
-from .tensorrt import EngineSpec, Profile, engine_spec
+from .tensorrt import EngineSpec, Profile, engine_spec, profile_sidecar
 
 PathLike = Union[str, "os.PathLike[str]"]
 TEMPLATES = Path(__file__).with_name("templates")
@@ -223,12 +222,8 @@ def _render(name: str, dest: Path, values: Dict[str, str]) -> Path:
 def _sidecar_template(spec: EngineSpec, profile: Profile, precision: str, onnx_name: str,
                       dla_core: Optional[int], gpu_fallback: bool) -> Dict[str, Any]:
     """The sidecar ``build_engine.sh`` writes after trtexec (library_version filled in on the device)."""
-    from dataclasses import replace
-
-    meta = replace(spec.metadata, precision=precision)
-    return EngineSidecar(library="tensorrt", precision=precision, onnx=onnx_name, dla_core=dla_core,
-                         gpu_fallback=gpu_fallback, metadata=meta.to_dict(),
-                         profile={"input": spec.input_name, **profile.to_dict()}).to_dict()
+    return profile_sidecar(spec, profile, precision, library="tensorrt", onnx=onnx_name, dla_core=dla_core,
+                           gpu_fallback=gpu_fallback).to_dict()
 
 
 def _sha256(path: Path) -> str:

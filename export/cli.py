@@ -229,21 +229,35 @@ def trt_cmd(model: str, fp16: bool, int8: bool, calib_root: Optional[str], min_s
             dla_core: Optional[int], gpu_fallback: bool, save_onnx: Optional[str]) -> None:
     """Build a TensorRT engine from MODEL (an FP32, FP16 or INT8 Q/DQ ONNX)."""
     from ..runtime.shapes import parse_dims
-    from .tensorrt import parse_compute_capabilities
+    from ..runtime.sidecar import sidecar_path
+    from .tensorrt import check_output_path, parse_compute_capabilities
 
-    output = _guard(output or Path(model).with_suffix(".plan"), outputs.ENGINE, [model], force)
-    _guard(output + ".json", outputs.ENGINE_SIDECAR, [model], force)   # the sidecar written next to it
+    output = str(check_output_path(output or Path(model).with_suffix(".plan")))   # before any FP16/INT8 step
+    output = _guard(output, outputs.ENGINE, [model], force)
+    _guard(sidecar_path(output), outputs.ENGINE_SIDECAR, [model], force)   # the sidecar written next to it
     if fp16 and int8:
         raise click.UsageError("expected at most one of --fp16 and --int8, got both")
     shapes = {k: parse_dims(v) if v else None for k, v in
               (("min_shape", min_shape), ("opt_shape", opt_shape), ("max_shape", max_shape))}
     if save_onnx:
         save_onnx = _guard(save_onnx, outputs.ONNX_MODEL, [model], force, option="--save-onnx")
+    if timing_cache:
+        timing_cache = _guard_timing_cache(timing_cache, model, [output, str(sidecar_path(output)), save_onnx],
+                                           force)
     targets = parse_compute_capabilities(compute_capability) if compute_capability else None
     plan = build_trt(model, output, precision="int8" if int8 else "fp16" if fp16 else None, calib_root=calib_root,
                      save_onnx=save_onnx, workspace_gib=workspace, timing_cache=timing_cache, library=library,
                      compute_capabilities=targets, dla_core=dla_core, gpu_fallback=gpu_fallback, **shapes)
     click.echo(plan)
+
+
+def _guard_timing_cache(path: str, model: str, written: list, force: bool) -> str:
+    """``--timing-cache`` is read and rewritten: never the model or another output of the command."""
+    for other in filter(None, written):
+        if Path(path).resolve() == Path(other).resolve():
+            raise FcnsegError(f"expected --timing-cache to name its own file, got {path!r} which the command also "
+                              f"writes as {other!r}; try --timing-cache {_sibling(model, '.timing.cache')}")
+    return _guard(path, outputs.TIMING_CACHE, [model], force, option="--timing-cache")
 
 
 def build_trt(model: str, output: Optional[str], *, precision: Optional[str], calib_root: Optional[str],
@@ -268,12 +282,14 @@ def build_trt(model: str, output: Optional[str], *, precision: Optional[str], ca
         return build_engine_from_spec(spec, output=out)
     with tempfile.TemporaryDirectory(prefix="fcn-export-trt-") as tmp:
         graph = save_onnx or str(Path(tmp) / f"{Path(model).stem}_{precision}.onnx")
-        from ..benchmarks.pipeline import fp16_from_onnx, int8_from_onnx   # the pipeline's own stages
-
         if precision == "fp16":
-            fp16_from_onnx(model, graph)
+            from .fp16 import convert_fp16
+
+            convert_fp16(model, graph)
         else:
-            int8_from_onnx(model, graph, calib_root=calib_root)
+            from .int8 import quantize_int8
+
+            quantize_int8(model, graph, calib_root=calib_root)
         return build_engine(graph, output=out, precision=precision, source_onnx=save_onnx or model,
                             **build_options)
 

@@ -244,14 +244,26 @@ def _importable(name: str) -> bool:
 def engine_sidecar(spec: EngineSpec, mode: BuildMode, features: Features, io: Dict[str, Any],
                    gpu: Dict[str, str], targets: Sequence[str], seconds: float) -> EngineSidecar:
     """The sidecar written next to the plan."""
-    return EngineSidecar(
-        library=features.library, library_version=features.version, compute_capabilities=list(targets),
-        precision=mode.precision, profile={"input": spec.input_name, **spec.profile.to_dict()}, io=dict(io),
-        metadata=replace(spec.metadata, precision=mode.precision, **_profile_sizes(spec.profile)).to_dict(),
-        dla_core=spec.dla_core,
+    return profile_sidecar(
+        spec, spec.profile, mode.precision, library=features.library, library_version=features.version,
+        compute_capabilities=list(targets), io=dict(io), dla_core=spec.dla_core,
         gpu_fallback=spec.gpu_fallback, gpu=dict(gpu), strongly_typed=mode.strongly_typed,
         builder_flags=list(mode.flags), onnx=str(spec.source_onnx or spec.onnx_path),
         build_seconds=round(seconds, 3))
+
+
+def profile_sidecar(spec: EngineSpec, profile: Profile, precision: str, **fields: Any) -> EngineSidecar:
+    """A sidecar recording ``precision``, ``profile`` and the model's metadata with both (the profile's size range).
+
+    Args:
+        spec: the resolved build (input name, model metadata).
+        profile: the engine's optimization profile.
+        precision: "fp32", "fp16" or "int8".
+        **fields: the other ``EngineSidecar`` fields (library, io, dla_core, ...).
+    """
+    meta = replace(spec.metadata, precision=precision, **_profile_sizes(profile))
+    return EngineSidecar(precision=precision, profile={"input": spec.input_name, **profile.to_dict()},
+                         metadata=meta.to_dict(), **fields)
 
 
 def _profile_sizes(profile: Any) -> Dict[str, int]:

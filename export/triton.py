@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -25,11 +26,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..runtime.atomic import current_umask
 from ..runtime.errors import FcnsegError, import_optional
+from ..runtime.sidecar import find_sidecar, sidecar_path
 from .triton_io import ModelIO, TensorSpec, read_onnx_io, read_plan_io
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
 DEFAULT_NAME = "fcn"
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")   # one folder name: no "", "/", ".", ".."
 DEFAULT_MAX_BATCH = 8
 DEFAULT_PREFERRED = (4, 8)
 KINDS = ("gpu", "cpu")
@@ -210,6 +213,7 @@ def export_triton(model: PathLike, repo: PathLike, *, name: str = DEFAULT_NAME, 
         FcnsegError: an unknown file type, a missing sidecar, batching outside the engine's profile, or
             model folders that exist without ``force``.
     """
+    check_model_name(name)
     path = _check_model(model, (".onnx", ".plan", ".engine"))
     _check_choices(batching, onnx_backend, path)
     io = read_plan_io(path) if path.suffix in (".plan", ".engine") else read_onnx_io(path)
@@ -231,9 +235,9 @@ def _network_files(net: Any, path: Path) -> Dict[str, Path]:
     if net.backend == "python":
         return {"model.py": PYTHON_MODEL, "model" + path.suffix: path}
     files = {net.default_model_filename: path}
-    if net.platform == "tensorrt_plan":
-        sidecar = [p for p in (path.with_name(path.name + ".json"), path.with_suffix(".json")) if p.is_file()]
-        files.update({"model.plan.json": sidecar[0]} if sidecar else {})
+    sidecar = find_sidecar(path) if net.platform == "tensorrt_plan" else None
+    if sidecar is not None:
+        files[sidecar_path("model.plan").name] = sidecar
     return files
 
 
@@ -247,6 +251,7 @@ def export_segmenter(model: PathLike, repo: PathLike, *, name: str = "fcnseg",
     ``.plan`` with its sidecar, ``.pth``); the Triton Python environment needs fcnseg's runtime and the
     model's inference library. ``size`` and ``num_threads`` are passed to ``Segmenter.load``.
     """
+    check_model_name(name)
     path = _check_model(model, (".onnx", ".plan", ".engine", ".pth", ".pt"))
     max_batch, preferred = resolve_batching(batching, None)
     params = {"fcnseg_model": "model" + path.suffix, "fcnseg_size": str(size or ""),
@@ -255,10 +260,23 @@ def export_segmenter(model: PathLike, repo: PathLike, *, name: str = "fcnseg",
                            [TensorSpec("mask", "uint8", (-1, -1))], max_batch=max_batch, batching=batching,
                            preferred=preferred, parameters=params)
     files: Dict[str, Path] = {"model.py": PYTHON_MODEL, params["fcnseg_model"]: path}
-    sidecar = path.with_name(path.name + ".json")
+    sidecar = sidecar_path(path)
     if sidecar.is_file():
-        files[params["fcnseg_model"] + ".json"] = sidecar
+        files[sidecar_path(params["fcnseg_model"]).name] = sidecar
     return write_repository(Path(repo), {name: config}, {name: files}, entry=name, force=force)
+
+
+def check_model_name(name: str) -> str:
+    """Refuse a model name that is not one plain folder name (it becomes ``<repo>/<name>``, replaced with force).
+
+    Raises:
+        FcnsegError: an empty name, a path (``a/b``), ``.``/``..`` or other characters than letters, digits,
+            ``_``, ``.`` and ``-`` (not first).
+    """
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or name in (".", ".."):
+        raise FcnsegError(f"expected a plain model name (letters, digits, '_', then also '.' or '-'), got {name!r}; "
+                          f"try --name {DEFAULT_NAME}")
+    return name
 
 
 def _check_model(model: PathLike, suffixes: Sequence[str]) -> Path:

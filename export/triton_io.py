@@ -6,7 +6,6 @@ Dims are written as Triton wants them: without the batch dimension, -1 where sym
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from ..runtime.errors import FcnsegError
 from ..runtime.metadata import ModelMetadata
+from ..runtime.sidecar import EngineSidecar, sidecar_path
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
@@ -48,12 +48,11 @@ class ModelIO:
 
 def read_onnx_io(path: PathLike) -> ModelIO:
     """Inputs, outputs (dims without batch, -1 where symbolic) and metadata of an ONNX graph."""
-    import onnx
     from onnx.helper import tensor_dtype_to_np_dtype
 
-    from .onnx_export import read_metadata
+    from .onnx_export import load_onnx, read_metadata
 
-    model = onnx.load(str(path), load_external_data=False)
+    model = load_onnx(path)   # a missing, truncated or foreign file: one FcnsegError
     init = {i.name for i in model.graph.initializer}
 
     def spec(v: Any) -> Tuple[TensorSpec, Optional[int]]:
@@ -68,36 +67,23 @@ def read_onnx_io(path: PathLike) -> ModelIO:
 
 def read_plan_io(path: PathLike) -> ModelIO:
     """Tensors, profile and metadata of a TensorRT engine, from its sidecar ``<plan>.json``."""
-    doc = _sidecar_doc(Path(path))
-    io = doc.get("io") or {"inputs": doc.get("inputs", []), "outputs": doc.get("outputs", [])}
-    profile = doc.get("profile") or {}
+    plan = Path(path)
+    sidecar = EngineSidecar.read(plan)
+    if sidecar is None:
+        raise FcnsegError(f"expected a sidecar {sidecar_path(plan).name} next to {str(plan)!r}, got none; try the "
+                          ".plan written by `fcn-export trt`, which writes both")
+    io, profile = sidecar.io, sidecar.profile
     if not io.get("inputs") or not io.get("outputs") or not profile.get("max"):
-        raise FcnsegError(f"expected the sidecar of {str(path)!r} to list the engine's inputs, outputs and "
-                          f"profile, got keys {sorted(doc)}; try rebuilding the engine with `fcn-export trt`")
+        raise FcnsegError(f"expected the sidecar of {str(plan)!r} to list the engine's inputs, outputs and "
+                          f"profile, got io {sorted(io)} and profile {sorted(profile)}; try rebuilding the engine "
+                          "with `fcn-export trt`")
 
     def spec(t: Mapping[str, Any]) -> TensorSpec:
         return TensorSpec(t["name"], str(t["dtype"]), tuple(int(d) for d in t["shape"][1:]))
 
-    if doc.get("library") == "tensorrt_rtx":
+    if sidecar.library == "tensorrt_rtx":
         log.warning("%s was built with TensorRT for RTX: Triton's tensorrt_plan backend runs engines built by the "
                     "full TensorRT of the server's release; rebuild it there (fcn-export trt --library tensorrt)",
-                    Path(path).name)
-    meta = doc.get("metadata")
+                    plan.name)
     return ModelIO([spec(t) for t in io["inputs"]], [spec(t) for t in io["outputs"]], int(profile["max"][0]),
-                   ModelMetadata.from_dict(meta) if isinstance(meta, dict) else ModelMetadata(), dict(profile))
-
-
-def _sidecar_doc(plan: Path) -> Dict[str, Any]:
-    try:
-        from ..runtime.sidecar import EngineSidecar
-    except ImportError:  # older tree: the sidecar is plain JSON read here
-        EngineSidecar = None
-    if EngineSidecar is not None:
-        sidecar = EngineSidecar.read(plan)
-        if sidecar is not None:
-            return sidecar.to_dict()
-    for candidate in (plan.with_name(plan.name + ".json"), plan.with_suffix(".json")):
-        if candidate.is_file():
-            return json.loads(candidate.read_text())
-    raise FcnsegError(f"expected a sidecar {plan.name}.json next to {str(plan)!r}, got none; try the .plan "
-                      "written by `fcn-export trt`, which writes both")
+                   sidecar.model_metadata() or ModelMetadata(), dict(profile))

@@ -69,6 +69,8 @@ def test_bundle_is_complete(bundle, graphs, wheel):
         assert read_onnx_metadata(d / f"fcn_{precision}.onnx").classes == source.classes
         sidecar = EngineSidecar.from_dict(manifest["graphs"][precision]["sidecar"])
         assert sidecar.precision == precision and sidecar.model_metadata().arch == "conv"
+        meta = sidecar.model_metadata()   # the profile's side range, as fcn-export trt records it
+        assert (meta.min_size, meta.max_size) == (SHAPES["min_shape"][2], SHAPES["max_shape"][3])
     for script in ("build_engine.sh", "run.py"):
         assert os.stat(d / script).st_mode & stat.S_IXUSR
     for text in ((d / n).read_text() for n in ("README.md", "build_engine.sh", "run.py")):

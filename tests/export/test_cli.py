@@ -146,6 +146,38 @@ def test_trt_fp16_converts_then_builds(r18_onnx, tmp_path, monkeypatch):
     assert kw["output"] == str(tmp_path / "model.plan") and result.stdout.strip() == str(tmp_path / "model.plan")
 
 
+def test_trt_timing_cache_guard(r18_onnx, tmp_path, monkeypatch):
+    """--timing-cache: a new, empty or binary file reaches the build; a text file only with --force."""
+    from fcnseg.export import tensorrt as trt_build
+    from fcnseg.runtime.backends import tensorrt as trt_runtime
+
+    specs = []
+    monkeypatch.setattr(trt_runtime, "import_tensorrt", lambda library="auto": object())
+    monkeypatch.setattr(trt_build, "build_engine_from_spec", lambda spec, output: specs.append(spec) or output)
+    (tmp_path / "empty.cache").write_bytes(b"")
+    (tmp_path / "binary.cache").write_bytes(b"\x01\x00\x00\x00trt")
+    (tmp_path / "notes.txt").write_text("my notes\n")
+    for name in ("new.cache", "empty.cache", "binary.cache"):
+        result = run("trt", r18_onnx, "-o", tmp_path / "m.plan", "--timing-cache", tmp_path / name)
+        assert result.exit_code == 0, result.stderr
+    assert [Path(s.timing_cache).name for s in specs] == ["new.cache", "empty.cache", "binary.cache"]
+    assert_one_line_error(run("trt", r18_onnx, "-o", tmp_path / "m.plan", "--timing-cache", tmp_path / "notes.txt"),
+                          "is not an engine timing cache; pass --force")
+    assert len(specs) == 3 and (tmp_path / "notes.txt").read_text() == "my notes\n"
+    forced = run("trt", r18_onnx, "-o", tmp_path / "m.plan", "--timing-cache", tmp_path / "notes.txt", "--force")
+    assert forced.exit_code == 0, forced.stderr
+
+
+def test_trt_wrong_suffix_refused_before_conversion(r18_onnx, tmp_path, monkeypatch):
+    """-o must end in .plan/.engine: checked before the FP16 step (which would have written --save-onnx)."""
+    from fcnseg.export import fp16
+
+    monkeypatch.setattr(fp16, "convert_fp16", lambda *a, **k: pytest.fail("the FP16 step ran"))
+    result = run("trt", r18_onnx, "--fp16", "--save-onnx", tmp_path / "m16.onnx", "-o", tmp_path / "m.onnx")
+    assert_one_line_error(result, "expected an engine path ending in .plan or .engine", "try -o")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_trt_reports_bad_shapes_even_without_tensorrt(r18_onnx):
     """Shape errors are the user's to fix whatever machine they are on: checked before TensorRT is looked for."""
     from click.testing import CliRunner

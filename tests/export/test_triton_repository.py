@@ -97,6 +97,26 @@ def test_plan_repository_with_ensemble(rtx_plan, tmp_path):
         export_triton(rtx_plan, tmp_path / "other", batching=Batching(max_batch=8))
 
 
+def test_plan_without_sidecar(rtx_plan, tmp_path):
+    plan = tmp_path / "bare.plan"
+    plan.write_bytes(rtx_plan.read_bytes())
+    with pytest.raises(FcnsegError, match="expected a sidecar bare.plan.json"):
+        export_triton(plan, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "/abs", "-x", "a b"])
+def test_model_name_must_be_plain(r18_onnx, tmp_path, name):
+    """The name becomes <repo>/<name>, replaced with force: anything but one plain folder name is refused first."""
+    other = tmp_path / "repo" / "other"
+    other.mkdir(parents=True)
+    for write in (lambda: export_triton(r18_onnx, tmp_path / "repo", name=name, force=True),
+                  lambda: export_segmenter(r18_onnx, tmp_path / "repo", name=name, force=True)):
+        with pytest.raises(FcnsegError, match="expected a plain model name"):
+            write()
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["other"]
+
+
 def test_segmenter_repository(r18_onnx, tmp_path):
     repo = export_segmenter(r18_onnx, tmp_path / "repo", batching=Batching(kind="cpu", max_batch=16))
     config = parse(repo.config_path("fcnseg"))

@@ -15,7 +15,7 @@ import os
 from typing import BinaryIO, Dict, Iterator, Optional, Tuple, Union
 
 from .errors import FcnsegError
-from .metadata import ModelMetadata
+from .metadata import ModelMetadata, metadata_from_props
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -103,9 +103,4 @@ def read_onnx_metadata(path: PathLike) -> ModelMetadata:
         >>> read_onnx_metadata("bundle/fcn_fp16.onnx").classes[:2]
         ['background', 'aeroplane']
     """
-    props = read_onnx_props(path)
-    try:
-        return ModelMetadata.from_props(props)
-    except (ValueError, TypeError) as e:
-        raise FcnsegError(f"expected fcnseg.* metadata_props holding JSON in {str(path)!r}, got unreadable values "
-                          f"({e}); try re-exporting with fcn-export") from None
+    return metadata_from_props(read_onnx_props(path), str(path))

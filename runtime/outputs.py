@@ -13,9 +13,10 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Union
 
 from .errors import FcnsegError
+from .sidecar import find_sidecar
 
 PathLike = Union[str, "os.PathLike[str]"]
 SOFTWARE = "fcnseg"   # the PNG "Software" text chunk fcnseg writes into masks and overlays
@@ -48,11 +49,13 @@ def _is_fcnseg_onnx(path: Path) -> bool:
 
 
 def _is_fcnseg_engine(path: Path) -> bool:
-    for sidecar in (path.with_name(path.name + ".json"), path.with_suffix(".json")):
-        doc = _json(sidecar) if sidecar.is_file() else None
-        if isinstance(doc, dict) and ("metadata" in doc or "format" in doc):
-            return True
-    return False
+    sidecar = find_sidecar(path)
+    return sidecar is not None and _is_sidecar(sidecar)
+
+
+def _is_sidecar(path: Path) -> bool:
+    doc = _json(path)
+    return isinstance(doc, dict) and ("metadata" in doc or "format" in doc)
 
 
 def _is_fcnseg_png(path: Path) -> bool:
@@ -76,7 +79,10 @@ def _is_mask_npy(path: Path) -> bool:
 
 
 def _json_dict_with(*keys: str) -> Callable[[Path], bool]:
-    return lambda p: isinstance(_json(p), dict) and all(k in _json(p) for k in keys)
+    def is_ours(path: Path) -> bool:
+        doc = _json(path)
+        return isinstance(doc, dict) and all(k in doc for k in keys)
+    return is_ours
 
 
 def _is_bench_json(path: Path) -> bool:
@@ -96,8 +102,7 @@ def _is_bench_csv(path: Path) -> bool:
 
 ONNX_MODEL = ArtifactKind("fcnseg ONNX model", _is_fcnseg_onnx)
 ENGINE = ArtifactKind("fcnseg engine (with its sidecar JSON)", _is_fcnseg_engine)
-ENGINE_SIDECAR = ArtifactKind("fcnseg engine sidecar", lambda p: isinstance(_json(p), dict)
-                              and ("metadata" in _json(p) or "format" in _json(p)))
+ENGINE_SIDECAR = ArtifactKind("fcnseg engine sidecar", _is_sidecar)
 CALIBRATION_CACHE = ArtifactKind("fcnseg calibration cache", _json_dict_with("ranges"))
 INT8_REPORT = ArtifactKind("fcnseg INT8 report", _json_dict_with("calibration_ids", "evaluation_ids"))
 MASK = ArtifactKind("fcnseg mask", lambda p: _is_mask_npy(p) if p.suffix.lower() == ".npy" else _is_fcnseg_png(p))
@@ -105,6 +110,19 @@ OVERLAY = ArtifactKind("fcnseg overlay", _is_fcnseg_png)
 EVAL_JSON = ArtifactKind("fcnseg evaluation JSON", _json_dict_with("split", "models"))
 BENCH_JSON = ArtifactKind("fcnseg benchmark JSON", _is_bench_json)
 BENCH_CSV = ArtifactKind("fcnseg benchmark CSV", _is_bench_csv)
+
+
+def _is_empty_or_binary(path: Path) -> bool:
+    """TensorRT's timing cache is an opaque blob it checks itself: empty or binary passes, a text file does not."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return not head or b"\0" in head
+
+
+TIMING_CACHE = ArtifactKind("engine timing cache", _is_empty_or_binary)
 
 
 def check_output(path: PathLike, kind: ArtifactKind, *, inputs: Iterable[PathLike] = (), force: bool = False,
@@ -179,3 +197,23 @@ def _same_file(a: Path, b: Path) -> bool:
 def _is_virtual_fs(folder: Path) -> bool:
     resolved = folder.resolve()
     return any(resolved == Path(v) or Path(v) in resolved.parents for v in ("/proc", "/sys"))
+
+
+def check_output_dir(path: PathLike, option: str = "--out", *, what: str = "a folder",
+                     first_file: str = "x") -> Path:
+    """Refuse an output folder that is a file, or that cannot be created or written in; return it as a ``Path``.
+
+    Args:
+        path: the folder the command is about to write into.
+        option: the option (or argument) that named it, for the message.
+        what: how the message describes the folder expected ("a folder (new or empty)").
+        first_file: a file the command writes in it (relative path), checked with ``check_writable_parent``.
+
+    Raises:
+        FcnsegError: ``path`` is a file, lies under a file, or is in a folder the user cannot write in.
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise FcnsegError(f"expected {option} to be {what}, got the file {str(out)!r}; try another {option}")
+    check_writable_parent(out / first_file, option)  # under a file, read-only, /proc
+    return out

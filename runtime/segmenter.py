@@ -179,12 +179,9 @@ def load_backend(path: PathLike, *, backend: Optional[str] = None, providers: Op
     """Open ``path`` with ``backend``, or the fastest one available for its suffix (see ``Segmenter.load``)."""
     p = Path(path)
     suffix = p.suffix.lower()
-    supported = ", ".join(SUFFIXES)
-    if suffix not in SUFFIXES:
-        raise FcnsegError(f"expected a model file ending in one of {supported}, got {str(p)!r}; "
-                          "try the .onnx or .plan written by fcn-export")
+    _candidates(p)   # an unknown suffix is refused before the file is looked for
     if not p.is_file():
-        raise FcnsegError(f"expected a model file ({supported}), got {str(p)!r} which does not exist; "
+        raise FcnsegError(f"expected a model file ({', '.join(SUFFIXES)}), got {str(p)!r} which does not exist; "
                           "check the path")
     check_readable(p, "model file")   # "permission denied", not a backend's "not a valid model"
     if providers and suffix != ".onnx":
@@ -214,10 +211,10 @@ def choose_backend(path: PathLike, backend: Optional[str] = None, *,
     has a GPU provider here; otherwise to ONNX Runtime.
     """
     p = Path(path)
-    candidates = BACKENDS.get(p.suffix.lower(), ())
+    candidates = _candidates(p)
     if backend is not None:
         if backend not in candidates:
-            raise FcnsegError(f"expected a backend in {', '.join(candidates) or 'none'} for {p.name!r}, got "
+            raise FcnsegError(f"expected a backend in {', '.join(candidates)} for {p.name!r}, got "
                               f"{backend!r}; try leaving out --backend")
         if providers and backend != "onnxruntime":
             raise FcnsegError(f"expected providers only with backend onnxruntime, got {backend!r}; "
@@ -227,6 +224,15 @@ def choose_backend(path: PathLike, backend: Optional[str] = None, *,
         return candidates[-1]
     from .backends.openvino import openvino_available
     return "openvino" if openvino_available() else "onnxruntime"
+
+
+def _candidates(path: Path) -> Tuple[str, ...]:
+    """The backends that open ``path``'s kind of file; an unknown suffix is an ``FcnsegError``."""
+    candidates = BACKENDS.get(path.suffix.lower())
+    if not candidates:
+        raise FcnsegError(f"expected a model file ending in one of {', '.join(SUFFIXES)}, got {str(path)!r}; "
+                          "try the .onnx or .plan written by fcn-export")
+    return candidates
 
 
 def _onnxruntime_has_gpu() -> bool:

@@ -8,24 +8,37 @@ file or URL as ``--out``, or any of the options below switches it to the frame l
 from __future__ import annotations
 
 import functools
+import glob
 import sys
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Set
 
 import click
 
 from .errors import FcnsegError
-from .outputs import MASK, ArtifactKind, check_output, check_writable_parent
+from .outputs import MASK, OVERLAY, ArtifactKind, check_output, check_writable_parent
 from .postprocess import IMAGE_SUFFIXES
 from .stream import VISUALIZE, StreamStats, segment_stream
 from .video_io import OUTPUT_FORMATS, is_stream_spec
 from .video_sinks import is_fcnseg_video
 
 VIDEO = ArtifactKind("fcnseg video", is_fcnseg_video)
-STATS = ArtifactKind("fcnseg stream statistics file", lambda p: p.read_text(errors="replace")[:9] in ("", '{"frame":'))
+FRAME = ArtifactKind("fcnseg frame", OVERLAY.is_ours)   # what FolderSink writes: PNGs with fcnseg's Software chunk
 EXIT_STOPPED, EXIT_INTERRUPTED = 1, 130
+
+
+def _is_stats(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:   # unreadable: not known to be ours
+        return False
+    return head in (b"", b'{"frame":')
+
+
+STATS = ArtifactKind("fcnseg stream statistics file", _is_stats)
 
 
 @dataclass
@@ -86,7 +99,7 @@ def run_stream(segmenter: Any, inputs: Sequence[str], out: str, opts: StreamOpti
                fmt: str = "png", force: bool = False) -> int:
     """Check the outputs, run ``segment_stream`` with a progress line, report; returns the exit status."""
     source = _source(inputs)
-    _check_outputs(out, opts, inputs=[i for i in inputs if Path(i).exists()], force=force)
+    _check_outputs(out, opts, inputs=inputs, force=force)
     progress = _Progress()
     stats = segment_stream(segmenter, source, out, visualize=opts.visualize or "overlay", alpha=alpha,
                            legend=opts.legend, save_masks=opts.save_masks, stats=opts.stats, mask_format=fmt,
@@ -115,28 +128,51 @@ def _source(inputs: Sequence[str]) -> Any:
 
 def _check_outputs(out: str, opts: StreamOptions, *, inputs: Sequence[str], force: bool) -> None:
     """Refuse outputs over inputs or over files fcnseg did not write, before the first frame."""
-    folders = [Path(i).resolve() for i in inputs if Path(i).is_dir()]
-    for option, folder in (("--out", out), ("--save-masks", opts.save_masks)):
-        if folder is not None and "://" not in folder and Path(folder).resolve() in folders:
-            raise FcnsegError(f"expected {option} apart from the input frames, got the input folder {folder!r}; "
-                              f"try another {option} folder")
-    inputs = [i for i in inputs if Path(i).is_file()]
+    folders = _input_folders(inputs)
+    files = [i for i in inputs if Path(i).is_file()]
     if "://" not in out:
         if Path(out).suffix.lower() in OUTPUT_FORMATS:
-            check_output(out, VIDEO, inputs=inputs, force=force, option="--out")
+            check_output(out, VIDEO, inputs=files, force=force, option="--out")
         elif Path(out).is_file():
             raise FcnsegError(f"expected --out to be a video file ({', '.join(OUTPUT_FORMATS)}), a folder or a URL, "
                               f"got {out!r} which is another kind of file; try out.mp4")
         else:
-            check_writable_parent(Path(out) / "frame", option="--out")
+            _check_folder(out, "--out", "frame_*.png", FRAME, input_folders=folders, force=force)
     if opts.stats is not None:
-        check_output(opts.stats, STATS, inputs=inputs, force=force, option="--stats")
+        check_output(opts.stats, STATS, inputs=files, force=force, option="--stats")
     if opts.save_masks is not None:
-        check_writable_parent(Path(opts.save_masks) / "mask", option="--save-masks")
-        clash = next((p for p in Path(opts.save_masks).glob("[0-9]*.*") if not force and not MASK.is_ours(p)), None)
-        if clash is not None:
-            raise FcnsegError(f"expected --save-masks to hold only fcnseg masks, got {str(clash)!r}; pass --force "
-                              "to replace such files, or try another folder")
+        _check_folder(opts.save_masks, "--save-masks", "[0-9]*.*", MASK, input_folders=folders, force=force)
+
+
+def _check_folder(folder: str, option: str, pattern: str, kind: ArtifactKind, *, input_folders: Set[Path],
+                  force: bool) -> None:
+    """Refuse an input's folder, an unwritable one, or one holding ``pattern`` files fcnseg did not write."""
+    if "://" not in folder and Path(folder).resolve() in input_folders:
+        raise FcnsegError(f"expected {option} apart from the input frames, got the input folder {folder!r}; "
+                          f"try another {option} folder")
+    check_writable_parent(Path(folder) / "frame", option=option)
+    if force:
+        return
+    clash = next((p for p in sorted(Path(folder).glob(pattern)) if not kind.is_ours(p)), None)
+    if clash is not None:
+        raise FcnsegError(f"expected {option} to hold only {kind.name}s, got {str(clash)!r}; pass --force "
+                          "to replace such files, or try another folder")
+
+
+def _input_folders(inputs: Sequence[str]) -> Set[Path]:
+    """The folders the inputs live in: a folder itself, a file's folder, a glob pattern's and its matches'."""
+    folders: Set[Path] = set()
+    for spec in inputs:
+        path = Path(spec)
+        if path.is_dir():
+            folders.add(path.resolve())
+        elif path.is_file():
+            folders.add(path.resolve().parent)
+        elif "://" not in spec and glob.has_magic(spec):
+            folders.update(Path(f).resolve().parent for f in glob.glob(spec))
+            if not glob.has_magic(str(path.parent)):
+                folders.add(path.parent.resolve())
+    return folders
 
 
 class _Progress:

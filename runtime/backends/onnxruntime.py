@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import FcnsegError, one_line
 from ..metadata import ModelMetadata, metadata_from_props
-from ..onnx_names import OUTPUT_NAMES
+from ..onnx_names import GraphOutput, output_names
 from .base import BaseBackend
 
 # Short names accepted by ``providers=`` and ``fcn-predict --providers`` (case-insensitive).
@@ -142,15 +142,7 @@ def _read_metadata(session: Any, path: str) -> ModelMetadata:
 
 
 def _output_names(session: Any, path: str) -> Dict[str, str]:
-    """Map "logits"/"mask" to graph output names; a single unnamed output is told apart by its rank."""
-    outputs = session.get_outputs()
-    names = {o.name: o for o in outputs}
-    found = {k: k for k in OUTPUT_NAMES if k in names}
-    if found:
-        return found
-    if len(outputs) == 1 and len(outputs[0].shape) in (3, 4):
-        return {"logits" if len(outputs[0].shape) == 4 else "mask": outputs[0].name}
-    raise FcnsegError(f"expected a graph output named 'logits' (N,C,H,W) or 'mask' (N,H,W) in {path!r}, got "
-                      f"{[(o.name, o.shape) for o in outputs]}; try exporting with fcn-export")
+    """Map "logits"/"mask" to ONNX Runtime's output names (``output_names``)."""
+    return output_names([GraphOutput((o.name,), len(o.shape), o.shape) for o in session.get_outputs()], path)
 
 

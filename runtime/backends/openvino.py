@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import FcnsegError, one_line
 from ..metadata import ModelMetadata, metadata_from_props
+from ..onnx_names import GraphOutput, output_names
 from .base import INPUT_CHANNELS, BaseBackend
 
 PRECISION_HINTS = ("f32", "bf16")
@@ -298,15 +299,11 @@ def _read_metadata(model: Any, path: str) -> ModelMetadata:
 
 
 def _output_names(model: Any, path: str) -> Dict[str, str]:
-    """Map "logits"/"mask" to graph output names; a single unnamed output is told apart by its rank."""
-    outputs = model.outputs
-    names = {n: o for o in outputs for n in o.get_names()}
-    found = {k: k for k in ("logits", "mask") if k in names}
-    if found:
-        return found
-    if len(outputs) == 1 and outputs[0].get_partial_shape().rank.get_length() in (3, 4):
-        rank = outputs[0].get_partial_shape().rank.get_length()
-        return {"logits" if rank == 4 else "mask": outputs[0].get_any_name()}
-    raise FcnsegError(f"expected a graph output named 'logits' (N,C,H,W) or 'mask' (N,H,W) in {path!r}, got "
-                      f"{[(o.get_any_name(), str(o.get_partial_shape())) for o in outputs]}; "
-                      "try exporting with fcn-export")
+    """Map "logits"/"mask" to OpenVINO's output names (``output_names``)."""
+    return output_names([_graph_output(o) for o in model.outputs], path)
+
+
+def _graph_output(output: Any) -> GraphOutput:
+    shape = output.get_partial_shape()
+    rank = shape.rank.get_length() if shape.rank.is_static else None
+    return GraphOutput((output.get_any_name(),) + tuple(sorted(output.get_names())), rank, str(shape))

@@ -170,6 +170,7 @@ class TensorRTBackend(BaseBackend):
     def __init__(self, plan_path: Union[str, Path], *, metadata: Optional[ModelMetadata] = None,
                  cuda_graphs: bool = False, cuda: Optional[CudaMemory] = None,
                  gpu: Optional[Dict[str, str]] = None) -> None:
+        super().__init__()
         self.plan_path = Path(plan_path)
         if not self.plan_path.is_file():
             raise FcnsegError(f"expected a TensorRT engine file, got no file at {str(self.plan_path)!r}; "
@@ -199,7 +200,6 @@ class TensorRTBackend(BaseBackend):
         self.metadata = metadata or self._metadata_from_sidecar()
         self._lock = threading.Lock()
         self._states: List[_ThreadState] = []
-        self._local = threading.local()
 
     def _deserialize(self, version: str) -> trt.ICudaEngine:
         reason = ""
@@ -220,15 +220,8 @@ class TensorRTBackend(BaseBackend):
         # No sidecar (e.g. a trtexec engine): VOC defaults, with the output telling whether argmax is in-graph.
         return ModelMetadata(argmax=_output_key(self.outputs[0], len(self.outputs)) == "mask")
 
-    @property
-    def last_timing(self) -> Dict[str, float]:
-        """Seconds spent in the calling thread's last ``infer``: "h2d", "infer", "d2h"."""
-        return getattr(self._local, "timing", {"h2d": 0.0, "infer": 0.0, "d2h": 0.0})
-
     def _infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
         """Run one NCHW batch; returns {"logits": (N,C,h,w) float32} or {"mask": (N,h,w) uint8}."""
-        if self._engine is None:
-            raise FcnsegError("expected an open TensorRTBackend, got one that was closed; try loading it again")
         state = self._thread_state()
         shapes = self._prepare(state, batch.shape)
         host_in = state.host[self.input.name][: batch.nbytes]
@@ -242,10 +235,11 @@ class TensorRTBackend(BaseBackend):
         t2 = time.perf_counter()
         views = self._copy_outputs(state, shapes)
         t3 = time.perf_counter()
-        self._local.timing = {"h2d": t1 - t0, "infer": t2 - t1, "d2h": t3 - t2}
+        self._set_timing(h2d=t1 - t0, infer=t2 - t1, d2h=t3 - t2)
         return views
 
     def _check_input(self, batch: np.ndarray) -> np.ndarray:
+        """The engine's own input check: a shape inside its optimization profile, cast to its input dtype."""
         arr = np.asarray(batch)
         lo, hi = self.profile[0], self.profile[2]
         if arr.ndim != len(lo) or any(d < a or d > b for d, a, b in zip(arr.shape, lo, hi)):
@@ -340,8 +334,8 @@ class TensorRTBackend(BaseBackend):
             result[key] = array.astype(np.uint8) if key == "mask" and array.dtype != np.uint8 else array
         return result
 
-    def close(self) -> None:
-        """Free every thread's buffers, streams, graphs and contexts, then the engine. Idempotent."""
+    def _close(self) -> None:
+        """Free every thread's buffers, streams, graphs and contexts, then the engine (once, from ``close``)."""
         with self._lock:
             states, self._states = self._states, []
         for state in states:
@@ -366,12 +360,6 @@ class TensorRTBackend(BaseBackend):
             self._cuda.stream_destroy(state.stream)
         state.graphs, state.device, state.host = {}, {}, {}
         state.context = None  # type: ignore[assignment]  # contexts must go before the engine
-
-    def __enter__(self) -> "TensorRTBackend":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):

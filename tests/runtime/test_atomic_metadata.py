@@ -60,3 +60,23 @@ def test_stale_temps_of_dead_writers_are_removed_on_the_next_write(tmp_path):
     write_text(tmp_path / "model.json", "{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, foreign.name, "model.json"])
     assert remove_stale_temps(tmp_path) == []
+
+
+def test_onnx_metadata_reader_reports_bad_values_as_the_backends_do(tmp_path):
+    """The numpy-only ONNX reader decodes props like the backends, and says the same about unreadable ones."""
+    from fcnseg.runtime.errors import FcnsegError
+    from fcnseg.runtime.metadata import metadata_from_props
+    from fcnseg.runtime.onnx_metadata import read_onnx_metadata
+
+    onnx = pytest.importorskip("onnx")
+    meta = ModelMetadata(arch="fcn8s_resnet18", num_classes=5)
+    for name, props in (("good", meta.to_props()), ("bad", {**meta.to_props(), "fcnseg.num_classes": "five"})):
+        model = onnx.helper.make_model(onnx.helper.make_graph([], "empty", [], []))
+        onnx.helper.set_model_props(model, props)
+        onnx.save(model, str(tmp_path / f"{name}.onnx"))
+    assert read_onnx_metadata(tmp_path / "good.onnx") == meta
+    with pytest.raises(FcnsegError) as ours:
+        read_onnx_metadata(tmp_path / "bad.onnx")
+    with pytest.raises(FcnsegError) as backends:
+        metadata_from_props({"fcnseg.num_classes": "five"}, str(tmp_path / "bad.onnx"))
+    assert str(ours.value) == str(backends.value)

@@ -339,3 +339,31 @@ def test_batches_are_split_to_the_backends_max_batch():
     assert sizes == [2, 2, 1]
     for image, mask in zip(images, masks):
         np.testing.assert_array_equal(mask, Segmenter(backend)(image))
+
+
+def test_unknown_suffix_is_refused_by_choose_backend_too(tmp_path):
+    """The backend choice (used by fcn-bench before any file is opened) says what a model file is, not IndexError."""
+    from fcnseg.runtime.segmenter import choose_backend
+
+    for backend in (None, "onnxruntime"):
+        with pytest.raises(FcnsegError, match=r"expected a model file ending in one of \.onnx"):
+            choose_backend(tmp_path / "foo.bin", backend)
+    assert choose_backend(tmp_path / "m.plan") == "tensorrt"
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_unnamed_outputs_are_mapped_alike_by_both_backends(tmp_path, backend):
+    """One output not called logits/mask is told apart by its rank; two such outputs are refused."""
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+    for argmax, key in ((False, "logits"), (True, "mask")):
+        path = tiny_onnx(tmp_path / f"{key}.onnx", argmax=argmax, output_name="out")
+        with Segmenter.load(path, backend=backend) as seg:
+            assert seg.backend.outputs == {key: "out"}
+            np.testing.assert_array_equal(seg(random_image(9, 7)), reference(random_image(9, 7)))
+    model = onnx.load(str(tmp_path / "logits.onnx"))
+    model.graph.node.append(helper.make_node("Identity", ["out"], ["copy"]))
+    model.graph.output.append(helper.make_tensor_value_info("copy", TensorProto.FLOAT, ["N", C, "Hout", "Wout"]))
+    onnx.save(model, str(tmp_path / "two.onnx"))
+    with pytest.raises(FcnsegError, match=r"expected a graph output named 'logits' .* got \[\('out', .*\('copy'"):
+        Segmenter.load(tmp_path / "two.onnx", backend=backend)

@@ -73,3 +73,22 @@ def test_not_a_json_object(tmp_path, text):
     (tmp_path / "m.plan.json").write_text(text)
     with pytest.raises(FcnsegError, match="sidecar"):
         EngineSidecar.read(tmp_path / "m.plan")
+
+
+def test_output_checks_recognise_engines_by_their_sidecar_and_read_it_once(tmp_path, monkeypatch):
+    """ENGINE finds the sidecar where EngineSidecar does (model.plan.json, else model.json); each file parsed once."""
+    from fcnseg.runtime import outputs
+
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"engine bytes")
+    assert not outputs.ENGINE.is_ours(plan)
+    (tmp_path / "m.json").write_text(json.dumps(make().to_dict()))
+    assert outputs.ENGINE.is_ours(plan) and find_sidecar(plan) == tmp_path / "m.json"
+    (tmp_path / "notes.json").write_text('{"mine": 1}')
+    parsed = []
+    real = outputs._json
+    monkeypatch.setattr(outputs, "_json", lambda p: parsed.append(p.name) or real(p))
+    assert outputs.ENGINE_SIDECAR.is_ours(tmp_path / "m.json")
+    assert not outputs.ENGINE_SIDECAR.is_ours(tmp_path / "notes.json")
+    assert not outputs.INT8_REPORT.is_ours(tmp_path / "notes.json")
+    assert parsed == ["m.json", "notes.json", "notes.json"]

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -131,6 +132,38 @@ def test_frame_folder_to_frame_folder_with_max_frames(model, video, tmp_path):
     np.testing.assert_array_equal(colours, expected)
     code, err = run("--model", model, src, "--out", src, "--visualize", "mask")
     assert code == 2 and "input folder" in err
+
+
+def test_frame_outputs_never_go_over_inputs_or_foreign_frames(model, video, tmp_path):
+    """--out/--save-masks may not be an input's folder (a folder, image files, a glob, a video's); frame_*.png
+    there that fcnseg did not write need --force; fcnseg's own frames are replaced without it."""
+    from fcnseg.runtime.stream_cli import STATS
+
+    path, decoded = video
+    src = tmp_path / "frames"
+    src.mkdir()
+    for i, frame in enumerate(decoded[:2]):
+        Image.fromarray(frame).save(src / f"f{i}.png")
+    for inputs in ([f"{src}/*.png"], [src / "f0.png", src / "f1.png"], [path]):
+        folder = Path(inputs[0]).parent
+        for outputs in (("--out", folder), ("--out", tmp_path / "o.mp4", "--save-masks", folder)):
+            code, err = run("--model", model, *inputs, *outputs, "--max-frames", 1)
+            assert code == 2 and "input folder" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames"]
+    assert sorted(p.name for p in src.iterdir()) == ["f0.png", "f1.png"]
+    vis = tmp_path / "vis"
+    vis.mkdir()
+    Image.fromarray(decoded[0]).save(vis / "frame_000000.png")   # the user's own picture, by our name
+    mine = (vis / "frame_000000.png").read_bytes()
+    code, err = run("--model", model, f"{src}/*.png", "--out", vis, "--max-frames", 1)
+    assert code == 2 and "--force" in err and "frame_000000.png" in err
+    assert (vis / "frame_000000.png").read_bytes() == mine
+    for extra in (["--force"], []):   # replaced with --force; then fcnseg's own frame again without
+        code, err = run("--model", model, f"{src}/*.png", "--out", vis, "--max-frames", 1, *extra)
+        assert code == 0, err
+        assert (vis / "frame_000000.png").read_bytes() != mine
+    (tmp_path / "s.jsonl").write_text('{"frame": 0}\n')
+    assert STATS.is_ours(tmp_path / "s.jsonl") and not STATS.is_ours(tmp_path)   # unreadable: not ours, no error
 
 
 def test_segment_clip_for_reports(model, video, tmp_path):

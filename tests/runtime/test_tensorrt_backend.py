@@ -484,3 +484,16 @@ def test_real_engine_matches_onnxruntime(tensorrt_gpu, conv_onnx_factory, int8_q
                 cmp = compare_logits(ref, b.infer(x)["logits"], atol=0.05 if precision == "fp16" else 0.25,
                                      min_agreement=0.98)
                 assert cmp, f"{precision} {shape} graphs={graphs}: {cmp}"
+
+
+def test_lifecycle_and_timing_come_from_base_backend(monkeypatch, plan, cuda):
+    """Context manager, idempotent close and a per-thread copy of last_timing, as every backend has them."""
+    with backend(monkeypatch, plan, cuda) as b:
+        assert b.last_timing == {"h2d": 0.0, "infer": 0.0, "d2h": 0.0}
+        b.infer(batch(1, 8, 8))
+        timing = b.last_timing
+        timing["infer"] = -1.0
+        assert set(b.last_timing) == {"h2d", "infer", "d2h"} and b.last_timing["infer"] >= 0   # a copy
+    assert cuda.device == {} and cuda.host_live == 0
+    with pytest.raises(FcnsegError, match="closed"):
+        b.infer(batch(1, 8, 8))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import sys
+
 import click
 
 from ..runtime import outputs
@@ -71,10 +71,9 @@ def eval_main(model, compare, more, data_path, split, limit, size, providers, ba
     click.echo("\nper-class IoU (%) and deltas (points):")
     click.echo(class_delta_table(result))
     if json_path:
-        from ..runtime.atomic import write_text
+        from .report import write_json
 
-        doc = {"split": split, **result.to_dict()}
-        write_text(json_path, json.dumps(json_safe(doc), indent=2, allow_nan=False))
+        write_json(json_path, {"split": split, **result.to_dict()})
     if not result:
         click.echo(f"error: {result.summary()}", err=True)
         sys.exit(1)
@@ -113,6 +112,8 @@ def bench_main(triton_url, triton_model, concurrency, requests, protocol, engine
     if triton_url:
         from .triton_bench import run_triton_cli
 
+        check_triton_options(click.get_current_context())
+
         return run_triton_cli(triton_url, triton_model, models, shapes, concurrency, requests, protocol, json_path,
                               force)
     from .bench import backend_note, bench_models, bench_table, model_specs, parse_hw, write_csv
@@ -146,11 +147,29 @@ def bench_main(triton_url, triton_model, concurrency, requests, protocol, engine
     if note:
         click.echo(note)
     if json_path:
-        from ..runtime.atomic import write_text
+        from .report import write_json
 
-        write_text(json_path, json.dumps(json_safe([r.to_dict() for r in results]), indent=2, allow_nan=False))
+        write_json(json_path, [r.to_dict() for r in results])
     if csv_path:
         write_csv(results, csv_path)
+
+
+# fcn-bench options that only the in-process benchmark reads: refused next to --triton rather than ignored.
+NOT_WITH_TRITON = ("engines", "batches", "warmup", "iters", "rounds", "threads", "providers", "backends",
+                   "precision_hint", "model_only", "power", "power_interval", "csv_path")
+
+
+def check_triton_options(ctx: click.Context) -> None:
+    """Refuse, in one error, every option given with ``--triton`` that a Triton load does not read."""
+    from click.core import ParameterSource
+
+    given = [p.opts[0] for p in ctx.command.params
+             if p.name in NOT_WITH_TRITON and ctx.get_parameter_source(p.name) not in (None, ParameterSource.DEFAULT)]
+    if given:
+        raise FcnsegError(f"expected only options that apply to --triton, got {', '.join(given)}, which "
+                          f"{'does' if len(given) == 1 else 'do'} not apply to a Triton load; try without "
+                          f"{'it' if len(given) == 1 else 'them'} (--triton reads --triton-model, --model, --shape, "
+                          "--concurrency, --requests, --protocol, --json)")
 
 
 def check_fits_in_memory(shapes, batches) -> None:
@@ -168,16 +187,3 @@ def check_fits_in_memory(shapes, batches) -> None:
                 raise FcnsegError(f"expected --shape and --batch that fit in half of this machine's "
                                   f"{total / 2**30:.0f} GiB, got {h}x{w} x {b} needing about {need / 2**30:.0f} GiB; "
                                   "try --shape 520x520")
-
-
-def json_safe(value):
-    """NaN and infinities become None (JSON has no NaN: ``json.dumps`` would write invalid JSON)."""
-    import math
-
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value

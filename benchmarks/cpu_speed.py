@@ -9,8 +9,8 @@ calibrated on a few synthetic images only to get realistic activation ranges. Ac
 elsewhere (the parity table on a trained model). ``python -m fcnseg.benchmarks.cpu_speed --out bench_out``
 
 The models are prepared by ``fcnseg.benchmarks.pipeline`` (data -> random-init model -> ONNX -> INT8); the
-models exported are ``BENCH_MODELS`` (pipeline model keys); the rows benchmarked are ``CPU_ROWS`` (model key,
-backend, mode, precision hint), so another runtime's rows are one entry more.
+rows benchmarked are ``CPU_ROWS`` (model key, backend, mode, precision hint), so another runtime's rows are one
+entry more.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from .pipeline import Artifacts, BenchSettings, DataSettings, ExportSettings, Mo
 from .report import Report, need, run_steps, to_jsonable
 from .steps import step_data, step_export_int8, step_export_onnx, step_model
 
-BENCH_MODELS = ("pytorch", "fp32", "int8", "int8_cpu")
 DEFAULTS = dict(arch="fcn_resnet50", size=520, iters=20, calib_images=8)
 ARCHS = ("fcn_resnet50", "fcn8s_resnet18")   # what `make bench-cpu` measures
 # (model key, backend, mode, OpenVINO precision hint): the rows of one run, PyTorch FP32 eager first (the baseline).
@@ -52,7 +51,8 @@ def cpu_speed_config(out: Path, *, arch: str = DEFAULTS["arch"], size: int = DEF
         # Random weights have no meaningful mIoU: evaluate on one image and accept any drop.
         export=ExportSettings(models=("fp32", "int8", "int8_cpu"), stem=arch, verify_shapes=[(1, size, size)],
                               calib_images=calib_images, calib_method="minmax", int8_eval_images=1, max_drop=100.0),
-        bench=BenchSettings(models=BENCH_MODELS, warmup=2, iters=iters, rounds=4, threads=threads))
+        bench=BenchSettings(models=tuple(dict.fromkeys(row[0] for row in CPU_ROWS)), warmup=2, iters=iters,
+                            rounds=4, threads=threads))
 
 
 def row_label(key: str, backend: str, mode: str, hint: "str | None") -> str:

@@ -2,7 +2,7 @@
 
 synthesise data -> train FCN-8s/ResNet-18 on the CPU -> export ONNX FP32 / FP16 / INT8 -> TensorRT engines
 (when a TensorRT library imports; listed, and run only where a GPU is) -> parity -> benchmark -> overlays
-(-> video, when ``fcnseg.runtime.stream`` is there) -> ``report.md``, through ``fcnseg.benchmarks.pipeline``.
+-> video (with PyAV) -> ``report.md``, through ``fcnseg.benchmarks.pipeline``.
 """
 
 from __future__ import annotations

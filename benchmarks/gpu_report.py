@@ -21,7 +21,6 @@ skipped steps (no TensorRT, no CUDA) do not count. Without a GPU it is a dry run
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -30,12 +29,11 @@ from typing import Any, Dict, Optional, Tuple
 
 import click
 
-from ..runtime.atomic import write_text
 from ..runtime.errors import FcnsegError, cli_errors
 from ..runtime.shapes import parse_hw
 from .gpu_env import environment_report, environment_table
 from .pipeline import Artifacts, BenchSettings, DataSettings, ExportSettings, ModelSettings, PipelineConfig
-from .report import Report, SkipStage, echo, need, optional_path, parse_list, run_steps, to_jsonable
+from .report import Report, SkipStage, echo, need, optional_path, parse_list, run_steps, to_jsonable, write_json
 from .steps import (bench_step, step_data, step_engines, step_export_fp16, step_export_int8, step_export_onnx,
                     step_model, step_parity)
 from .torch_cuda import (TORCH_ARCHS, TORCH_MODES, TorchMode, bench_torch_cuda, latency_summary, require_cuda,
@@ -80,7 +78,7 @@ def gpu_report_config(out: Path, *, checkpoint: Optional[Path] = None, data_path
 
 def step_environment(cfg: GpuReportConfig, art: Artifacts, report: Report) -> None:
     env = environment_report()
-    write_text(cfg.out / "environment.json", json.dumps(to_jsonable(env), indent=2) + "\n")
+    write_json(cfg.out / "environment.json", env)
     report.add("environment", env, [("environment", environment_table(env))])
     echo(environment_table(env))
 

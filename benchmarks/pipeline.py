@@ -25,6 +25,7 @@ from .tables import format_table
 Shape = Tuple[int, ...]
 VAL_LIST = "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt"   # written last by synthesize: present = complete
 INT8_TARGETS = {"int8": "tensorrt", "int8_cpu": "cpu"}          # model key -> quantize_int8 target
+SHOWCASE_MODELS = ("int8_cpu", "int8", "fp32")                   # overlays and video: the first exported of these
 
 
 @dataclass
@@ -154,6 +155,15 @@ class Artifacts:
 
     def runnable_engines(self) -> List[Path]:
         return [e.path for e in self.engines if e.runnable]
+
+    def showcase_model(self) -> Tuple[str, Path]:
+        """(key, path) of the model the overlays and the video run: the first of ``SHOWCASE_MODELS`` exported.
+
+        Raises:
+            SkipStage: no ONNX model was exported.
+        """
+        key = need(next((k for k in SHOWCASE_MODELS if k in self.models), None), "an ONNX model")
+        return key, self.models[key]
 
 
 # ---------------------------------------------------------------- stages: previous artifact in, next out

@@ -138,9 +138,23 @@ def write_report(report: Report, out_dir: Path) -> Tuple[Path, Path]:
     """Write ``<name>.md`` and ``<name>.json`` in ``out_dir``, each atomically."""
     out = Path(out_dir)
     md, js = out / f"{report.name}.md", out / f"{report.name}.json"
-    write_text(js, json.dumps(to_jsonable(report.to_dict()), indent=2, allow_nan=False) + "\n")
+    write_json(js, report.to_dict())
     write_text(md, render_markdown(report))
     return md, js
+
+
+def write_json(path: Any, obj: Any) -> Path:
+    """The one JSON writer: ``obj`` through ``to_jsonable`` (NaN -> null, never bare ``NaN``), written atomically.
+
+    Args:
+        path: the file to write (replaced atomically: temp file, then rename).
+        obj: dicts, lists, dataclasses, paths, numpy values (see ``to_jsonable``).
+
+    Returns:
+        ``path`` as a Path.
+    """
+    write_text(path, json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
+    return Path(path)
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -7,29 +7,34 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
-from ..runtime.atomic import write_text
 from ..runtime.errors import FcnsegError
-from .pipeline import (INT8_TARGETS, VAL_LIST, Artifacts, PipelineConfig, checkpoint_for, engine_from_onnx,
-                       engine_profile, engine_row, engine_table, fp16_from_onnx, gpu_here, int8_from_onnx,
-                       onnx_from_checkpoint, synthetic_voc)
-from .report import Report, SkipStage, need, to_jsonable
+from .pipeline import (INT8_TARGETS, Artifacts, PipelineConfig, checkpoint_for, engine_from_onnx, engine_profile,
+                       engine_row, engine_table, fp16_from_onnx, gpu_here, int8_from_onnx, onnx_from_checkpoint,
+                       synthetic_voc)
+from .report import Report, SkipStage, need, write_json
 from .tables import format_table
 
-def step_data(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
-    from ..runtime.vocdata import VOCLayout
 
+def step_data(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
     root = cfg.data.root or synthetic_voc(cfg.out / "data", cfg.data)
     art.data = Path(root)
-    sizes = {split: len(VOCLayout(root, split)) for split in ("train", "val") if (art.data / _split(split)).is_file()}
-    report.add("data", {"root": str(root), "synthetic": cfg.data.root is None, **sizes})
+    report.add("data", {"root": str(root), "synthetic": cfg.data.root is None, **split_sizes(root)})
 
 
-def _split(name: str) -> str:
-    return VAL_LIST.replace("val.txt", f"{name}.txt")
+def split_sizes(root: Any, splits: Sequence[str] = ("train", "val")) -> Dict[str, int]:
+    """Images per split, for the splits ``VOCLayout`` finds under ``root`` (ROOT or ROOT/VOCdevkit/VOC2012)."""
+    from ..runtime.vocdata import VOCLayout
+
+    sizes = {}
+    for split in splits:
+        try:
+            sizes[split] = len(VOCLayout(root, split))
+        except FcnsegError:   # no such (or an empty) split list, or no VOC layout at all: nothing to count
+            continue
+    return sizes
 
 
 def step_model(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
@@ -49,7 +54,9 @@ def _checkpoint_arch(ckpt: Path) -> Optional[str]:
 
 
 def _training_table(metrics: Path) -> str:
-    logs = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    from ..train.rundir import read_metrics
+
+    logs = read_metrics(metrics)
     return format_table(["epoch", "loss", "lr", "mIoU", "pixel acc", "s", "img/s"],
                         [[g["epoch"], g["train_loss"], g["lr"], g["miou"] * 100, g["global_acc"] * 100,
                           g["epoch_s"], g["train_img_s"]] for g in logs])
@@ -124,7 +131,7 @@ def step_parity(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
         result = compare_models(paths, str(need(art.data, "a dataset")), "val", limit=cfg.parity_limit,
                                 backends=backends or (None,))
     art.parity = result
-    write_text(cfg.out / "parity.json", json.dumps(to_jsonable(result.to_dict()), indent=2, allow_nan=False))
+    write_json(cfg.out / "parity.json", result.to_dict())
     report.failures += [Path(r.path).name for r in result.failed]
     report.add("parity", [r.to_dict() for r in result],
                [("parity (mIoU %, delta in points vs the checkpoint)", parity_table(result)),
@@ -170,13 +177,10 @@ def _bench(cfg: PipelineConfig, art: Artifacts, report: Report, *, name: str, ke
     b = cfg.bench
     paths = need(bench_paths(art, keys or b.models), "models to benchmark")
     n = iters or b.iters
-    results = []
-    for hw in cfg.shapes:
-        for batch in b.batches:
-            results += bench_models(paths, [hw], [batch], warmup=min(b.warmup, n), iters=n, rounds=min(b.rounds, n),
-                                    providers=providers, num_threads=b.threads)
+    results = bench_models(paths, list(cfg.shapes), list(b.batches), warmup=min(b.warmup, n), iters=n,
+                           rounds=min(b.rounds, n), providers=providers, num_threads=b.threads)
     art.bench += results
-    write_text(cfg.out / f"{name.replace(' ', '_')}.json", json.dumps([r.to_dict() for r in results], indent=2))
+    write_json(cfg.out / f"{name.replace(' ', '_')}.json", [r.to_dict() for r in results])
     report.add(name, [r.to_dict() for r in results], [(f"{name}: ms, medians per stage; speed-up vs the first "
                                                       "row, same run", bench_table(results))])
 
@@ -187,8 +191,8 @@ def step_overlays(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
     from ..runtime.segmenter import Segmenter
     from ..runtime.vocdata import VOCLayout
 
-    key = next((k for k in ("int8_cpu", "int8", "fp32") if k in art.models), None)
-    seg = Segmenter.load(art.models[need(key, "an ONNX model")])
+    key, model = art.showcase_model()
+    seg = Segmenter.load(model)
     layout, meta, images = VOCLayout(need(art.data, "a dataset"), "val"), seg.metadata, []
     for i in range(min(cfg.overlay_images, len(layout))):
         image, _ = layout.load(i)
@@ -200,11 +204,9 @@ def step_overlays(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
 
 
 def step_video(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
-    """Hook for a short synthetic video through the INT8 model (needs ``fcnseg.runtime.stream``)."""
+    """A short synthetic video through the INT8 model (``fcnseg.runtime.stream``; needs PyAV)."""
     import importlib.util
 
-    if importlib.util.find_spec("fcnseg.runtime.stream") is None:
-        raise SkipStage("hook: fcnseg.runtime.stream is not there yet")
     if importlib.util.find_spec("av") is None:
         raise SkipStage("needs PyAV for video files: pip install av (or 'fcnseg[video]')")
     from .video import video_section

@@ -221,13 +221,12 @@ def summary_table(rows: Sequence[Dict[str, Any]]) -> str:
                                    r["x_torch_fp32"]] for r in rows])
 
 
-
-
 def torch_model(arch: str, checkpoint: Any = None) -> Any:
     """The trained model where the checkpoint is this arch; else random weights (speed does not depend on them)."""
     from ..train.checkpoint import load_checkpoint, model_from_checkpoint
     from ..train.models import get_model
 
-    if checkpoint is not None and load_checkpoint(checkpoint).arch == arch:
-        return model_from_checkpoint(checkpoint)[0]
+    loaded = load_checkpoint(checkpoint) if checkpoint is not None else None
+    if loaded is not None and loaded.arch == arch:
+        return model_from_checkpoint(checkpoint, loaded=loaded)[0]   # the file is read once
     return get_model(arch).eval()

@@ -10,6 +10,7 @@ UINT8 HxWx3 arrays (``fcn-serve``'s Python-backend model) or encoded PNG bytes (
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
 import time
@@ -135,17 +136,15 @@ def run_load(url: str, model: str, images: Sequence[np.ndarray], *, concurrency:
                       first_error=errors[0] if errors else "")
 
 
-def inprocess_throughput(model_path: str, images: Sequence[np.ndarray], *, iters: int = 20,
-                         num_threads: Optional[int] = None) -> float:
-    """Images per second of one caller running ``Segmenter`` on ``images`` one at a time (after one warm-up)."""
-    from ..runtime import Segmenter
-
-    with Segmenter.load(model_path, num_threads=num_threads) as seg:
-        seg(images[0])
-        start = time.perf_counter()
-        for i in range(iters):
-            seg(images[i % len(images)])
-        return iters / (time.perf_counter() - start)
+def inprocess_throughput(seg: Callable[[np.ndarray], Any], images: Sequence[np.ndarray], *,
+                         iters: int = 20) -> float:
+    """Images per second of one caller running ``seg`` (a loaded ``Segmenter``) on ``images`` one at a time
+    (after one warm-up)."""
+    seg(images[0])
+    start = time.perf_counter()
+    for i in range(iters):
+        seg(images[i % len(images)])
+    return iters / (time.perf_counter() - start)
 
 
 def bench_triton(url: str, images: Sequence[np.ndarray], *, model: str = "fcnseg",
@@ -156,14 +155,17 @@ def bench_triton(url: str, images: Sequence[np.ndarray], *, model: str = "fcnseg
     The in-process figure is measured between the levels' runs (before and after, averaged) so that a
     machine's drift in speed hits both sides alike.
     """
+    from ..runtime import Segmenter
+
     run_load(url, model, images, concurrency=1, requests=2, protocol=protocol)
     results = []
-    for c in concurrency:
-        before = inprocess_throughput(local_model, images) if local_model else None
-        result = run_load(url, model, images, concurrency=c, requests=requests, protocol=protocol)
-        after = inprocess_throughput(local_model, images) if local_model else None
-        result.inprocess = (before + after) / 2 if before and after else None
-        results.append(result)
+    with (Segmenter.load(local_model) if local_model else contextlib.nullcontext()) as seg:   # loaded once
+        for c in concurrency:
+            before = inprocess_throughput(seg, images) if seg is not None else None
+            result = run_load(url, model, images, concurrency=c, requests=requests, protocol=protocol)
+            after = inprocess_throughput(seg, images) if seg is not None else None
+            result.inprocess = (before + after) / 2 if before and after else None
+            results.append(result)
     return results
 
 
@@ -184,8 +186,6 @@ def run_triton_cli(url: str, model: str, local_models: Sequence[str], shapes: Se
                    concurrency: Sequence[int], requests: int, protocol: str, json_path: Optional[str],
                    force: bool = False) -> None:
     """``fcn-bench --triton URL``: the table on stdout, the results as JSON with ``--json``."""
-    import json
-
     import click
 
     from ..runtime import outputs
@@ -202,6 +202,6 @@ def run_triton_cli(url: str, model: str, local_models: Sequence[str], shapes: Se
                            protocol=protocol, local_model=local_models[0] if local_models else None)
     click.echo(triton_table(results))
     if json_path:
-        from ..runtime.atomic import write_text
+        from .report import write_json
 
-        write_text(json_path, json.dumps([r.to_dict() for r in results], indent=2))
+        write_json(json_path, [r.to_dict() for r in results])

@@ -20,12 +20,12 @@ def video_section(cfg: Any, art: Any, report: Any) -> None:
     from ..runtime.stream import read_video, segment_stream, write_video
     from ..runtime.vocdata import VOCLayout
 
-    key = next((k for k in ("int8_cpu", "int8", "fp32") if k in art.models), None)
+    key, model = art.showcase_model()
     layout = VOCLayout(need(art.data, "a dataset"), "val")
     n = len(need(layout.ids, "val images"))
     frames = [layout.load(i % n)[0] for i in range(VIDEO_FRAMES)]
     src, dst = write_video(frames, cfg.out / "video_in.mp4", fps=VIDEO_FPS), cfg.out / "video_out.mp4"
-    with Segmenter.load(art.models[need(key, "an ONNX model")]) as seg:
+    with Segmenter.load(model) as seg:
         stats = segment_stream(seg, src, dst, visualize="side-by-side")
     images = []
     for i, frame in enumerate(read_video(dst, max_frames=PNG_FRAMES)):

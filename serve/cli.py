@@ -8,21 +8,23 @@ from typing import Any, Optional
 
 import click
 
+from ..runtime.cliutil import OneLineCommand
 from ..runtime.errors import FcnsegError, cli_errors
 
 CTX = {"help_option_names": ["-h", "--help"], "show_default": True}
+PORT = click.IntRange(min=0, max=65535)
 
 
-@click.command(context_settings=CTX)
+@click.command(cls=OneLineCommand, context_settings=CTX)
 @click.option("--model", "model", type=click.Path(dir_okay=False), help="model file (.onnx, .plan, .pth), "
               "served through fcnseg's Segmenter on Triton's Python backend")
 @click.option("--repo", type=click.Path(file_okay=False), help="repository folder: written for --model (kept), "
               "or served as it is without --model [default with --model: a temporary folder]")
 @click.option("--name", default="fcnseg", help="model name clients call")
 @click.option("--host", default="127.0.0.1", help="address every endpoint binds to")
-@click.option("--port", "http_port", type=int, default=8000, help="HTTP port (0: a free one)")
-@click.option("--grpc-port", type=int, default=8001, help="gRPC port (0: a free one)")
-@click.option("--metrics-port", type=int, default=8002, help="Prometheus metrics port (0: a free one)")
+@click.option("--port", "http_port", type=PORT, default=8000, help="HTTP port (0: a free one)")
+@click.option("--grpc-port", type=PORT, default=8001, help="gRPC port (0: a free one)")
+@click.option("--metrics-port", type=PORT, default=8002, help="Prometheus metrics port (0: a free one)")
 @click.option("--max-batch", type=int, default=None, help="largest batch Triton forms [default: 8]")
 @click.option("--instances", type=int, default=1, help="model instances (processes)")
 @click.option("--max-queue-delay-us", type=int, default=None, help="how long a request waits for a batch "

@@ -86,15 +86,17 @@ def parse_checkpoint(obj: dict, path: "str | os.PathLike[str]" = "<checkpoint>")
 
 
 def model_from_checkpoint(path: "str | os.PathLike[str]", *, arch: Optional[str] = None,
-                          num_classes: Optional[int] = None) -> tuple[torch.nn.Module, LoadedCheckpoint]:
+                          num_classes: Optional[int] = None,
+                          loaded: Optional[LoadedCheckpoint] = None) -> tuple[torch.nn.Module, LoadedCheckpoint]:
     """Build the checkpoint's model and load its weights strictly, with errors that say what does not fit.
 
     Args:
         path: checkpoint file (ours, torchvision-reference, or a raw state dict).
         arch: model name; required when the file does not say it, checked when it does.
         num_classes: expected class count; checked against the file.
+        loaded: ``load_checkpoint(path)`` when the caller already has it (the file is then not read again).
     """
-    ckpt = load_checkpoint(path)
+    ckpt = loaded if loaded is not None else load_checkpoint(path)
     if arch and ckpt.arch and arch != ckpt.arch:
         raise FcnsegError(f"expected a checkpoint of {arch}, got one of {ckpt.arch} in {str(path)!r}; "
                           f"try --arch {ckpt.arch}")

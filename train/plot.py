@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..runtime.atomic import atomic_path
+from .rundir import read_metrics
 
 
 def plot_metrics(log_path: "str | Path", png_path: "str | Path") -> Path:
@@ -15,7 +15,7 @@ def plot_metrics(log_path: "str | Path", png_path: "str | Path") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    rows = read_metrics(log_path)
     epochs = [r["epoch"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
     ax1.plot(epochs, [r["train_loss"] for r in rows], marker="o")

@@ -16,9 +16,9 @@ from typing import Callable, List, Optional
 
 from ..runtime.atomic import write_text
 from ..runtime.errors import FcnsegError
-from ..runtime.outputs import check_writable_parent
+from ..runtime.outputs import check_output_dir
 
-__all__ = ["run_files", "prepare_output_dir", "append_metrics"]
+__all__ = ["run_files", "prepare_output_dir", "append_metrics", "read_metrics"]
 
 _RUN_FILE = re.compile(r"^(checkpoint\.pth|model_best\.pth|model_\d+\.pth|metrics\.jsonl|metrics\.png)$")
 _EPOCH_FILE = re.compile(r"^model_(\d+)\.pth$")
@@ -47,7 +47,7 @@ def prepare_output_dir(out: Path, *, resume_epoch: Optional[int] = None, force: 
         FcnsegError: ``out`` is a file or cannot be created or written, or holds a run and neither
             ``resume_epoch`` nor ``force`` is given.
     """
-    _check_writable(out)
+    check_output_dir(out, "--output-dir", first_file="checkpoint.pth")
     previous = run_files(out)
     if previous and resume_epoch is None and not force:
         names = ", ".join(p.name for p in previous[:3]) + (f" and {len(previous) - 3} more" if len(previous) > 3 else "")
@@ -69,14 +69,8 @@ def prepare_output_dir(out: Path, *, resume_epoch: Optional[int] = None, force: 
         what = "the previous run" if resume_epoch is None else f"files of epochs >= {resume_epoch}"
         say(f"moved {what} ({len(stale)} files) to {dest}")
         if resume_epoch is not None and (dest / "metrics.jsonl").is_file():
-            rows = [r for r in _read_rows(dest / "metrics.jsonl") if int(r.get("epoch", -1)) < resume_epoch]
+            rows = [r for r in read_metrics(dest / "metrics.jsonl") if int(r.get("epoch", -1)) < resume_epoch]
             write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _check_writable(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise FcnsegError(f"expected --output-dir to be a folder, got the file {str(out)!r}; try another --output-dir")
-    check_writable_parent(out / "checkpoint.pth", "--output-dir")  # under a file, read-only, /proc
 
 
 def _later_files(out: Path, previous: List[Path], epoch: int) -> List[Path]:
@@ -102,17 +96,19 @@ def _move_aside(out: Path, files: List[Path]) -> Path:
     return dest
 
 
-def _read_rows(path: Path) -> List[dict]:
+def read_metrics(path: "str | os.PathLike[str]") -> List[dict]:
+    """The rows of a ``metrics.jsonl`` log, one dict per epoch in file order (empty when there is no file)."""
+    path = Path(path)
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _rows_from(path: Path, epoch: int) -> List[dict]:
-    return [r for r in _read_rows(path) if int(r.get("epoch", -1)) >= epoch]
+    return [r for r in read_metrics(path) if int(r.get("epoch", -1)) >= epoch]
 
 
 def append_metrics(path: Path, row: dict) -> None:
     """Add one epoch's row to ``metrics.jsonl``, replacing any row of the same or a later epoch."""
-    kept = [r for r in _read_rows(path) if int(r.get("epoch", -1)) < int(row["epoch"])]
+    kept = [r for r in read_metrics(path) if int(r.get("epoch", -1)) < int(row["epoch"])]
     write_text(path, "".join(json.dumps(r) + "\n" for r in [*kept, row]))

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from ..runtime.atomic import atomic_path, write_text
 from ..runtime.errors import FcnsegError
-from ..runtime.outputs import check_writable_parent
+from ..runtime.outputs import check_output_dir
 from ..runtime.voc import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES, voc_palette
 
 __all__ = ["ClassStyle", "CLASS_STYLES", "synthesize", "render_sample"]
@@ -113,9 +113,7 @@ def synthesize(root: PathLike, *, num_train: int = 200, num_val: int = 50, size:
 
 def _check_root(root: Path, base: Path) -> None:
     """Refuse a file, and any VOC-like content synthesize did not write, before writing anything."""
-    if root.exists() and not root.is_dir():
-        raise FcnsegError(f"expected ROOT to be a folder (new or empty), got the file {str(root)!r}; try another ROOT")
-    check_writable_parent(base / MARKER, "ROOT")  # under a file, read-only, /proc
+    check_output_dir(root, "ROOT", what="a folder (new or empty)", first_file=str((base / MARKER).relative_to(root)))
     for folder in (base, root):
         if (folder / MARKER).is_file():
             continue

@@ -218,3 +218,26 @@ def _model_eval(path, miou, tolerance):
         row.comparison = MiouComparison(0.5, miou, np.array([(miou - 0.5) * 100, np.nan]), tolerance,
                                         ["background", "aeroplane"])
     return row
+
+
+def test_write_json_is_strict_json_and_atomic(tmp_path):
+    path = report.write_json(tmp_path / "out.json", {"e2e": Stats.of([float("nan")]), "shape": (1, 2)})
+    doc = json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"bare {name} in the JSON"))
+    assert doc == {"e2e": dict.fromkeys(("mean", "median", "p90", "p99", "min", "max")), "shape": [1, 2]}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]   # no temporary file left
+
+
+def test_torch_model_reads_the_checkpoint_once(tmp_path, monkeypatch):
+    from fcnseg.train import checkpoint
+    from fcnseg.train.models import get_model
+
+    ckpt = tmp_path / "ckpt.pth"
+    torch.manual_seed(0)
+    model = get_model("fcn8s_resnet18")
+    checkpoint.save_checkpoint({"model": model.state_dict(), "arch": "fcn8s_resnet18", "num_classes": 21}, ckpt)
+    reads = []
+    real = checkpoint.read_checkpoint
+    monkeypatch.setattr(checkpoint, "read_checkpoint", lambda path: reads.append(path) or real(path))
+    loaded = torch_cuda.torch_model("fcn8s_resnet18", ckpt)
+    assert len(reads) == 1
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))

@@ -1,5 +1,6 @@
 """One pipeline: the demo, the GPU report and the CPU benchmark list the same steps; configs, engine rows, CLIs."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ from click.testing import CliRunner
 
 from fcnseg.benchmarks import cpu_speed, demo, gpu_report, steps
 from fcnseg.benchmarks.pipeline import Artifacts, EngineRow, PipelineConfig, engine_row, engine_table
+from fcnseg.benchmarks.report import Report, SkipStage
 from fcnseg.runtime.errors import FcnsegError
 
 SHARED = ("data", "model", "export onnx", "export int8")
@@ -56,3 +58,46 @@ def test_clis_give_one_line_errors_and_tracebacks_with_debug(module, tmp_path):
     debug = CliRunner().invoke(module.main, args + ["--debug"])
     assert isinstance(debug.exception, FcnsegError)
     assert not (tmp_path / "o").exists()
+
+
+def test_split_sizes_from_the_data_root_and_from_its_voc2012_folder(tmp_path):
+    from fcnseg.train.synth import synthesize
+
+    root = synthesize(tmp_path / "voc", num_train=2, num_val=1, size=32, progress=False)
+    assert steps.split_sizes(root) == steps.split_sizes(root / "VOCdevkit" / "VOC2012") == {"train": 2, "val": 1}
+    assert steps.split_sizes(tmp_path / "nothing-here") == {}
+
+
+def test_overlays_and_video_pick_the_int8_cpu_model_first(tmp_path):
+    art = Artifacts(models={"fp32": tmp_path / "m.onnx", "int8": tmp_path / "q.onnx"})
+    assert art.showcase_model() == ("int8", tmp_path / "q.onnx")
+    art.models["int8_cpu"] = tmp_path / "c.onnx"
+    assert art.showcase_model() == ("int8_cpu", tmp_path / "c.onnx")
+    with pytest.raises(SkipStage, match="an ONNX model"):
+        Artifacts().showcase_model()
+
+
+def test_bench_step_times_every_shape_and_batch_in_one_interleaved_run(tmp_path, monkeypatch):
+    from fcnseg.benchmarks import bench
+
+    calls = []
+    monkeypatch.setattr(bench, "bench_models", lambda paths, shapes, batches, **kw: calls.append((shapes, batches))
+                        or [])
+    cfg = PipelineConfig(tmp_path)
+    cfg.bench.shapes, cfg.bench.batches = ((32, 32), (24, 40)), (1, 2)
+    art = Artifacts(models={"fp32": tmp_path / "m.onnx"})
+    rep = Report("r", "t")
+    steps.bench_step("bench", ("fp32",))(cfg, art, rep)
+    assert calls == [([(32, 32), (24, 40)], [1, 2])]
+    assert json.loads((tmp_path / "bench.json").read_text()) == []
+
+
+def test_training_table_reads_the_metrics_log_as_training_writes_it(tmp_path):
+    from fcnseg.train.rundir import append_metrics
+
+    log = tmp_path / "metrics.jsonl"
+    for epoch in (0, 1):
+        append_metrics(log, {"epoch": epoch, "train_loss": 1.5 - epoch, "lr": 0.01, "miou": 0.25, "global_acc": 0.5,
+                             "epoch_s": 3.0, "train_img_s": 4.0})
+    lines = steps._training_table(log).splitlines()
+    assert len(lines) == 2 + 2 and lines[0].split()[:2] == ["epoch", "loss"]

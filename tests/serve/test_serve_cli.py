@@ -90,6 +90,8 @@ def test_serve_answers_and_ctrl_c_stops(triton_install, tiny_conv_onnx, tmp_path
 @pytest.mark.parametrize("args, expected", [
     ([], "expected --model FILE or --repo DIR"),
     (["--model", "missing.onnx", "--triton-env", "/nonexistent-env"], "nvidia-pytriton"),
+    (["--model", "m.onnx", "--port", "70000"], "'--port': 70000 is not in the range 0<=x<=65535"),
+    (["--model", "m.onnx", "--grpc-port", "-1"], "'--grpc-port': -1 is not in the range 0<=x<=65535"),
 ])
 def test_serve_errors_are_one_line(args, expected):
     result = CliRunner().invoke(serve_cli, args)

@@ -7,7 +7,8 @@ import pytest
 from fcnseg.runtime.errors import FcnsegError
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.engine import train
-from fcnseg.train.rundir import append_metrics, prepare_output_dir
+from fcnseg.runtime.outputs import check_output_dir
+from fcnseg.train.rundir import append_metrics, prepare_output_dir, read_metrics
 
 
 def _previous_run(out):
@@ -57,3 +58,23 @@ def test_metrics_never_record_an_epoch_twice(tmp_path):
         append_metrics(path, {"epoch": epoch, "miou": epoch / 10})
     assert [json.loads(x) for x in path.read_text().splitlines()] == [{"epoch": 0, "miou": 0.0},
                                                                       {"epoch": 1, "miou": 0.1}]
+
+
+def test_read_metrics_gives_the_rows_in_order_and_nothing_for_no_log(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    assert read_metrics(path) == []
+    path.write_text('{"epoch": 0, "miou": 0.1}\n\n{"epoch": 1, "miou": 0.2}\n')
+    assert read_metrics(path) == [{"epoch": 0, "miou": 0.1}, {"epoch": 1, "miou": 0.2}]
+
+
+@pytest.mark.parametrize("where, message", [
+    ("notes.txt", "expected ROOT to be a folder (new or empty), got the file"),
+    ("notes.txt/voc", "expected ROOT in a folder, got .* whose parent .*notes.txt' is a file"),
+    ("/proc/voc", "expected a writable folder for ROOT"),
+])
+def test_check_output_dir_refuses_files_and_unwritable_places(tmp_path, where, message):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FcnsegError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_output_dir(tmp_path / where, "ROOT", what="a folder (new or empty)")
+    assert check_output_dir(tmp_path / "new" / "run", "ROOT") == tmp_path / "new" / "run"
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]   # nothing created

@@ -185,6 +185,58 @@ ROWS += (
         note="was rewriting train.txt of a real VOC copy"),
 )
 
+def _other_model(tmp: Path) -> None:
+    (tmp / "repo" / "other").mkdir(parents=True)
+    (tmp / "repo" / "other" / "config.pbtxt").write_text('name: "other"\n')
+
+
+def _truncated(key: str, name: str) -> Callable[[Path], None]:
+    return lambda tmp: (tmp / name).write_bytes(ARTIFACTS[key].read_bytes()[:40])
+
+
+_TRITON = ("{onnx}", "--repo", "{tmp}/repo", "--kind", "cpu")
+ROWS += (
+    # --- fcn-export triton / trt: names and paths refused before anything is written -------------------------------
+    Row("fcn-export triton", _TRITON + ("--name", "", "--force"), "expected a plain model name", setup=_other_model,
+        note="was moving aside and deleting the whole repository"),
+    Row("fcn-export triton", _TRITON + ("--name", "a/b"), "got 'a/b'; try --name fcn",
+        note="was a traceback"),
+    Row("fcn-export triton", _TRITON + ("--name", ".."), "got '..'; try --name fcn",
+        setup=_other_model),
+    Row("fcn-export triton", ("{tmp}/cut.onnx", "--repo", "{tmp}/repo"), "as an ONNX model",
+        setup=_truncated("onnx", "cut.onnx"), note="truncated ONNX (was a traceback)"),
+    Row("fcn-export trt", ("{onnx}", "--fp16", "--save-onnx", "{tmp}/m16.onnx", "-o", "{tmp}/m.onnx"),
+        "expected an engine path ending in .plan or .engine", note="was refused after the FP16 step"),
+    Row("fcn-export trt", ("{onnx}", "-o", "{tmp}/m.plan", "--timing-cache", "{tmp}/notes.txt"),
+        "notes.txt exists and is not an engine timing cache; pass --force", setup=_text("notes.txt")),
+    Row("fcn-export trt", ("{onnx}", "-o", "{tmp}/m.plan", "--timing-cache", "{onnx}"),
+        "which is the command's own input"),
+    Row("fcn-export trt", ("{onnx}", "-o", "{tmp}/m.plan", "--timing-cache", "{tmp}/m.plan.json"),
+        "which the command also writes"),
+    Row("fcn-export trt", ("{onnx}", "-o", "{tmp}/m.plan", "--timing-cache", "{notes}/t.cache"), "is a file"),
+)
+
+def _frames(tmp: Path) -> None:
+    (tmp / "frames").mkdir()
+    shutil.copy(ARTIFACTS["image"], tmp / "frames" / "f0.jpg")
+
+
+def _foreign_frame(tmp: Path) -> None:
+    _frames(tmp)
+    (tmp / "vis").mkdir()
+    shutil.copy(ARTIFACTS["image"], tmp / "vis" / "frame_000000.png")
+
+
+ROWS += (
+    # --- stream frame folders and model suffixes ----------------------------------------------------------------
+    Row("fcn-predict", ("{tmp}/frames/*.jpg", "-m", "{onnx}", "-o", "{tmp}/frames"), "got the input folder",
+        setup=_frames, note="a glob's folder as --out (was overwriting frame_*.png there)"),
+    Row("fcn-predict", ("{tmp}/frames/*.jpg", "-m", "{onnx}", "-o", "{tmp}/vis"),
+        "expected --out to hold only fcnseg frames", setup=_foreign_frame, note="a foreign frame_000000.png"),
+    Row("fcn-bench", ("--model", "{tmp}/foo.bin"), "expected a model file ending in one of .onnx",
+        note="was an IndexError"),
+)
+
 ARTIFACTS: Dict[str, Path] = {}
 
 

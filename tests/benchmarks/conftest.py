@@ -19,6 +19,8 @@ def trained(tmp_path_factory):
     train(TrainConfig(data_path=str(data), model="fcn8s_resnet18", epochs=8, batch_size=8, lr=0.02, workers=0,
                       output_dir=str(root / "run"), base_size=128, crop_size=112, device="cpu", plot=False))
     ckpt = root / "run" / "model_best.pth"
+    for epoch_ckpt in (root / "run").glob("model_[0-9]*.pth"):   # 8 x 90 MB the tests never read
+        epoch_ckpt.unlink()
     fp32 = export_onnx(ckpt, root / "model.onnx", verify_shapes=[(1, 97, 131)]).path
     fp16 = convert_fp16(fp32, root / "model_fp16.onnx").path
     int8 = {t: quantize_int8(fp32, root / f"model_int8_{t}.onnx", calib_root=data, num_images=32, method="minmax",

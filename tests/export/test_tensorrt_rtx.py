@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -22,7 +24,7 @@ from fcnseg.export.cli import build_trt
 from fcnseg.export.fp16 import convert_fp16
 from fcnseg.export.int8 import quantize_int8
 from fcnseg.export.onnx_export import export_onnx
-from fcnseg.export.tensorrt import build_engine
+from fcnseg.export.tensorrt import BuiltEngine, build_engine
 from fcnseg.runtime.sidecar import EngineSidecar
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None,
@@ -43,17 +45,30 @@ def rtx_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def graphs(rtx_dir, checkpoint_factory, tiny_voc, r18_onnx, r18_argmax_onnx, r18_int8):
-    """arch -> {kind: ONNX path}, made once per architecture when first asked for (fcn8s_resnet18: the shared ones)."""
-    cache: dict = {"fcn8s_resnet18": {"fp32": r18_onnx, "argmax": r18_argmax_onnx, "int8": r18_int8.path,
-                                      "fp16": convert_fp16(r18_onnx, rtx_dir / "r18_fp16.onnx", verify=False).path,
-                                      "fp16_flag": r18_onnx}}
+def engines(rtx_dir, checkpoint_factory, tiny_voc, r18_onnx, r18_argmax_onnx, r18_int8):
+    """arch -> {kind: Engine}: every kind built with tensorrt_rtx, read, then deleted with its graphs.
+
+    An architecture's graphs and plans reach about 1 GB (FCN-ResNet101), so each is removed once its facts are
+    read: the suite's disk use stays at one architecture's files, not all four.
+    """
+    cache: dict = {}
 
     def make(arch: str) -> dict:
         if arch not in cache:
-            cache[arch] = _graphs(arch, rtx_dir, checkpoint_factory, tiny_voc)
+            folder = rtx_dir / arch
+            folder.mkdir()
+            graphs = _shared_r18_graphs(folder, r18_onnx, r18_argmax_onnx, r18_int8) if arch == "fcn8s_resnet18" \
+                else _graphs(arch, folder, checkpoint_factory, tiny_voc)
+            cache[arch] = {kind: _build(arch, kind, graphs[kind], folder) for kind in KINDS[arch]}
+            shutil.rmtree(folder)
         return cache[arch]
-    return make
+    yield make
+    _write_table(os.environ.get("FCNSEG_ENGINE_TABLE"))
+
+
+def _shared_r18_graphs(folder, r18_onnx, r18_argmax_onnx, r18_int8):
+    return {"fp32": r18_onnx, "argmax": r18_argmax_onnx, "int8": r18_int8.path, "fp16_flag": r18_onnx,
+            "fp16": convert_fp16(r18_onnx, folder / "r18_fp16.onnx", verify=False).path}
 
 
 def _graphs(arch, folder, make_checkpoint, voc):
@@ -61,45 +76,57 @@ def _graphs(arch, folder, make_checkpoint, voc):
     fp32 = export_onnx(ckpt, folder / f"{arch}.onnx", verify=False).path
     out = {"fp32": fp32, "fp16_flag": fp32}
     kinds = KINDS[arch]
+    if "argmax" in kinds:
+        out["argmax"] = export_onnx(ckpt, folder / f"{arch}_argmax.onnx", argmax=True, verify=False).path
+    ckpt.unlink()
     if "fp16" in kinds:
         out["fp16"] = convert_fp16(fp32, folder / f"{arch}_fp16.onnx", verify=False).path
     if "int8" in kinds:
         out["int8"] = quantize_int8(fp32, folder / f"{arch}_int8.onnx", calib_root=voc, num_images=2,
                                     method="minmax", eval_images=1, max_drop=100.0, progress=False).path
-    if "argmax" in kinds:
-        out["argmax"] = export_onnx(ckpt, folder / f"{arch}_argmax.onnx", argmax=True, verify=False).path
     return out
 
 
-@pytest.fixture(scope="session")
-def engines(graphs, rtx_dir):
-    """arch -> {kind: BuiltEngine} built with tensorrt_rtx."""
-    cache: dict = {}
+@dataclass
+class Engine:
+    """What the tests check of one built engine and its graph, read before both are deleted."""
 
-    def make(arch: str) -> dict:
-        if arch not in cache:
-            cache[arch] = {}
-            for kind, path in graphs(arch).items():
-                if kind not in KINDS[arch]:
-                    continue
-                build = functools.partial(build_trt, precision="fp16", calib_root=None) if kind == "fp16_flag" \
-                    else build_engine
-                built = build(str(path), output=str(rtx_dir / f"{arch}_{kind}.plan"), library="tensorrt_rtx",
-                              workspace_gib=1.0, **PROFILE)
-                cache[arch][kind] = built
-                BUILT.append((arch, kind, built))
-        return cache[arch]
-    yield make
-    _write_table(os.environ.get("FCNSEG_ENGINE_TABLE"))
+    arch: str
+    kind: str
+    built: BuiltEngine
+    size_bytes: int              # BuiltEngine.size_bytes
+    plan_bytes: int              # bytes read back
+    sidecar_on_disk: EngineSidecar
+    names_in_plan: dict          # tensor name -> found in the serialized plan
+    graph_io: dict
+    graph_ready: bool            # check_trt_ready on the graph
+    graph_parser_errors: list
+
+
+def _build(arch, kind, graph, folder) -> Engine:
+    build = functools.partial(build_trt, precision="fp16", calib_root=None) if kind == "fp16_flag" else build_engine
+    built = build(str(graph), output=str(folder / f"{arch}_{kind}.plan"), library="tensorrt_rtx",
+                  workspace_gib=1.0, **PROFILE)
+    plan = built.path.read_bytes()
+    side = EngineSidecar.read(built.path)
+    engine = Engine(arch, kind, built, size_bytes=built.size_bytes, plan_bytes=len(plan), sidecar_on_disk=side,
+                    names_in_plan={t["name"]: t["name"].encode() in plan
+                                   for t in side.io["inputs"] + side.io["outputs"]},
+                    graph_io=onnx_io(graph), graph_ready=check_trt_ready(graph),
+                    graph_parser_errors=parser_errors(graph))
+    BUILT.append(engine)
+    built.path.unlink()
+    return engine
 
 
 def _write_table(path):
     if not path or not BUILT:
         return
     rows = ["| architecture | graph | precision | build s | engine MB | library |", "|---|---|---|---|---|---|"]
-    for arch, kind, b in BUILT:
-        rows.append(f"| {arch} | {kind} | {b.sidecar.precision} | {b.build_seconds:.2f} | "
-                    f"{b.size_bytes / 1e6:.1f} | {b.sidecar.library} {b.sidecar.library_version} |")
+    for e in BUILT:
+        side = e.built.sidecar
+        rows.append(f"| {e.arch} | {e.kind} | {side.precision} | {e.built.build_seconds:.2f} | "
+                    f"{e.size_bytes / 1e6:.1f} | {side.library} {side.library_version} |")
     Path(path).write_text("\n".join(rows) + "\n")
 
 
@@ -139,34 +166,31 @@ def parser_errors(path):
 
 
 @pytest.mark.parametrize("arch", list(KINDS))
-def test_real_engines_match_their_onnx(arch, graphs, engines):
+def test_real_engines_match_their_onnx(arch, engines):
     built = engines(arch)
     assert set(built) == set(KINDS[arch])
-    for kind, b in built.items():
-        graph = graphs(arch)[kind]
-        assert check_trt_ready(graph) and parser_errors(graph) == [], (arch, kind)   # checker and parser agree
-        plan = b.path.read_bytes()
-        assert len(plan) > 1000 and b.size_bytes == len(plan)
-        side = EngineSidecar.read(b.path)
-        assert side == b.sidecar and side.library == "tensorrt_rtx" and side.compute_capabilities == ["8.6", "8.9",
-                                                                                                        "12.0"]
+    for kind, e in built.items():
+        assert e.graph_ready and e.graph_parser_errors == [], (arch, kind)   # checker and parser agree
+        assert e.plan_bytes > 1000 and e.size_bytes == e.plan_bytes
+        side = e.sidecar_on_disk
+        assert side == e.built.sidecar and side.library == "tensorrt_rtx" and side.compute_capabilities == [
+            "8.6", "8.9", "12.0"]
         assert side.precision == PRECISION.get(kind, kind) and side.strongly_typed
-        assert_io_matches(side.io, onnx_io(graph))
-        for tensor in side.io["inputs"] + side.io["outputs"]:
-            assert tensor["name"].encode() in plan   # the engine binds the same tensor names
+        assert_io_matches(side.io, e.graph_io)
+        assert e.names_in_plan and all(e.names_in_plan.values()), e.names_in_plan   # the engine binds the same names
         assert side.profile == {"input": "input", "min": [1, 3, 64, 64], "opt": [1, 3, 96, 96], "max": [1, 3, 128, 128]}
         assert side.model_metadata().arch == arch
 
 
 @pytest.mark.parametrize("arch", [a for a, k in KINDS.items() if {"fp32", "fp16", "int8"} <= set(k)])
 def test_int8_smaller_than_fp16_smaller_than_fp32(arch, engines):
-    sizes = {kind: b.size_bytes for kind, b in engines(arch).items()}
+    sizes = {kind: e.size_bytes for kind, e in engines(arch).items()}
     assert sizes["int8"] < sizes["fp16"] < sizes["fp32"], sizes
 
 
 @pytest.mark.parametrize("arch", list(KINDS))
 def test_argmax_engine_outputs_a_uint8_mask(arch, engines):
-    side = engines(arch)["argmax"].sidecar
+    side = engines(arch)["argmax"].sidecar_on_disk
     assert side.io["outputs"] == [{"name": "mask", "dtype": "uint8", "shape": [-1, -1, -1]}]
     assert side.model_metadata().argmax
 
@@ -179,14 +203,14 @@ def test_fp16_flag_engine_equals_the_fp16_typed_one_in_size_class(arch, engines)
     assert abs(flag - typed) < 0.1 * typed and flag < 0.75 * fp32, (flag, typed, fp32)
 
 
-def test_trt_fp16_on_an_fp32_graph_keeps_intermediates_in_a_temp_folder(graphs, tmp_path):
+def test_trt_fp16_on_an_fp32_graph_keeps_intermediates_in_a_temp_folder(r18_onnx, tmp_path):
     """`fcn-export trt model.onnx --fp16`: an FP16 engine, and no model_fp16.onnx written next to the input."""
     from click.testing import CliRunner
 
     from fcnseg.export.cli import main
 
     src = tmp_path / "model.onnx"
-    src.write_bytes(graphs("fcn8s_resnet18")["fp32"].read_bytes())
+    src.write_bytes(r18_onnx.read_bytes())
     shapes = [f"--{k.replace('_', '-')}={'x'.join(map(str, v))}" for k, v in PROFILE.items()]
     result = CliRunner().invoke(main, ["trt", str(src), "--fp16", "--library", "tensorrt_rtx", *shapes])
     assert result.exit_code == 0, result.output

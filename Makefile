@@ -1,5 +1,7 @@
 # Two commands for a newcomer: `make demo` and `make test`. Both create .venv on first use.
 PYTHON ?= python3
+# No wheel cache: the environments hold about 7 GB already, and CI machines can be short of disk.
+export PIP_NO_CACHE_DIR := 1
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fcnseg-installed

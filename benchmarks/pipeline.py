@@ -5,7 +5,7 @@
 
 As with Polygraphy's loaders, each build stage is a small function taking the previous artifact and
 returning the next (``synthetic_voc``, ``checkpoint_for``, ``onnx_from_checkpoint``, ``fp16_from_onnx``,
-``int8_from_onnx``, ``engine_from_onnx``); ``fcn-export trt`` calls the same ones. Each *step* in
+``int8_from_onnx``, ``engine_from_onnx``), over the same export functions ``fcn-export`` calls. Each *step* in
 ``fcnseg.benchmarks.steps`` (signature ``(cfg, art, report)``) wraps one stage for the one step runner,
 ``fcnseg.benchmarks.report.run_steps``, and records its tables in the one report writer. ``PipelineConfig`` holds every
 default once; ``demo``, ``gpu_report`` and ``cpu_speed`` differ only in their configuration, the steps

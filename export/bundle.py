@@ -28,6 +28,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 from ..runtime.atomic import atomic_path, write_text
 from ..runtime.errors import FcnsegError
+from ..runtime.outputs import check_output_dir
 from ..runtime.backends.tensorrt import format_shape
 from .runtime_wheel import build_runtime_wheel
 from .tensorrt import EngineSpec, Profile, engine_spec, profile_sidecar
@@ -50,9 +51,7 @@ class Bundle:
 
 def check_bundle_dir(out: PathLike, *, force: bool = False) -> Path:
     """A new or empty folder; an existing non-empty one only with ``force`` (its other files are kept)."""
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise FcnsegError(f"expected a folder for --out, got the file {str(path)!r}; try another --out")
+    path = check_output_dir(out, "--out", what="a folder (new or empty)")
     entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
     if entries and not force:
         raise FcnsegError(f"expected an empty or new folder for the bundle, got {str(path)!r} holding "

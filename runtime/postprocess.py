@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin
 
 from .atomic import atomic_path
 from .errors import FcnsegError
-from .outputs import MASK, OVERLAY, SOFTWARE, check_output, check_readable, check_writable_parent, unique_path
+from .outputs import MASK, OVERLAY, SOFTWARE, check_output, check_output_dir, check_readable, unique_path
 from .preprocess import to_rgb_uint8
 from .voc import IGNORE_INDEX, VOC_CLASSES, voc_palette
 
@@ -261,10 +261,7 @@ def predict_files(predict: Callable[[np.ndarray], np.ndarray], inputs: Sequence[
     """
     if fmt not in ("png", "npy"):
         raise FcnsegError(f"expected format png or npy, got {fmt!r}")
-    out = Path(out_dir)
-    check_writable_parent(out / "x", "--out")
-    if out.exists() and not out.is_dir():
-        raise FcnsegError(f"expected --out to be a folder, got {str(out)!r} which is a file; try another --out")
+    out = check_output_dir(out_dir, "--out")
     files = find_images(inputs, exclude=out)
     if not files:
         raise FcnsegError(f"expected images ({', '.join(IMAGE_SUFFIXES)}) in {[str(i) for i in inputs]}, got none")

@@ -26,6 +26,9 @@ import numpy as np
 from ..runtime.shapes import parse_hw  # noqa: F401  (re-exported for the CLIs)
 
 STAGES = ("preprocess", "h2d", "infer", "d2h", "postprocess")
+# Measured here (FCN-8s/ResNet-18, 64x64): PyTorch eager 8.8 ms alone, 16.3 ms right after ONNX Runtime's runs,
+# 8.6 ms after a 50 ms pause; OpenVINO's idle threads do not spin.
+SETTLE_S = 0.1
 
 
 @dataclass
@@ -239,10 +242,12 @@ def _reset_device_peak() -> None:
 
 def bench_shape(specs: Sequence[Union[str, ModelSpec]], hw: tuple, batch: int, *, warmup: int = 5, iters: int = 50,
                 rounds: int = 5, providers=None, num_threads: Optional[int] = None, seed: int = 0,
-                power=None) -> list:
+                power=None, settle_s: float = SETTLE_S) -> list:
     """Benchmark every model at one (H, W, batch), interleaving models in ``rounds`` blocks.
 
     ``power``: a ``power.PowerMonitor``; each result then gets ``extra["power"]`` over the model's own blocks.
+    ``settle_s``: an untimed pause before each block, so that the previous runtime's idle threads have stopped
+    spinning (ONNX Runtime's do for tens of ms after a run) before the next one is timed.
     """
     images = np.random.default_rng(seed).integers(0, 256, size=(batch, *hw, 3), dtype=np.uint8)
     runners, peaks = [], []
@@ -261,6 +266,7 @@ def bench_shape(specs: Sequence[Union[str, ModelSpec]], hw: tuple, batch: int, *
     windows: list = [[] for _ in runners]   # (start, end) of each model's blocks, for power per model
     for _ in range(rounds):
         for r, w in zip(runners, windows):
+            time.sleep(settle_s)
             start = time.perf_counter()
             for _ in range(per_round):
                 r.once()

@@ -58,6 +58,29 @@ def test_bench_models_reports_every_stage_and_ratios(two_models):
     assert "tiny_mask.onnx" in table and "speedup" in table
 
 
+class BlockRecorder:
+    """Takes the place of a power monitor to see each model's timed blocks (start, end)."""
+
+    def __init__(self):
+        self.blocks = []
+
+    def summarize(self, windows, images):
+        self.blocks.append(list(windows))
+        return {}
+
+
+def test_each_timed_block_starts_after_a_settling_pause(two_models):
+    """No model is timed while the previous one's idle threads may still spin (ONNX Runtime's do)."""
+    from fcnseg.benchmarks.bench import bench_shape
+
+    rec = BlockRecorder()
+    bench_shape(two_models, (24, 24), 1, warmup=1, iters=4, rounds=2, power=rec, settle_s=0.05)
+    starts_ends = sorted(w for model in rec.blocks for w in model)
+    assert len(rec.blocks) == 2 and len(starts_ends) == 4
+    gaps = [nxt[0] - prev[1] for prev, nxt in zip(starts_ends, starts_ends[1:])]
+    assert min(gaps) >= 0.05, gaps
+
+
 def test_fcn_bench_cli_writes_json_and_csv(two_models, tmp_path):
     out_json, out_csv = tmp_path / "b.json", tmp_path / "b.csv"
     r = CliRunner().invoke(bench_main, ["--model", two_models[0], "--model", two_models[1], "--shape", "33x47",

@@ -43,7 +43,8 @@ test-fast: $(STAMP) $(TRITON_STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # FCN-ResNet50 and FCN-8s/ResNet-18 at 520x520 on this CPU: PyTorch FP32 eager vs ONNX Runtime and OpenVINO on the
-# FP32 and INT8 graphs, end to end and model only, interleaved in one run (bench_out/<arch>/cpu_speed.md).
+# FP32 and INT8 graphs, end to end and model only, interleaved in one run, each row against this CPU's measured
+# convolution peak (bench_out/<arch>/cpu_speed.md).
 bench-cpu: $(STAMP)
 	$(BIN)/python -m fcnseg.benchmarks.cpu_speed --out bench_out
 

@@ -2,7 +2,8 @@
 eager (the baseline), and the FP32 and INT8 graphs on ONNX Runtime and OpenVINO, end to end through the
 ``Segmenter`` and model only (the library alone on a preprocessed input; OpenVINO compiled with its own
 defaults). The summary gives each row's speed-up over PyTorch and, per graph, fcnseg end to end vs
-OpenVINO's own model-only inference of the same graph (> 1: fcnseg is ahead).
+OpenVINO's own model-only inference of the same graph (> 1: fcnseg is ahead). The roofline step puts each
+row against this CPU's measured convolution peak (``fcnseg.benchmarks.roofline``).
 
 Speed does not depend on the weights, so the model is randomly initialised (no download here); INT8 is
 calibrated on a few synthetic images only to get realistic activation ranges. Accuracy is measured
@@ -24,7 +25,7 @@ import click
 
 from ..runtime.errors import cli_errors
 from .pipeline import Artifacts, BenchSettings, DataSettings, ExportSettings, ModelSettings, PipelineConfig
-from .report import Report, need, run_steps, to_jsonable
+from .report import Report, SkipStage, need, run_steps, to_jsonable
 from .steps import step_data, step_export_int8, step_export_onnx, step_model
 
 DEFAULTS = dict(arch="fcn_resnet50", size=520, iters=20, calib_images=8)
@@ -111,6 +112,20 @@ def step_cpu_bench(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
                [("ms, medians; speed-up vs PyTorch FP32 eager, same run", bench_table(results) + "\n" + note)])
 
 
+def step_roofline(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
+    """Each row's GMAC/s against this CPU's measured convolution peaks, and the INT8 ceiling over PyTorch."""
+    from ..runtime.backends.openvino import INSTALL_HINT, openvino_available
+    from .roofline import conv_peaks, graph_macs, roofline, roofline_table
+
+    if not openvino_available():
+        raise SkipStage(f"needs OpenVINO to count the MACs and measure the peaks: {INSTALL_HINT}")
+    size = cfg.data.size
+    summary = roofline(need(art.bench, "benchmark results"), graph_macs(art.models["fp32"], (1, 3, size, size)),
+                       conv_peaks(num_threads=cfg.bench.threads))
+    report.add("roofline", summary, [("GMAC/s per row and its share of the peak of the precision it ran in",
+                                      roofline_table(summary))])
+
+
 def step_summary(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
     summary = summarize(need(art.bench, "benchmark results"))
     lines = [f"{name}: {s['ms']:.0f} ms, x{s['speedup_vs_pytorch']:.2f} vs PyTorch FP32 eager"
@@ -122,7 +137,8 @@ def step_summary(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
 
 
 STEPS = (("data", step_data), ("model", step_model), ("export onnx", step_export_onnx),
-         ("export int8", step_export_int8), ("bench", step_cpu_bench), ("summary", step_summary))
+         ("export int8", step_export_int8), ("bench", step_cpu_bench), ("roofline", step_roofline),
+         ("summary", step_summary))
 
 
 def run_cpu_speed(cfg: PipelineConfig) -> Report:

@@ -22,8 +22,9 @@ import numpy as np
 # (OpenVINO, INT8 / FP32 GMAC/s): one convolution alone 807-849 / 238 (its input quantization and float output
 # are not amortized; FCN-ResNet50 itself reached 868 INT8), 4 chained 932 / 230, 8 chained 972 / 237.
 PROBE = {"channels": 512, "size": 65, "depth": 8}
-PEAK_PRECISIONS = ("fp32", "bf16", "int8")
-_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "bf16"}   # OpenVINO hint per probe (INT8 convs ignore it)
+# peak precision -> (probe graph, OpenVINO precision hint); INT8 convolutions ignore the hint
+_PROBES = {"fp32": ("fp32", "f32"), "bf16": ("fp32", "bf16"), "int8": ("int8", "bf16")}
+PEAK_PRECISIONS = tuple(_PROBES)
 
 
 def graph_macs(onnx_path: "str | Path", input_shape: Sequence[int]) -> int:
@@ -91,12 +92,11 @@ def conv_peaks(*, channels: int = PROBE["channels"], size: int = PROBE["size"], 
     x = np.random.default_rng(1).standard_normal((1, channels, size, size)).astype(np.float32)
     requests, times = {}, {p: [] for p in PEAK_PRECISIONS}
     with tempfile.TemporaryDirectory() as tmp:
-        for p in PEAK_PRECISIONS:
-            config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": _HINTS[p]}
+        for p, (graph_precision, hint) in _PROBES.items():
+            config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}
             if num_threads:
                 config["INFERENCE_NUM_THREADS"] = int(num_threads)
-            graph = probe_onnx(Path(tmp) / f"{p}.onnx", "int8" if p == "int8" else "fp32", channels=channels,
-                               size=size, depth=depth)
+            graph = probe_onnx(Path(tmp) / f"{p}.onnx", graph_precision, channels=channels, size=size, depth=depth)
             model = core.read_model(str(graph))
             requests[p] = core.compile_model(model, "CPU", config).create_infer_request()
             requests[p].infer({0: x})   # warm-up
@@ -121,8 +121,8 @@ def roofline(results: Sequence, macs: int, peaks: Dict[str, float]) -> dict:
     """Per row: GMAC/s achieved and its share of the peak it ran in; the INT8 ceiling over the first row."""
     rows = {}
     for r in results:
-        rate = macs / (r.e2e.median / 1e3) / 1e9
-        rows[r.label] = {"gmacs": rate, "ran_in": ran_in(r), "peak_share": rate / peaks[ran_in(r)]}
+        rate, precision = macs / (r.e2e.median / 1e3) / 1e9, ran_in(r)
+        rows[r.label] = {"gmacs": rate, "ran_in": precision, "peak_share": rate / peaks[precision]}
     base = rows[results[0].label]["gmacs"] if results else float("nan")
     return {"gmac": macs / 1e9, "peaks_gmacs": peaks, "rows": rows, "int8_ceiling_vs_first": peaks["int8"] / base}
 

@@ -198,21 +198,32 @@ class _Loop:
         decoded: "queue.Queue[Any]" = queue.Queue(maxsize=n if self.live else 2 * n)
         inferred: "queue.Queue[Any]" = queue.Queue(maxsize=2 * n)
         errors: List[BaseException] = []
+        written = threading.Event()   # set when the writer has returned
+
+        def write_stage(q: "queue.Queue[Any]") -> None:
+            try:
+                self._write_stage(q)
+            finally:
+                written.set()
+
         # A source error does not stop the other stages: the frames decoded before it are still written.
         stages = [threading.Thread(target=_guard(fn, errors, self.stop if name != "decode" else None), args=args,
                                    daemon=True, name=f"fcnseg-{name}")
                   for name, fn, args in (("decode", self._decode_stage, (frames, decoded)),
                                          ("infer", self._infer_stage, (decoded, inferred)),
-                                         ("write", self._write_stage, (inferred,)))]
+                                         ("write", write_stage, (inferred,)))]
         for t in stages:
             t.start()
+        # Waiting on an Event, not Thread.join: a Ctrl-C that interrupts join() on CPython 3.11 can mark the
+        # writer as stopped while it still runs (seen: the video kept a frame whose mask was never written).
         try:
-            while stages[2].is_alive():
-                stages[2].join(0.1)
+            while not written.wait(0.1):
+                pass
         except KeyboardInterrupt:
             self.stats.interrupted = True
             self.stop.set()
-            stages[2].join()
+            written.wait()
+        stages[2].join()
         stages[1].join()
         self.stop.set()
         stages[0].join(timeout=1.0)   # may sit in a blocking read; bounded by the source's own timeout

@@ -19,11 +19,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from ..runtime.shapes import parse_hw  # noqa: F401  (re-exported for the CLIs)
+from ..core.shapes import parse_hw  # noqa: F401  (re-exported for the CLIs)
+from ..eval.model_specs import ModelSpec, backend_note, model_specs  # noqa: F401  (re-exported)
 
 STAGES = ("preprocess", "h2d", "infer", "d2h", "postprocess")
 # Measured here (FCN-8s/ResNet-18, 64x64): PyTorch eager 8.8 ms alone, 16.3 ms right after ONNX Runtime's runs,
@@ -79,58 +80,6 @@ class BenchResult:
 MODES = ("e2e", "model")
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """One row of a benchmark: a model file, the backend to run it with, and what is timed.
-
-    Attributes:
-        path: .onnx, .plan/.engine or .pth.
-        backend: "openvino", "onnxruntime", "tensorrt", "pytorch"; None: the Segmenter's choice.
-        precision_hint: OpenVINO's ("f32", "bf16"); None: the backend's default (OpenVINO's own for "model").
-        mode: "e2e" (Segmenter end to end) or "model" (the library alone on a preprocessed input).
-        label: the row's name in tables (default: file name, backend, mode).
-    """
-
-    path: str
-    backend: Optional[str] = None
-    precision_hint: Optional[str] = None
-    mode: str = "e2e"
-    label: str = ""
-
-    def name(self, backend: str) -> str:
-        return self.label or f"{Path(self.path).name} {backend}{' model only' if self.mode == 'model' else ''}"
-
-
-def model_specs(paths: Sequence[str], backends: Sequence[Optional[str]] = (None,), *,
-                precision_hint: Optional[str] = None, providers: Optional[Sequence[str]] = None,
-                modes: Sequence[str] = ("e2e",)) -> List[ModelSpec]:
-    """Every path in every mode; each .onnx once per backend (other files keep their own backend).
-
-    A backend left as None is resolved here (the Segmenter's choice), so each row names the one it ran.
-    ``precision_hint`` goes to the rows that run on OpenVINO only.
-    """
-    from ..runtime.segmenter import choose_backend
-
-    specs = []
-    for path in paths:
-        for backend in (backends or (None,)) if str(path).lower().endswith(".onnx") else (None,):
-            chosen = choose_backend(path, backend, providers=providers if backend in (None, "onnxruntime") else None)
-            hint = precision_hint if chosen == "openvino" else None
-            specs.extend(ModelSpec(str(path), chosen, hint, mode) for mode in modes)
-    return list(dict.fromkeys(specs))
-
-
-def backend_note(specs: Sequence[ModelSpec]) -> str:
-    """A line saying that .onnx models ran on ONNX Runtime because OpenVINO is not installed ("" otherwise)."""
-    from ..runtime.backends.openvino import INSTALL_HINT, openvino_available
-
-    if any(s.path.lower().endswith(".onnx") and s.backend == "onnxruntime" for s in specs) \
-            and not openvino_available():
-        return (f"note: OpenVINO is not installed, so .onnx models ran on ONNX Runtime; `{INSTALL_HINT}` for the "
-                "faster CPU backend")
-    return ""
-
-
 @dataclass
 class _Runner:
     spec: ModelSpec
@@ -175,7 +124,7 @@ def peak_rss_mb() -> float:
 
 
 def _runner(spec: ModelSpec, images: np.ndarray, hw: tuple, providers, num_threads) -> _Runner:
-    from ..runtime.segmenter import Segmenter
+    from ..runtime import Segmenter
     from ..runtime.backends.onnxruntime import providers_for
 
     prov = providers_for(spec.path, spec.backend, providers)
@@ -194,7 +143,7 @@ def _runner(spec: ModelSpec, images: np.ndarray, hw: tuple, providers, num_threa
 
 def _network_input(images: np.ndarray, meta: Any) -> np.ndarray:
     """The float32 NCHW batch the Segmenter would compute (images already at the network's size)."""
-    from ..runtime.preprocess import preprocess
+    from ..runtime import preprocess
 
     return np.concatenate([preprocess(im, size=None, mean=meta.mean, std=meta.std) for im in images])
 
@@ -304,7 +253,7 @@ def bench_models(specs: Sequence[Union[str, ModelSpec]], shapes: Sequence[tuple]
 
 def bench_table(results: Sequence[BenchResult]) -> str:
     """Readable table: medians per stage, end-to-end statistics, throughput and speed-up."""
-    from .tables import format_table
+    from ..eval.tables import format_table
 
     headers = ["model", "backend", "prec", "hint", "mode", "shape", "batch", "pre ms", "h2d", "infer", "d2h", "post", "e2e med",
                "mean", "p90", "p99", "min", "max", "img/s", "speedup", "pre+post %", "host MB", "dev MB"]
@@ -325,7 +274,7 @@ def write_csv(results: Sequence[BenchResult], path: "str | os.PathLike[str]") ->
     import csv
     import io
 
-    from ..runtime.atomic import write_text
+    from ..core.atomic import write_text
 
     buf = io.StringIO()
     w = csv.writer(buf)

@@ -23,7 +23,7 @@ from typing import Sequence
 
 import click
 
-from ..runtime.errors import cli_errors
+from ..core.errors import cli_errors
 from .pipeline import Artifacts, BenchSettings, DataSettings, ExportSettings, ModelSettings, PipelineConfig
 from .report import Report, SkipStage, need, run_steps, to_jsonable
 from .steps import step_data, step_export_int8, step_export_onnx, step_model

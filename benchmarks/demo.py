@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from ..runtime.errors import cli_errors
+from ..core.errors import cli_errors
 from .pipeline import Artifacts, DataSettings, EngineSettings, ModelSettings, PipelineConfig
 from .report import Report, optional_path, run_steps, to_jsonable, write_report
 from .steps import (bench_step, step_data, step_engines, step_export_fp16, step_export_int8, step_export_onnx,

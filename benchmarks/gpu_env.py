@@ -14,8 +14,8 @@ import platform
 import sys
 from typing import Any, Dict, List, Optional
 
-from ..runtime.errors import FcnsegError, one_line
-from .tables import format_table
+from ..core.errors import FcnsegError, one_line
+from ..eval.tables import format_table
 
 PACKAGES = ("torch", "torchvision", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxslim",
             "onnxconverter-common", "openvino", "tensorrt", "tensorrt-rtx", "tensorrt_rtx", "cuda-python",

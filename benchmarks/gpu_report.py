@@ -29,8 +29,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import click
 
-from ..runtime.errors import FcnsegError, cli_errors
-from ..runtime.shapes import parse_hw
+from ..core.errors import FcnsegError, cli_errors
+from ..core.shapes import parse_hw
 from .gpu_env import environment_report, environment_table
 from .pipeline import Artifacts, BenchSettings, DataSettings, ExportSettings, ModelSettings, PipelineConfig
 from .report import Report, SkipStage, echo, need, optional_path, parse_list, run_steps, to_jsonable, write_json

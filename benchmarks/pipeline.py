@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..runtime.errors import FcnsegError
+from ..core.errors import FcnsegError
 from .report import echo, need
-from .tables import format_table
+from ..eval.tables import format_table
 
 Shape = Tuple[int, ...]
 VAL_LIST = "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt"   # written last by synthesize: present = complete
@@ -170,7 +170,7 @@ class Artifacts:
 
 def synthetic_voc(root: Path, s: DataSettings, *, progress: bool = True) -> Path:
     """A synthetic VOC root (reused when complete)."""
-    from ..train.synth import synthesize
+    from ..datasets.synth import synthesize
 
     if (root / VAL_LIST).is_file():
         echo(f"   reusing {root}")
@@ -237,7 +237,7 @@ def engine_profile(shapes: Sequence[Tuple[int, int]], batches: Sequence[int]) ->
 
 def engine_row(plan: Path, *, runnable: bool) -> EngineRow:
     """What the engine's sidecar says of it, for the report."""
-    from ..runtime.sidecar import EngineSidecar
+    from ..core.sidecar import EngineSidecar
 
     side = EngineSidecar.read(plan)
     size = plan.stat().st_size / 1e6

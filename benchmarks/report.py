@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import math
 import sys
 import time
 import traceback
@@ -18,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..runtime.atomic import write_text
-from ..runtime.errors import FcnsegError, one_line
-from .tables import format_table
+from ..core.atomic import write_text
+from ..core.errors import FcnsegError, one_line
+from ..core.jsonio import to_jsonable, write_json  # noqa: F401 (re-exported)
+from ..eval.tables import format_table
 
 
 class SkipStage(Exception):
@@ -141,37 +141,6 @@ def write_report(report: Report, out_dir: Path) -> Tuple[Path, Path]:
     write_json(js, report.to_dict())
     write_text(md, render_markdown(report))
     return md, js
-
-
-def write_json(path: Any, obj: Any) -> Path:
-    """The one JSON writer: ``obj`` through ``to_jsonable`` (NaN -> null, never bare ``NaN``), written atomically.
-
-    Args:
-        path: the file to write (replaced atomically: temp file, then rename).
-        obj: dicts, lists, dataclasses, paths, numpy values (see ``to_jsonable``).
-
-    Returns:
-        ``path`` as a Path.
-    """
-    write_text(path, json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n")
-    return Path(path)
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Dataclasses, paths, tuples, numpy values -> JSON types; NaN and infinities -> None."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        obj = obj.to_dict() if hasattr(obj, "to_dict") else dataclasses.asdict(obj)
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set)):
-        return [to_jsonable(v) for v in obj]
-    if hasattr(obj, "tolist"):  # numpy arrays and scalars
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    return str(obj)
 
 
 def echo(text: str) -> None:

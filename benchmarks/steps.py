@@ -10,12 +10,13 @@ import functools
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
-from ..runtime.errors import FcnsegError
+from ..core.backend_names import PARITY_PRECISION_HINT, BackendChoice
+from ..core.errors import FcnsegError
 from .pipeline import (INT8_TARGETS, Artifacts, PipelineConfig, checkpoint_for, engine_from_onnx, engine_profile,
                        engine_row, engine_table, fp16_from_onnx, gpu_here, int8_from_onnx, onnx_from_checkpoint,
                        synthetic_voc)
 from .report import Report, SkipStage, need, write_json
-from .tables import format_table
+from ..eval.tables import format_table
 
 
 def step_data(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
@@ -26,7 +27,7 @@ def step_data(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
 
 def split_sizes(root: Any, splits: Sequence[str] = ("train", "val")) -> Dict[str, int]:
     """Images per split, for the splits ``VOCLayout`` finds under ``root`` (ROOT or ROOT/VOCdevkit/VOC2012)."""
-    from ..runtime.vocdata import VOCLayout
+    from ..datasets.voc import VOCLayout
 
     sizes = {}
     for split in splits:
@@ -120,7 +121,7 @@ def step_engines(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
 
 
 def step_parity(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
-    from .evaluate import class_delta_table, compare_models, parity_table
+    from ..eval.evaluate import class_delta_table, compare_models, parity_table
 
     paths = [str(need(art.checkpoint, "a checkpoint"))] + [str(p) for p in art.models.values()]
     paths += [str(p) for p in art.runnable_engines()]
@@ -129,7 +130,7 @@ def step_parity(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
     backends = [b for b in cfg.parity_backends if b != "openvino" or openvino_available()]
     with _true_fp32():
         result = compare_models(paths, str(need(art.data, "a dataset")), "val", limit=cfg.parity_limit,
-                                backends=backends or (None,))
+                                run=BackendChoice(tuple(backends) or (None,), precision_hint=PARITY_PRECISION_HINT))
     art.parity = result
     write_json(cfg.out / "parity.json", result.to_dict())
     report.failures += [Path(r.path).name for r in result.failed]
@@ -187,9 +188,9 @@ def _bench(cfg: PipelineConfig, art: Artifacts, report: Report, *, name: str, ke
 
 def step_overlays(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
     """Overlays of the first validation images through the INT8 CPU-layout model (else the best one exported)."""
-    from ..runtime.postprocess import overlay_with_legend, save_image
-    from ..runtime.segmenter import Segmenter
-    from ..runtime.vocdata import VOCLayout
+    from ..runtime import overlay_with_legend, save_image
+    from ..runtime import Segmenter
+    from ..datasets.voc import VOCLayout
 
     key, model = art.showcase_model()
     seg = Segmenter.load(model)
@@ -204,7 +205,7 @@ def step_overlays(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
 
 
 def step_video(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
-    """A short synthetic video through the INT8 model (``fcnseg.runtime.stream``; needs PyAV)."""
+    """A short synthetic video through the INT8 model (``fcnseg.runtime.video.loop``; needs PyAV)."""
     import importlib.util
 
     if importlib.util.find_spec("av") is None:

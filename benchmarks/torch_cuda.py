@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
-from ..runtime.errors import FcnsegError, one_line
+from ..core.errors import FcnsegError, one_line
 from .bench import Stats
-from .tables import format_table
+from ..eval.tables import format_table
 
 TORCH_MODES = ("fp32", "fp16", "channels_last_fp16", "cuda_graph_fp16")
 TORCH_ARCHS = ("fcn8s_resnet18", "fcn_resnet50")

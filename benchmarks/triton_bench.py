@@ -19,7 +19,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..runtime.errors import FcnsegError, import_optional, one_line
+from ..core.errors import FcnsegError, import_optional, one_line
 from .bench import Stats
 
 CONCURRENCY = (1, 4, 16)
@@ -188,8 +188,8 @@ def run_triton_cli(url: str, model: str, local_models: Sequence[str], shapes: Se
     """``fcn-bench --triton URL``: the table on stdout, the results as JSON with ``--json``."""
     import click
 
-    from ..runtime import outputs
-    from ..runtime.shapes import parse_hw
+    from ..core import output_guard as outputs
+    from ..core.shapes import parse_hw
 
     if json_path:
         outputs.check_output(json_path, outputs.BENCH_JSON, inputs=local_models, force=force, option="--json")

@@ -1,5 +1,5 @@
 """The pipeline's video step: a short synthetic video from val images, segmented side by side by the INT8
-model through ``fcnseg.runtime.stream.segment_stream``; the first frames as PNG and the FPS go into the report.
+model through ``fcnseg.runtime.video.loop.segment_stream``; the first frames as PNG and the FPS go into the report.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ PNG_FRAMES = 2           # first output frames saved as PNG for the report
 
 def video_section(cfg: Any, art: Any, report: Any) -> None:
     """Write ``video_in.mp4``, segment it into ``video_out.mp4`` (side by side), save frames and FPS."""
-    from ..runtime.postprocess import save_image
-    from ..runtime.segmenter import Segmenter
-    from ..runtime.stream import read_video, segment_stream, write_video
-    from ..runtime.vocdata import VOCLayout
+    from ..runtime import save_image
+    from ..runtime import Segmenter
+    from ..runtime.video import read_video, segment_stream, write_video
+    from ..datasets.voc import VOCLayout
 
     key, model = art.showcase_model()
     layout = VOCLayout(need(art.data, "a dataset"), "val")

@@ -7,7 +7,7 @@ when asked), not engines, plus:
   ``runtime/pyproject.toml`` (``build_runtime_wheel``);
 - ``build_engine.sh``: ``fcn-export trt`` where fcnseg's exporter is installed, else ``trtexec`` with the same
   profile and flags (``--useDLACore``/``--allowGPUFallback`` when asked), then the engine's sidecar;
-- ``run.py``: a camera or video through ``fcnseg.runtime.stream.segment_stream``;
+- ``run.py``: a camera or video through ``fcnseg.runtime.video.loop.segment_stream``;
 - ``README.md`` with the JetPack 5.1 / 6.x / 7.0 install lines, and ``bundle.json`` (written last: the
   manifest with each file's SHA-256 and the sidecar templates ``build_engine.sh`` fills in).
 """
@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
-from ..runtime.atomic import atomic_path, write_text
-from ..runtime.errors import FcnsegError
-from ..runtime.outputs import check_output_dir
+from ..core.atomic import atomic_path, write_text
+from ..core.errors import FcnsegError
+from ..core.output_guard import check_output_dir
 from ..runtime.backends.tensorrt import format_shape
 from .runtime_wheel import build_runtime_wheel
 from .tensorrt import EngineSpec, Profile, engine_spec, profile_sidecar

@@ -18,10 +18,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import onnx
 
-from ..runtime.errors import FcnsegError
-from ..runtime.metadata import ModelMetadata
-from ..runtime.preprocess import preprocess
-from ..runtime.vocdata import VOCLayout
+from ..core.errors import FcnsegError
+from ..core.metadata import ModelMetadata
+from ..runtime import preprocess
+from ..datasets.voc import VOCLayout
 from .onnx_export import PathLike
 
 try:  # the base class gives ORT's reader protocol (get_next, iteration); fall back to a plain object
@@ -78,7 +78,7 @@ class VOCCalibrationReader(CalibrationDataReader):  # type: ignore[misc,valid-ty
 
 def _read_rgb(path: Path) -> np.ndarray:
     """A calibration image through the project's one reader (stored pixels, as the dataset's labels are)."""
-    from ..runtime.postprocess import open_image
+    from ..runtime import open_image
 
     if not Path(path).is_file():
         raise FcnsegError(f"expected the calibration image {path}, which does not exist (listed in the split file)")

@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from ..runtime.onnx_names import QDQ_OPS, TRT8_MAX_OPSET, TRT10_MAX_OPSET
+from ..core.onnx_names import QDQ_OPS, TRT8_MAX_OPSET, TRT10_MAX_OPSET
 from .onnx_export import PathLike, load_onnx
 
 TRT_ONNX_OPS = frozenset("""

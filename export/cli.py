@@ -13,10 +13,10 @@ from typing import Any, Optional
 
 import click
 
-from ..runtime import outputs
-from ..runtime.cliutil import OneLineGroup
-from ..runtime.errors import FcnsegError, handle_cli_errors
-from ..runtime.onnx_names import DEFAULT_OPSET
+from ..core import output_guard as outputs
+from ..core.cli_args import OneLineGroup
+from ..core.errors import FcnsegError, handle_cli_errors
+from ..core.onnx_names import DEFAULT_OPSET
 from . import triton
 
 
@@ -52,7 +52,7 @@ def _sibling(model: str, suffix: str) -> Path:
 
 
 def _guard(path: Any, kind: "outputs.ArtifactKind", inputs: list, force: bool, option: str = "-o") -> str:
-    """Check an output before any work (see ``fcnseg.runtime.outputs.check_output``); inputs must be readable."""
+    """Check an output before any work (see ``fcnseg.core.output_guard.check_output``); inputs must be readable."""
     for item in inputs:
         outputs.check_readable(item)
     return str(outputs.check_output(path, kind, inputs=inputs, force=force, option=option))
@@ -173,7 +173,7 @@ def check_cmd(model: str) -> None:
               help="TensorRT library that parses an ONNX MODEL.")
 def inspect_cmd(model: str, as_json: bool, library: str) -> None:
     """Show MODEL.onnx as TensorRT parses it (layers, dtypes, shapes, INT8/FP16/FP32), or ENGINE.plan's sidecar."""
-    from .inspect import inspect_path
+    from .inspection import inspect_path
 
     click.echo(inspect_path(model, library=library, as_json=as_json))
 
@@ -228,8 +228,8 @@ def trt_cmd(model: str, fp16: bool, int8: bool, calib_root: Optional[str], min_s
             output: Optional[str], force: bool, library: str, compute_capability: Optional[str],
             dla_core: Optional[int], gpu_fallback: bool, save_onnx: Optional[str]) -> None:
     """Build a TensorRT engine from MODEL (an FP32, FP16 or INT8 Q/DQ ONNX)."""
-    from ..runtime.shapes import parse_dims
-    from ..runtime.sidecar import sidecar_path
+    from ..core.shapes import parse_dims
+    from ..core.sidecar import sidecar_path
     from .tensorrt import check_output_path, parse_compute_capabilities
 
     output = str(check_output_path(output or Path(model).with_suffix(".plan")))   # before any FP16/INT8 step
@@ -312,7 +312,7 @@ def bundle_cmd(model: str, out: str, int8_from: Optional[str], calib_root: Optio
                gpu_fallback: bool, min_shape: Optional[str], opt_shape: Optional[str], max_shape: Optional[str],
                runtime_wheel: Optional[str], force: bool) -> None:
     """A folder to copy to a Jetson: FP16/INT8 ONNX, the runtime wheel, build_engine.sh, run.py, README."""
-    from ..runtime.shapes import parse_dims
+    from ..core.shapes import parse_dims
     from .bundle import make_bundle
 
     shapes = {k: parse_dims(v) if v else None for k, v in

@@ -13,11 +13,11 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import onnx
 
-from ..runtime.errors import FcnsegError
-from ..runtime.metadata import ModelMetadata
-from ..runtime.onnx_names import QDQ_OPS
+from ..core.errors import FcnsegError
+from ..core.metadata import ModelMetadata
+from ..core.onnx_names import QDQ_OPS
 from .onnx_export import load_onnx
-from .profile import Dim, Profile, declared_size_range, derive_profile
+from .opt_profile import Dim, Profile, declared_size_range, derive_profile
 from .trt_features import parse_compute_capabilities
 
 PathLike = Union[str, "os.PathLike[str]"]

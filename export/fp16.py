@@ -23,9 +23,9 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import onnx
 
-from ..runtime.errors import FcnsegError, one_line
-from ..runtime.metadata import ModelMetadata
-from ..runtime.parity import OutputComparison, compare_logits
+from ..core.errors import FcnsegError, one_line
+from ..core.metadata import ModelMetadata
+from ..eval.parity import OutputComparison, compare_logits
 from .onnx_export import (LOGITS_NAME, MASK_NAME, PathLike, Shape, default_verify_shapes, expose_argmax_input,
                           load_onnx, ort_session, read_metadata, require_fp32_graph, run_session, save_onnx,
                           set_metadata)

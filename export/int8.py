@@ -41,13 +41,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import onnx
 
-from ..runtime.atomic import write_text
-from ..runtime.errors import FcnsegError
-from ..runtime.metadata import PREFIX, ModelMetadata
-from ..runtime.metrics import ConfusionMatrix
-from ..runtime.parity import MiouComparison, compare_miou, evaluate
-from ..runtime.preprocess import preprocess
-from ..runtime.vocdata import VOCLayout, take
+from ..core.atomic import write_text
+from ..core.errors import FcnsegError
+from ..core.metadata import PREFIX, ModelMetadata
+from ..core.metrics import ConfusionMatrix
+from ..eval.parity import MiouComparison, compare_miou, evaluate
+from ..runtime import preprocess
+from ..datasets.voc import VOCLayout, take
 from .calibration import (METHODS, QUANT_OP_TYPES, Ranges, VOCCalibrationReader, cached_ranges, calibrate,
                           split_ids)
 from .check import check_trt_ready
@@ -319,7 +319,7 @@ class _Evaluator:
 
 def _predictor(model: onnx.ModelProto, meta: ModelMetadata) -> Any:
     """image -> mask at the image's size: the runtime's ``Segmenter`` on ONNX Runtime CPU."""
-    from ..runtime.segmenter import Segmenter
+    from ..runtime import Segmenter
 
     with tempfile.TemporaryDirectory(prefix="fcnseg-eval-") as tmp:
         path = Path(tmp) / "candidate.onnx"

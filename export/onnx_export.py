@@ -30,14 +30,14 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Un
 import numpy as np
 import onnx
 
-from ..runtime.atomic import atomic_path
-from ..runtime.errors import FcnsegError, one_line
-from ..runtime.outputs import check_readable
-from ..runtime.onnx_names import (DEFAULT_OPSET, INPUT_NAME, LOGITS_NAME, MASK_NAME, MAX_OPSET,  # noqa: F401
+from ..core.atomic import atomic_path
+from ..core.errors import FcnsegError, one_line
+from ..core.output_guard import check_readable
+from ..core.onnx_names import (DEFAULT_OPSET, INPUT_NAME, LOGITS_NAME, MASK_NAME, MAX_OPSET,  # noqa: F401
                                    MIN_OPSET, QDQ_OPS, TRT8_MAX_OPSET)
-from ..runtime.shapes import parse_dims, parse_hw  # noqa: F401  (parse_hw re-exported for the CLI)
-from ..runtime.metadata import PREFIX, ModelMetadata
-from ..runtime.parity import OutputComparison, compare_logits
+from ..core.shapes import parse_dims, parse_hw  # noqa: F401  (parse_hw re-exported for the CLI)
+from ..core.metadata import PREFIX, ModelMetadata
+from ..eval.parity import OutputComparison, compare_logits
 
 if TYPE_CHECKING:
     import onnxruntime

@@ -12,7 +12,7 @@ string. The build is a chain of small steps in the manner of Polygraphy's loader
 ``engine_spec.py`` and ``profile.py`` -> ``create_network`` -> ``parse_onnx`` -> ``config_from_features``
 -> ``build_plan`` -> ``save_engine``); each takes the library's objects, so tests drive them with fake
 modules and with the real TensorRT for RTX.
-The engine has no user-metadata API, hence the sidecar (``fcnseg.runtime.sidecar.EngineSidecar``).
+The engine has no user-metadata API, hence the sidecar (``fcnseg.core.sidecar.EngineSidecar``).
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
-from ..runtime.atomic import atomic_path, write_bytes
+from ..core.atomic import atomic_path, write_bytes
 from ..runtime.backends.tensorrt import import_tensorrt
-from ..runtime.errors import FcnsegError
-from ..runtime.sidecar import EngineSidecar, sidecar_path
+from ..core.errors import FcnsegError
+from ..core.sidecar import EngineSidecar, sidecar_path
 from .engine_spec import (LIBRARY_CHOICES, PRECISIONS, QDQ_OPS, EngineSpec, engine_spec, onnx_input,  # noqa: F401
                           precision_of_onnx)
-from .profile import (DEFAULT_MAX_SHAPE, DEFAULT_MIN_SHAPE, DEFAULT_OPT_SHAPE, SIZE_KEYS, Dim, Profile,  # noqa: F401
+from .opt_profile import (DEFAULT_MAX_SHAPE, DEFAULT_MIN_SHAPE, DEFAULT_OPT_SHAPE, SIZE_KEYS, Dim, Profile,  # noqa: F401
                       Shape, declared_size_range, derive_profile)
 from .trt_features import (BuildMode, Features, check_dla, choose_build_mode, choose_targets,  # noqa: F401
                            detect_features, parse_compute_capabilities)

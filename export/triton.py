@@ -20,14 +20,15 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
-from ..runtime.atomic import current_umask
-from ..runtime.errors import FcnsegError, import_optional
-from ..runtime.sidecar import find_sidecar, sidecar_path
-from .triton_io import ModelIO, TensorSpec, read_onnx_io, read_plan_io
+from ..core.atomic import current_umask
+from ..core.errors import FcnsegError, import_optional
+from ..core.sidecar import find_sidecar, sidecar_path
+from .triton_io import ModelIO, TensorSpec, TritonRepository, read_onnx_io, read_plan_io
+from .triton_readme import readme_text
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
@@ -59,29 +60,6 @@ class Batching:
     max_queue_delay_us: int = 500
     instances: int = 1
     kind: str = "gpu"
-
-
-@dataclass
-class TritonRepository:
-    """What ``export_triton`` / ``export_segmenter`` wrote.
-
-    Attributes:
-        root: the repository folder (give it to ``tritonserver --model-repository``).
-        models: model folders written, in load order.
-        entry: the model clients call.
-        readme: the README with the commands.
-    """
-
-    root: Path
-    models: List[str]
-    entry: str
-    readme: Path
-    configs: Dict[str, Any] = field(default_factory=dict)
-    profile: Optional[Dict[str, Any]] = None
-    input_size: Optional[int] = None
-
-    def config_path(self, name: str) -> Path:
-        return self.root / name / "config.pbtxt"
 
 
 def _config_pb2() -> Any:
@@ -306,8 +284,6 @@ def write_repository(repo: Path, configs: Mapping[str, Any], files: Mapping[str,
                      entry: str, force: bool = False, profile: Optional[Dict[str, Any]] = None,
                      input_size: Optional[int] = None) -> TritonRepository:
     """Write each model folder (``config.pbtxt``, ``1/<files>``) and the README, each folder atomically."""
-    from .triton_readme import readme_text
-
     readme = repo / "README.md"
     taken = [str(repo / n) for n in configs if (repo / n).exists()] + ([str(readme)] if readme.exists() else [])
     if taken and not force:
@@ -316,7 +292,7 @@ def write_repository(repo: Path, configs: Mapping[str, Any], files: Mapping[str,
     repo.mkdir(parents=True, exist_ok=True)
     for name, config in configs.items():
         _write_model_dir(repo / name, config_text(config), files.get(name, {}))
-    from ..runtime.atomic import write_text
+    from ..core.atomic import write_text
 
     result = TritonRepository(repo, list(configs), entry, readme, dict(configs), profile, input_size)
     write_text(readme, readme_text(result))

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-from ..runtime.errors import FcnsegError
-from ..runtime.metadata import ModelMetadata
-from ..runtime.sidecar import EngineSidecar, sidecar_path
+from ..core.errors import FcnsegError
+from ..core.metadata import ModelMetadata
+from ..core.sidecar import EngineSidecar, sidecar_path
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
@@ -87,3 +87,26 @@ def read_plan_io(path: PathLike) -> ModelIO:
                     plan.name)
     return ModelIO([spec(t) for t in io["inputs"]], [spec(t) for t in io["outputs"]], int(profile["max"][0]),
                    sidecar.model_metadata() or ModelMetadata(), dict(profile))
+
+
+@dataclass
+class TritonRepository:
+    """What ``export_triton`` / ``export_segmenter`` wrote.
+
+    Attributes:
+        root: the repository folder (give it to ``tritonserver --model-repository``).
+        models: model folders written, in load order.
+        entry: the model clients call.
+        readme: the README with the commands.
+    """
+
+    root: Path
+    models: List[str]
+    entry: str
+    readme: Path
+    configs: Dict[str, Any] = field(default_factory=dict)
+    profile: Optional[Dict[str, Any]] = None
+    input_size: Optional[int] = None
+
+    def config_path(self, name: str) -> Path:
+        return self.root / name / "config.pbtxt"

@@ -25,9 +25,9 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from fcnseg.runtime.errors import FcnsegError, one_line
-from fcnseg.runtime.metadata import ModelMetadata
-from fcnseg.runtime.preprocess import preprocess, resize_mask
+from fcnseg.core.errors import FcnsegError, one_line
+from fcnseg.core.metadata import ModelMetadata
+from fcnseg.runtime import preprocess, resize_mask
 
 ROLES = ("segmenter", "preprocess", "postprocess", "network")
 
@@ -83,7 +83,7 @@ class TritonPythonModel:
             size = int(params["fcnseg_size"]) if params.get("fcnseg_size") else None
             self.segmenter = Segmenter.load(here / params["fcnseg_model"], size=size, num_threads=threads)
         elif self.role == "network":
-            from fcnseg.runtime.segmenter import load_backend
+            from fcnseg.runtime import load_backend
 
             config = json.loads(args["model_config"])
             self.io = (config["input"][0]["name"], [o["name"] for o in config["output"]])

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, List
+from typing import Any, List
 
-if TYPE_CHECKING:
-    from .triton import TritonRepository
+from .triton_io import TritonRepository
 
 CLIENTS = {
     "image_bytes": '''```python
@@ -33,7 +32,7 @@ mask = client.infer("{entry}", [image]).as_numpy("mask")[0]            # HxW uin
 import numpy as np
 import tritonclient.http as httpclient
 from PIL import Image
-from fcnseg.runtime.preprocess import preprocess
+from fcnseg.runtime import preprocess
 
 client = httpclient.InferenceServerClient("127.0.0.1:8000")
 x = preprocess(np.asarray(Image.open("image.jpg").convert("RGB")), size={size})   # 1x3xhxw float32, normalised
@@ -44,7 +43,7 @@ out = client.infer("{entry}", [inp]).as_numpy("{output}")[0]            # {what}
 }
 
 
-def _tree(repo: "TritonRepository") -> List[str]:
+def _tree(repo: TritonRepository) -> List[str]:
     lines = [f"{repo.root.name}/", "  README.md"]
     for name in repo.models:
         lines.append(f"  {name}/")
@@ -54,7 +53,7 @@ def _tree(repo: "TritonRepository") -> List[str]:
     return lines
 
 
-def _client(repo: "TritonRepository") -> str:
+def _client(repo: TritonRepository) -> str:
     config: Any = repo.configs[repo.entry]
     first_in, first_out = config.input[0], config.output[0]
     if config.platform == "ensemble":
@@ -67,7 +66,7 @@ def _client(repo: "TritonRepository") -> str:
                                     size=repo.input_size)
 
 
-def _profile(repo: "TritonRepository") -> List[str]:
+def _profile(repo: TritonRepository) -> List[str]:
     """The engine's optimization profile: the input shapes it accepts (Triton's max batch stays within it)."""
     if not repo.profile:
         return []
@@ -76,7 +75,7 @@ def _profile(repo: "TritonRepository") -> List[str]:
             f"(optimised for {shapes.get('opt')}); images are resized before they reach it.", ""]
 
 
-def readme_text(repo: "TritonRepository") -> str:
+def readme_text(repo: TritonRepository) -> str:
     """Markdown: what the repository holds, how to start Triton on it, and how to call the entry model."""
     python_models = [n for n in repo.models if repo.configs[n].backend == "python"]
     note = ("" if not python_models else

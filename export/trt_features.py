@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional, Sequence, Tuple
 
 from ..runtime.backends.tensorrt import library_name
-from ..runtime.errors import FcnsegError
+from ..core.errors import FcnsegError
 
 # TensorRT for RTX's documented portable default ("portable across devices with compute capabilities 8.6,
 # 8.9 and 12.0", TensorRT-RTX support matrix); set explicitly so the sidecar says exactly what was built.

@@ -1,6 +1,8 @@
 """fcnseg's torch-free runtime: ``Segmenter`` runs an exported model with numpy (and pillow) alone.
 
-ONNX Runtime, TensorRT and PyTorch are imported only when a model of their kind is loaded.
+ONNX Runtime, OpenVINO and TensorRT are imported only when a model of their kind is loaded. The names below are
+the runtime's public API: the other stages (export, eval, benchmarks, serving) import the runtime through them
+and through ``fcnseg.runtime.backends`` / ``fcnseg.runtime.video`` only.
 
 Example:
     >>> from fcnseg.runtime import Segmenter, overlay
@@ -9,10 +11,13 @@ Example:
     >>> picture = overlay(image, mask)
 """
 
-from .errors import FcnsegError
-from .metadata import ModelMetadata
-from .metrics import ConfusionMatrix
-from .postprocess import colorize, legend, overlay
-from .segmenter import Segmenter
+from ..core.errors import FcnsegError
+from ..core.metadata import ModelMetadata
+from ..core.metrics import ConfusionMatrix
+from .postprocess import colorize, legend, open_image, overlay, overlay_with_legend, save_image
+from .preprocess import preprocess, resize_mask
+from .segmenter import Segmenter, choose_backend, load_backend
 
-__all__ = ["Segmenter", "colorize", "overlay", "legend", "FcnsegError", "ModelMetadata", "ConfusionMatrix"]
+__all__ = ["Segmenter", "colorize", "overlay", "overlay_with_legend", "legend", "open_image", "save_image",
+           "preprocess", "resize_mask", "load_backend", "choose_backend", "FcnsegError", "ModelMetadata",
+           "ConfusionMatrix"]

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import click
 
-from .cliutil import OneLineCommand
-from .errors import cli_errors
+from ..core.cli_args import BackendChoice, OneLineCommand, backend_options, force_option, size_option
+from ..core.errors import cli_errors
 from .postprocess import predict_files
-from .backends.openvino import PRECISION_HINTS
-from .segmenter import BACKEND_NAMES, Segmenter
-from .stream_cli import StreamOptions, run_stream, stream_options
+from .segmenter import Segmenter
+from .video.app import StreamOptions, run_stream, stream_options
 
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,22 +30,14 @@ from .stream_cli import StreamOptions, run_stream, stream_options
               help="Overlay opacity of the class colours.")
 @click.option("--format", "fmt", default="png", show_default=True, type=click.Choice(["png", "npy"]),
               help="png: palette PNG of class ids; npy: uint8 array.")
-@click.option("--size", type=click.IntRange(min=0), default=None,
-              help="Shorter side fed to the network [default: the model's metadata; 0: no resizing].")
-@click.option("--providers", multiple=True,
-              help="ONNX Runtime providers in priority order, e.g. cuda,cpu (repeatable or comma-separated).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for inference.")
-@click.option("--backend", type=click.Choice(BACKEND_NAMES), default=None,
-              help="Inference backend [default: by suffix; .onnx: OpenVINO when installed, else ONNX Runtime].")
-@click.option("--precision-hint", type=click.Choice(PRECISION_HINTS), default=None,
-              help="OpenVINO precision for non-INT8 layers; bf16 is faster on CPUs with BF16 [default: f32 for "
-              "FP32/FP16 graphs, OpenVINO's own for INT8 graphs].")
-@click.option("--force", is_flag=True, help="Replace files in --out that fcnseg did not write (never an input).")
+@size_option("Shorter side fed to the network [default: the model's metadata; 0: no resizing, each image's "
+             "shorter side within the model's declared range].", no_resize=True)
+@backend_options()
+@force_option("Replace files in --out that fcnseg did not write (never an input).")
 @stream_options
 @cli_errors
 def predict_main(inputs: Tuple[str, ...], model: Path, out: str, with_overlay: bool, alpha: float, fmt: str,
-                 size: Optional[int], providers: Sequence[str], threads: Optional[int], backend: Optional[str],
-                 precision_hint: Optional[str], force: bool, stream: StreamOptions) -> None:
+                 size: Optional[int], backend: BackendChoice, force: bool, stream: StreamOptions) -> None:
     """Segment INPUTS (images, or folders walked for .jpg/.jpeg/.png/.bmp/.webp/.tif) and write masks to --out.
 
     Streams, as jetson-inference's segnet: INPUTS may be one video file, V4L2 camera (/dev/video0), Jetson CSI
@@ -58,16 +49,12 @@ def predict_main(inputs: Tuple[str, ...], model: Path, out: str, with_overlay: b
     """
     from tqdm import tqdm
 
-    from .backends.onnxruntime import parse_providers
-
-    names = parse_providers(providers)
-
     def report(path: Path, reason: str) -> None:
         tqdm.write(f"fcn-predict: skipped {path}: {reason}", file=sys.stderr)
 
-    with Segmenter.load(model, backend=backend, providers=names, size=size, num_threads=threads,
-                        precision_hint=precision_hint) as seg:
-        if stream.applies(inputs, out):   # video, camera, network: the frame loop of fcnseg.runtime.stream
+    with Segmenter.load(model, backend=backend.backend, providers=backend.providers, size=size,
+                        num_threads=backend.threads, precision_hint=backend.precision_hint) as seg:
+        if stream.applies(inputs, out):   # video, camera, network: the frame loop of fcnseg.runtime.video.loop
             sys.exit(run_stream(seg, inputs, out, stream, alpha=alpha, fmt=fmt, force=force))
         m = seg.metadata
         summary = predict_files(seg, inputs, out, fmt=fmt, with_overlay=with_overlay, alpha=alpha,

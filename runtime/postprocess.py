@@ -15,11 +15,11 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin
 
-from .atomic import atomic_path
-from .errors import FcnsegError
-from .outputs import MASK, OVERLAY, SOFTWARE, check_output, check_output_dir, check_readable, unique_path
+from ..core.atomic import atomic_path
+from ..core.errors import FcnsegError
+from ..core.output_guard import MASK, OVERLAY, SOFTWARE, check_output, check_output_dir, check_readable, unique_path
 from .preprocess import to_rgb_uint8
-from .voc import IGNORE_INDEX, VOC_CLASSES, voc_palette
+from ..core.classes import IGNORE_INDEX, VOC_CLASSES, voc_palette
 
 PathLike = Union[str, "os.PathLike[str]"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")

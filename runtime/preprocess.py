@@ -13,8 +13,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from .errors import FcnsegError
-from .voc import MEAN, STD
+from ..core.errors import FcnsegError
+from ..core.classes import MEAN, STD
 
 
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:

@@ -20,11 +20,12 @@ from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple, U
 import numpy as np
 
 from .backends.base import Backend
-from .errors import FcnsegError
-from .outputs import check_readable
-from .metadata import ModelMetadata
+from ..core.backend_names import BACKEND_NAMES  # noqa: F401 (re-exported)
+from ..core.errors import FcnsegError
+from ..core.output_guard import check_readable
+from ..core.metadata import ModelMetadata
 from .preprocess import preprocess, resize_mask, resize_rgb
-from .sidecar import EngineSidecar
+from ..core.sidecar import EngineSidecar
 
 PathLike = Union[str, "os.PathLike[str]"]
 SUFFIXES = {".onnx": "ONNX Runtime", ".plan": "TensorRT", ".engine": "TensorRT", ".pth": "PyTorch",
@@ -33,8 +34,8 @@ SUFFIXES = {".onnx": "ONNX Runtime", ".plan": "TensorRT", ".engine": "TensorRT",
 BACKENDS = {".onnx": ("openvino", "onnxruntime"), ".plan": ("tensorrt",), ".engine": ("tensorrt",),
             ".pth": ("pytorch",), ".pt": ("pytorch",)}
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-BACKEND_NAMES = ("openvino", "onnxruntime", "tensorrt", "pytorch")
 TIMING_KEYS = ("preprocess", "h2d", "infer", "d2h", "postprocess")
+BACKEND_ENTRY_POINTS = "fcnseg.backends"   # backends outside the runtime: the PyTorch reference (fcnseg.train)
 
 
 class Segmenter:
@@ -199,8 +200,7 @@ def load_backend(path: PathLike, *, backend: Optional[str] = None, providers: Op
         return OnnxRuntimeBackend(p, providers=providers, num_threads=num_threads)
     if name == "tensorrt":
         return _tensorrt_backend(p)
-    from .backends.pytorch import PyTorchBackend
-    return PyTorchBackend(p, num_threads=num_threads)
+    return _plugin_backend(name, p)(p, num_threads=num_threads)
 
 
 def choose_backend(path: PathLike, backend: Optional[str] = None, *,
@@ -241,6 +241,28 @@ def _onnxruntime_has_gpu() -> bool:
     except ImportError:
         return False
     return any(p in GPU_PROVIDERS for p in onnxruntime.get_available_providers())
+
+
+def _plugin_backend(name: str, path: Path) -> Any:
+    """A backend that lives outside the runtime, found through the ``fcnseg.backends`` entry points.
+
+    The PyTorch reference (``fcnseg.train.backend``) needs torch and the training code, which the runtime wheel
+    does not ship; the full ``fcnseg`` declares it in its pyproject.toml, so the runtime never imports training.
+    """
+    from importlib import metadata
+
+    eps = metadata.entry_points()
+    group = eps.select(group=BACKEND_ENTRY_POINTS) if hasattr(eps, "select") else eps.get(BACKEND_ENTRY_POINTS, ())
+    for ep in group:
+        if ep.name == name:
+            try:
+                return ep.load()
+            except ImportError as e:
+                raise FcnsegError(f"expected torch and torchvision to run the checkpoint {path.name!r}, got an "
+                                  f"import error ({e}); try `pip install torch torchvision`, or export the model "
+                                  "to .onnx and run that") from None
+    raise FcnsegError(f"expected fcnseg's training package to run the checkpoint {path.name!r}, got the runtime "
+                      "alone; try `pip install fcnseg` (with torch), or `fcn-export onnx` it and run the .onnx")
 
 
 def _tensorrt_backend(plan: Path) -> Backend:

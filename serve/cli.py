@@ -8,8 +8,8 @@ from typing import Any, Optional
 
 import click
 
-from ..runtime.cliutil import OneLineCommand
-from ..runtime.errors import FcnsegError, cli_errors
+from ..core.cli_args import OneLineCommand, force_option
+from ..core.errors import FcnsegError, cli_errors
 
 CTX = {"help_option_names": ["-h", "--help"], "show_default": True}
 PORT = click.IntRange(min=0, max=65535)
@@ -29,7 +29,7 @@ PORT = click.IntRange(min=0, max=65535)
 @click.option("--instances", type=int, default=1, help="model instances (processes)")
 @click.option("--max-queue-delay-us", type=int, default=None, help="how long a request waits for a batch "
               "[default: 500]")
-@click.option("--force", is_flag=True, help="replace a model folder of that name in --repo")
+@force_option("replace a model folder of that name in --repo")
 @click.option("--triton-env", type=click.Path(file_okay=False), help="Python environment with nvidia-pytriton "
               "[default: $FCNSEG_TRITON_ENV, the project's .venv-triton, this Python]")
 @click.option("--timeout", type=float, default=120.0, help="seconds to wait for the server to be ready")

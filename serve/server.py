@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, List, Optional, Sequence, Union
 
-from ..runtime.errors import FcnsegError
+from ..core.errors import FcnsegError
 
 PathLike = Union[str, "os.PathLike[str]"]
 ENV_VAR = "FCNSEG_TRITON_ENV"

@@ -10,7 +10,7 @@ def tensorrt_gpu():
     """The real ``tensorrt`` module; skips with the reason when TensorRT, CUDA bindings or a GPU are missing."""
     from fcnseg.runtime.backends.cuda_memory import load_cuda_memory
     from fcnseg.runtime.backends.tensorrt import import_tensorrt
-    from fcnseg.runtime.errors import FcnsegError
+    from fcnseg.core.errors import FcnsegError
 
     try:
         trt = import_tensorrt()
@@ -93,7 +93,7 @@ def tiny_conv_onnx(tmp_path_factory):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from fcnseg.runtime.metadata import ModelMetadata
+    from fcnseg.core.metadata import ModelMetadata
 
     classes, rng = 4, np.random.default_rng(0)
     weight = numpy_helper.from_array(rng.normal(size=(classes, 3, 1, 1)).astype(np.float32), "W")
@@ -113,7 +113,7 @@ def tiny_conv_onnx(tmp_path_factory):
 @pytest.fixture(scope="session")
 def triton_install():
     """The tritonserver bundled by nvidia-pytriton (``fcnseg.serve.TritonInstall``); skips the test without it."""
-    from fcnseg.runtime.errors import FcnsegError
+    from fcnseg.core.errors import FcnsegError
     from fcnseg.serve import TritonInstall
 
     try:

@@ -247,7 +247,7 @@ def _tiny_onnx(path: Path, num_classes: int) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from fcnseg.runtime.metadata import ModelMetadata
+    from fcnseg.core.metadata import ModelMetadata
 
     w = np.random.default_rng(num_classes).standard_normal((num_classes, 3, 1, 1)).astype(np.float32)
     graph = helper.make_graph(
@@ -268,7 +268,7 @@ def _tiny_onnx(path: Path, num_classes: int) -> Path:
 def artifacts(tmp_path_factory) -> Dict[str, Path]:
     from PIL import Image
 
-    from fcnseg.train.synth import synthesize
+    from fcnseg.datasets.synth import synthesize
 
     root = tmp_path_factory.mktemp("catalogue")
     ARTIFACTS["onnx"] = _tiny_onnx(root / "tiny.onnx", 21)
@@ -284,7 +284,8 @@ def artifacts(tmp_path_factory) -> Dict[str, Path]:
 
 
 def _entry(command: str):
-    from fcnseg.benchmarks.cli import bench_main, eval_main
+    from fcnseg.benchmarks.cli import bench_main
+    from fcnseg.eval.cli import eval_main
     from fcnseg.export.cli import main as export_main
     from fcnseg.runtime.cli import predict_main
     from fcnseg.train.cli import data_main, train_main
@@ -353,7 +354,8 @@ def test_own_artifacts_are_replaced_and_world_readable(artifacts, tmp_path):
 
 def test_own_reports_are_replaced_without_force(artifacts, tmp_path):
     """A second fcn-bench/fcn-eval run replaces the JSON/CSV the first wrote (they are recognised as ours)."""
-    from fcnseg.benchmarks.cli import bench_main, eval_main
+    from fcnseg.benchmarks.cli import bench_main
+    from fcnseg.eval.cli import eval_main
 
     bench = ["--model", str(artifacts["onnx"]), "--shape", "16x16", "--warmup", "0", "--iters", "1", "--rounds", "1",
              "--json", str(tmp_path / "b.json"), "--csv", str(tmp_path / "b.csv")]
@@ -390,7 +392,8 @@ def test_hints_name_only_options_that_exist():
     import re
 
     root = Path(__file__).resolve().parents[1]
-    sources = [p for pkg in ("runtime", "export", "benchmarks", "train", "serve") for p in (root / pkg).rglob("*.py")]
+    sources = [p for pkg in ("core", "datasets", "eval", "runtime", "export", "benchmarks", "train", "serve")
+               for p in (root / pkg).rglob("*.py")]
     texts = {p: p.read_text() for p in sources}
     declared = {m for t in texts.values() if "click.option" in t for m in re.findall(r"[\"'](--[a-z][a-z0-9-]*)", t)}
     hints = {(p.name, m) for p, t in texts.items() for m in re.findall(r"try[^\"';]*?(--[a-z][a-z0-9-]*)", t)}

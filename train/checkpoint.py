@@ -14,10 +14,10 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from ..runtime.atomic import atomic_path
-from ..runtime.errors import FcnsegError, one_line
-from ..runtime.metadata import ModelMetadata
-from ..runtime.voc import BASE_SIZE, MEAN, STD, VOC_CLASSES
+from ..core.atomic import atomic_path
+from ..core.errors import FcnsegError, one_line
+from ..core.metadata import ModelMetadata
+from ..core.classes import BASE_SIZE, MEAN, STD, VOC_CLASSES
 from .models import MODELS, get_model
 from .weights import arch_from_state, args_dict, classes_from_state, read_checkpoint, state_dict_of
 

@@ -10,8 +10,8 @@ import os
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Optional
 
-from ..runtime.errors import FcnsegError
-from ..runtime.voc import BASE_SIZE, CROP_SIZE, NUM_CLASSES
+from ..core.errors import FcnsegError
+from ..core.classes import BASE_SIZE, CROP_SIZE, NUM_CLASSES
 
 if TYPE_CHECKING:
     import torch

@@ -1,4 +1,4 @@
-"""The training Dataset: ``fcnseg.runtime.vocdata.VOCLayout`` (paths, label checks) wrapped for torch."""
+"""The training Dataset: ``fcnseg.datasets.voc.VOCLayout`` (paths, label checks) wrapped for torch."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Callable, Optional, Union
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..runtime.voc import NUM_CLASSES
-from ..runtime.vocdata import VOCLayout
+from ..core.classes import NUM_CLASSES
+from ..datasets.voc import VOCLayout
 from .transforms import collate_fn, get_transform
 
 __all__ = ["VOCSegmentationDataset", "get_dataset", "collate_fn"]

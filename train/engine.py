@@ -22,14 +22,14 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 from tqdm import tqdm
 
-from ..runtime.errors import FcnsegError
-from ..runtime.metrics import ConfusionMatrix
-from ..runtime.voc import IGNORE_INDEX, MEAN, STD, VOC_CLASSES
+from ..core.errors import FcnsegError
+from ..core.metrics import ConfusionMatrix
+from ..core.classes import IGNORE_INDEX, MEAN, STD, VOC_CLASSES
 from . import distributed
 from .checkpoint import link_or_copy, save_checkpoint
 from .config import TrainConfig, resolve_device
 from .data import collate_fn, get_dataset
-from .datacheck import scan_splits
+from ..datasets.check import scan_splits
 from .models import get_model
 from .resume import ResumePoint, read_resume
 from .rundir import append_metrics, prepare_output_dir

@@ -28,7 +28,7 @@ from torchvision.models import segmentation as tv_seg
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.fcn import FCN, FCNHead
 
-from ..runtime.errors import FcnsegError
+from ..core.errors import FcnsegError
 from .weights import classes_from_state, read_checkpoint, state_dict_of
 
 PathLike = Union[str, "os.PathLike[str]"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..runtime.atomic import atomic_path
+from ..core.atomic import atomic_path
 from .rundir import read_metrics
 
 

@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from ..runtime.errors import FcnsegError
+from ..core.errors import FcnsegError
 from .checkpoint import parse_checkpoint
 from .config import TrainConfig
 from .schedule import LRPlan, make_scheduler, plan_lr

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from ..runtime.atomic import write_text
-from ..runtime.errors import FcnsegError
-from ..runtime.outputs import check_output_dir
+from ..core.atomic import write_text
+from ..core.errors import FcnsegError
+from ..core.output_guard import check_output_dir
 
 __all__ = ["run_files", "prepare_output_dir", "append_metrics", "read_metrics"]
 

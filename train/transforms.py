@@ -19,8 +19,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from ..runtime.errors import FcnsegError
-from ..runtime.voc import IGNORE_INDEX, MEAN, STD
+from ..core.errors import FcnsegError
+from ..core.classes import IGNORE_INDEX, MEAN, STD
 
 MaskLike = Union[Image.Image, torch.Tensor]
 

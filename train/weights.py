@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from ..runtime.errors import FcnsegError, one_line
+from ..core.errors import FcnsegError, one_line
 
 __all__ = ["read_checkpoint", "check_checkpoint_file", "state_dict_of", "classes_from_state", "arch_from_state", "args_dict"]
 

@@ -34,7 +34,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     from fcnseg.runtime import FcnsegError, Segmenter
-    from fcnseg.runtime.stream import segment_stream
+    from fcnseg.runtime.video import segment_stream
 
     given = (("visualize", args.visualize), ("alpha", args.alpha), ("max_frames", args.max_frames))
     options = {k: v for k, v in given if v is not None}

@@ -19,8 +19,8 @@ from typing import Dict, Optional, Protocol
 
 import numpy as np
 
-from ..errors import FcnsegError
-from ..metadata import ModelMetadata
+from ...core.errors import FcnsegError
+from ...core.metadata import ModelMetadata
 
 TIMING_KEYS = ("h2d", "infer", "d2h")
 INPUT_CHANNELS = 3  # RGB, as every fcnseg model is exported

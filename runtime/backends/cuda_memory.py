@@ -15,7 +15,7 @@ from typing import Any, Dict, Protocol
 
 import numpy as np
 
-from ..errors import FcnsegError
+from ...core.errors import FcnsegError
 
 INSTALL_HINT = ("pip install cuda-python (12.x for drivers older than 580, e.g. JetPack 6), or on Jetson "
                 "pycuda (pip install pycuda, built on the device)")

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 
-from ..errors import FcnsegError, one_line
-from ..metadata import ModelMetadata, metadata_from_props
-from ..onnx_names import GraphOutput, output_names
+from ...core.backend_names import parse_providers
+from ...core.errors import FcnsegError, one_line
+from ...core.metadata import ModelMetadata, metadata_from_props
+from ...core.onnx_names import GraphOutput, output_names
 from .base import BaseBackend
 
 # Short names accepted by ``providers=`` and ``fcn-predict --providers`` (case-insensitive).
@@ -37,12 +38,6 @@ def import_onnxruntime() -> Any:
         raise FcnsegError("expected the onnxruntime package to run .onnx models, got none installed; "
                           "try `pip install onnxruntime` (or onnxruntime-gpu for CUDA/TensorRT)") from None
     return onnxruntime
-
-
-def parse_providers(values: Union[None, str, Sequence[str]]) -> Optional[List[str]]:
-    """Provider names from command-line text ("cuda, cpu") or repeated options; None when none are given."""
-    items = [values] if isinstance(values, str) else list(values or ())
-    return [p.strip() for item in items for p in item.split(",") if p.strip()] or None
 
 
 def providers_for(path: Union[str, "os.PathLike[str]"], backend: Optional[str],

@@ -23,16 +23,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..errors import FcnsegError, one_line
-from ..metadata import ModelMetadata, metadata_from_props
-from ..onnx_names import GraphOutput, output_names
+from ...core.backend_names import PARITY_PRECISION_HINT, PRECISION_HINTS
+from ...core.errors import FcnsegError, one_line
+from ...core.metadata import ModelMetadata, metadata_from_props
+from ...core.onnx_names import GraphOutput, output_names
 from .base import INPUT_CHANNELS, BaseBackend
 
-PRECISION_HINTS = ("f32", "bf16")
-# FP32/FP16 graphs run in f32 by default (within the FP32 parity tolerance), and fcn-eval uses it for every graph.
-# An INT8 graph is an approximation already: it gets OpenVINO's own default for the device (bf16 on CPUs with
-# AVX-512 BF16 or AMX), checked against the INT8 tolerance in the test suite.
-PARITY_PRECISION_HINT = "f32"
 STATIC_SHAPES = 4                  # static compilations kept per variant (0: always the dynamic one)
 INSTALL_HINT = "pip install openvino (or fcnseg[openvino])"
 

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Un
 
 import numpy as np
 
-from ..errors import FcnsegError, one_line
-from ..metadata import ModelMetadata
-from ..sidecar import EngineSidecar, check_runnable, sidecar_path  # noqa: F401  (sidecar_path: re-exported)
+from ...core.errors import FcnsegError, one_line
+from ...core.metadata import ModelMetadata
+from ...core.sidecar import EngineSidecar, check_runnable, sidecar_path  # noqa: F401  (sidecar_path: re-exported)
 from .base import BaseBackend
 from .cuda_memory import CudaMemory, device_info, load_cuda_memory
 

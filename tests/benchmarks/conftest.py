@@ -12,7 +12,7 @@ def trained(tmp_path_factory):
     from fcnseg.export.int8 import quantize_int8
     from fcnseg.export.onnx_export import export_onnx
     from fcnseg.train.engine import TrainConfig, train
-    from fcnseg.train.synth import synthesize
+    from fcnseg.datasets.synth import synthesize
 
     root = tmp_path_factory.mktemp("trained")
     data = synthesize(root / "data", num_train=160, num_val=32, size=128, seed=5, progress=False)

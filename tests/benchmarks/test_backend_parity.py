@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from fcnseg.benchmarks.evaluate import TOLERANCES, class_delta_table, compare_models, parity_table
+from fcnseg.eval.evaluate import TOLERANCES, class_delta_table, compare_models, parity_table
 
 
 @pytest.mark.slow
@@ -36,7 +36,7 @@ def test_fcn_eval_compare_writes_json_and_fails_loudly_on_a_bad_model(trained, t
 
     def fcn_eval(*models):
         out = tmp_path / "eval.json"
-        cmd = [sys.executable, "-c", "from fcnseg.benchmarks.cli import eval_main; eval_main()",
+        cmd = [sys.executable, "-c", "from fcnseg.eval.cli import eval_main; eval_main()",
                "--data-path", str(trained["data"]), "--limit", "8", "--json", str(out), "--compare", *map(str, models)]
         return subprocess.run(cmd, capture_output=True, text=True), out
 

@@ -14,7 +14,7 @@ def two_models(tmp_path_factory):
     """A tiny conv net as FP32 ONNX and as an ONNX with in-graph argmax (exported with the real exporter)."""
     import torch
 
-    from fcnseg.runtime.metadata import ModelMetadata
+    from fcnseg.core.metadata import ModelMetadata
 
     class Tiny(torch.nn.Module):
         def __init__(self, argmax):

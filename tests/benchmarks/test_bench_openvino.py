@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fcnseg.benchmarks.bench import ModelSpec, bench_models
 from fcnseg.benchmarks.cli import bench_main
-from fcnseg.runtime.metadata import ModelMetadata
+from fcnseg.core.metadata import ModelMetadata
 
 pytest.importorskip("openvino")
 

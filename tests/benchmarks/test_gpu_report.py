@@ -10,10 +10,10 @@ from click.testing import CliRunner
 from fcnseg.benchmarks import gpu_env, report, torch_cuda
 from fcnseg.benchmarks import gpu_report as gr
 from fcnseg.benchmarks.bench import BenchResult, Stats
-from fcnseg.benchmarks.evaluate import ModelEval, parity_table
+from fcnseg.eval.evaluate import ModelEval, parity_table
 from fcnseg.benchmarks.pipeline import engine_profile
-from fcnseg.runtime.errors import FcnsegError
-from fcnseg.runtime.parity import MiouComparison, ParityResult
+from fcnseg.core.errors import FcnsegError
+from fcnseg.eval.parity import MiouComparison, ParityResult
 
 def test_environment_report_keys_and_types_on_this_machine():
     env = gpu_env.environment_report()

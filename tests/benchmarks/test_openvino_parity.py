@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fcnseg.benchmarks.cli import eval_main
-from fcnseg.benchmarks.evaluate import TOLERANCES, compare_models, parity_table
+from fcnseg.core.backend_names import BackendChoice
+from fcnseg.eval.cli import eval_main
+from fcnseg.eval.evaluate import TOLERANCES, compare_models, parity_table
 
 pytest.importorskip("openvino")
 
@@ -34,7 +35,7 @@ def test_fcn_eval_compare_rows_for_openvino_and_onnxruntime(trained, tmp_path):
 @pytest.mark.slow
 def test_int8_with_openvinos_own_bf16_default_stays_within_tolerance(trained):
     rows = compare_models([str(trained["ckpt"]), str(trained["int8"])], str(trained["data"]), "val",
-                          backends=["openvino"], precision_hint="bf16", progress=False)
+                          run=BackendChoice(("openvino",), precision_hint="bf16"), progress=False)
     assert [(r.backend, r.precision_hint) for r in rows] == [("pytorch", ""), ("openvino", "bf16")]
     print("\n" + parity_table(rows))
     assert rows, parity_table(rows)

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from fcnseg.benchmarks import cpu_speed, demo, gpu_report, steps
 from fcnseg.benchmarks.pipeline import Artifacts, EngineRow, PipelineConfig, engine_row, engine_table
 from fcnseg.benchmarks.report import Report, SkipStage
-from fcnseg.runtime.errors import FcnsegError
+from fcnseg.core.errors import FcnsegError
 
 SHARED = ("data", "model", "export onnx", "export int8")
 
@@ -61,7 +61,7 @@ def test_clis_give_one_line_errors_and_tracebacks_with_debug(module, tmp_path):
 
 
 def test_split_sizes_from_the_data_root_and_from_its_voc2012_folder(tmp_path):
-    from fcnseg.train.synth import synthesize
+    from fcnseg.datasets.synth import synthesize
 
     root = synthesize(tmp_path / "voc", num_train=2, num_val=1, size=32, progress=False)
     assert steps.split_sizes(root) == steps.split_sizes(root / "VOCdevkit" / "VOC2012") == {"train": 2, "val": 1}

@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from fcnseg.benchmarks.cli import bench_main
 from fcnseg.benchmarks.power import (SysfsMonitor, find_sysfs_rails, open_power_monitor, parse_tegrastats,
                                      total_power_mw)
-from fcnseg.runtime.errors import FcnsegError
-from fcnseg.runtime.metadata import ModelMetadata
+from fcnseg.core.errors import FcnsegError
+from fcnseg.core.metadata import ModelMetadata
 
 DATA = Path(__file__).parent / "data"
 NOT_POWER = ("RAM", "SWAP", "IRAM", "EMC_FREQ", "GR3D_FREQ", "APE", "NVENC", "NVDEC", "VIC")

@@ -81,7 +81,7 @@ def r18_argmax_onnx(r18_ckpt, export_dir):
 @pytest.fixture(scope="session")
 def tiny_voc(tmp_path_factory):
     """A synthetic VOC layout with a handful of small images and an empty split list."""
-    from fcnseg.train.synth import synthesize
+    from fcnseg.datasets.synth import synthesize
 
     root = tmp_path_factory.mktemp("voc")
     synthesize(root, num_train=1, num_val=6, size=48, seed=3, progress=False)

@@ -21,10 +21,10 @@ from fcnseg.export.bundle import make_bundle
 from fcnseg.export.cli import main as export_main
 from fcnseg.export.runtime_wheel import build_runtime_wheel
 from fcnseg.export.tensorrt import precision_of_onnx
-from fcnseg.runtime.errors import FcnsegError
-from fcnseg.runtime.metadata import ModelMetadata
-from fcnseg.runtime.onnx_metadata import read_onnx_metadata
-from fcnseg.runtime.sidecar import EngineSidecar
+from fcnseg.core.errors import FcnsegError
+from fcnseg.core.metadata import ModelMetadata
+from fcnseg.core.onnx_props import read_onnx_metadata
+from fcnseg.core.sidecar import EngineSidecar
 
 NUM_CLASSES = 4
 SHAPES = {"min_shape": (1, 3, 32, 32), "opt_shape": (1, 3, 64, 64), "max_shape": (2, 3, 128, 128)}
@@ -212,7 +212,7 @@ def test_wheel_installs_into_a_clean_python38(bundle, tmp_path):
     pip = compat.pip_command(python, venv) + ["install", "-q", "--only-binary=:all:"]
     proc = subprocess.run(pip + [str(wheel)], capture_output=True, text=True, timeout=300)   # deps from the index
     assert proc.returncode == 0, proc.stderr
-    code = ("import sys, numpy, PIL; from fcnseg.runtime.onnx_metadata import read_onnx_metadata; "
+    code = ("import sys, numpy, PIL; from fcnseg.core.onnx_props import read_onnx_metadata; "
             "m = read_onnx_metadata(sys.argv[1]); print(sys.version.split()[0], numpy.__version__, PIL.__version__, "
             "m.arch, m.num_classes)")
     run = subprocess.run([str(venv / "bin/python"), "-c", code, str(bundle.path / "fcn_fp16.onnx")],

@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from fcnseg.export.check import TRT_ONNX_OPS, check_trt_ready
-from fcnseg.runtime.errors import FcnsegError
+from fcnseg.core.errors import FcnsegError
 
 
 class _RandomReader:

@@ -151,7 +151,7 @@ def trt_verdict(model, folder: Path, name: str, profile):
 def ours(folder: Path, profile) -> str:
     """What fcn-export trt says before TensorRT is asked (its profile check against the graph)."""
     from fcnseg.export.tensorrt import engine_spec
-    from fcnseg.runtime.errors import FcnsegError
+    from fcnseg.core.errors import FcnsegError
 
     path = next(folder.glob("*.onnx"))
     try:

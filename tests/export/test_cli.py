@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from fcnseg.export.cli import main
-from fcnseg.runtime.errors import FcnsegError
+from fcnseg.core.errors import FcnsegError
 
 
 def run(*args):

@@ -10,8 +10,8 @@ import pytest
 from fcnseg.export.check import check_trt_ready
 from fcnseg.export.fp16 import convert_fp16
 from fcnseg.export.onnx_export import read_metadata
-from fcnseg.runtime.errors import FcnsegError
-from fcnseg.runtime.parity import compare_logits
+from fcnseg.core.errors import FcnsegError
+from fcnseg.eval.parity import compare_logits
 
 SHAPES = [(1, 64, 80), (2, 67, 93)]
 

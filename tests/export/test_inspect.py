@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from fcnseg.export.cli import main
-from fcnseg.export.inspect import inspect_engine, inspect_onnx
+from fcnseg.export.inspection import inspect_engine, inspect_onnx
 
 pytest.importorskip("tensorrt_rtx", reason="needs TensorRT for RTX (pip install tensorrt-rtx)")
 

@@ -14,8 +14,8 @@ from fcnseg.export import calibration as C
 from fcnseg.export import int8 as I
 from fcnseg.export.check import check_trt_ready
 from fcnseg.export.onnx_export import read_metadata
-from fcnseg.runtime.errors import FcnsegError
-from fcnseg.runtime.metrics import ConfusionMatrix
+from fcnseg.core.errors import FcnsegError
+from fcnseg.core.metrics import ConfusionMatrix
 
 
 def _inits(model):
@@ -188,7 +188,7 @@ def test_report_never_evaluates_where_it_calibrated(tiny_voc, tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 
     from fcnseg.export.cli import main
-    from fcnseg.runtime.metadata import ModelMetadata
+    from fcnseg.core.metadata import ModelMetadata
 
     w = np.random.default_rng(0).standard_normal((21, 3, 1, 1)).astype(np.float32)
     graph = helper.make_graph(

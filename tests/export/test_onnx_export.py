@@ -12,8 +12,8 @@ from fcnseg.export import onnx_export as oe
 from fcnseg.export.check import check_trt_ready
 from fcnseg.export.fp16 import convert_fp16
 from fcnseg.export.onnx_export import export_onnx, read_metadata
-from fcnseg.runtime.errors import FcnsegError
-from fcnseg.runtime.parity import compare_logits
+from fcnseg.core.errors import FcnsegError
+from fcnseg.eval.parity import compare_logits
 from fcnseg.train.checkpoint import model_from_checkpoint
 
 REQUIRED = [(1, 97, 131), (1, 375, 500), (1, 520, 520), (2, 97, 131)]

@@ -15,8 +15,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from fcnseg.export import tensorrt as T
-from fcnseg.runtime.errors import FcnsegError
-from fcnseg.runtime.metadata import ModelMetadata
+from fcnseg.core.errors import FcnsegError
+from fcnseg.core.metadata import ModelMetadata
 
 EXPLICIT, STRONG = 1 << 0, 1 << 1  # 1 << int(flag), as TensorRT numbers the creation flags
 
@@ -224,7 +224,7 @@ def leftovers(folder):
 
 @pytest.mark.parametrize("text", ["", "1x3x", "1x3xabcx4", "0x3x4x4", "-1x3x4x4", "1.5x3x4x4", "1,3,4,4"])
 def test_profile_shape_text_is_checked(text):
-    from fcnseg.runtime.shapes import parse_dims
+    from fcnseg.core.shapes import parse_dims
 
     with pytest.raises(FcnsegError, match="expected a shape like 1x3x520x520"):
         parse_dims(text)

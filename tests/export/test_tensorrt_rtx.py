@@ -25,7 +25,7 @@ from fcnseg.export.fp16 import convert_fp16
 from fcnseg.export.int8 import quantize_int8
 from fcnseg.export.onnx_export import export_onnx
 from fcnseg.export.tensorrt import BuiltEngine, build_engine
-from fcnseg.runtime.sidecar import EngineSidecar
+from fcnseg.core.sidecar import EngineSidecar
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None,
                                 reason="needs TensorRT for RTX (pip install tensorrt-rtx)")

@@ -3,7 +3,7 @@
 The stubs do not parse as shipped; a copy is patched under tmp_path (parameters named ``in``/``out``,
 a non-default ``channel_axis`` after defaults, an import of the uninstallable ``tensorrt_libs``).
 mypy runs with ``mypy-trt.ini`` at the repo root over a scratch ``fcnseg`` tree that links to
-export/ and runtime/ (the editable install is an import hook mypy cannot follow).
+the package folders (the editable install is an import hook mypy cannot follow).
 """
 
 import ast
@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-CHECKED = ("fcnseg/export/tensorrt.py", "fcnseg/export/trt_features.py", "fcnseg/export/inspect.py",
-           "fcnseg/runtime/backends/tensorrt.py", "fcnseg/runtime/backends/cuda_memory.py", "fcnseg/runtime/sidecar.py")
+CHECKED = ("fcnseg/export/tensorrt.py", "fcnseg/export/trt_features.py", "fcnseg/export/inspection.py",
+           "fcnseg/runtime/backends/tensorrt.py", "fcnseg/runtime/backends/cuda_memory.py", "fcnseg/core/sidecar.py")
 # Removed in TensorRT 11 (migration guide): code that runs on 11 may reach these only via getattr/hasattr.
 REMOVED_IN_11 = {"FP16", "INT8", "BF16", "FP8", "INT4", "FP4", "OBEY_PRECISION_CONSTRAINTS",
                  "PREFER_PRECISION_CONSTRAINTS", "int8_calibrator", "set_calibration_profile",
@@ -56,7 +56,7 @@ def mypy_env(tmp_path_factory):
     _patch_stubs(_stub_root(), root / "stubs")
     pkg = root / "src" / "fcnseg"
     pkg.mkdir(parents=True)
-    for sub in ("export", "runtime"):
+    for sub in ("core", "datasets", "eval", "export", "runtime"):
         (pkg / sub).symlink_to(REPO / sub, target_is_directory=True)
     return root
 

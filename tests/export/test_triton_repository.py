@@ -43,7 +43,7 @@ def test_onnx_logits_repository(r18_onnx, tmp_path):
     assert config.dynamic_batching.max_queue_delay_microseconds == 500
     assert [(g.kind, g.count) for g in config.instance_group] == [(pb.ModelInstanceGroup.KIND_GPU, 1)]
     assert (tmp_path / "repo/fcn/1/model.onnx").read_bytes() == r18_onnx.read_bytes()
-    from fcnseg.runtime.atomic import current_umask
+    from fcnseg.core.atomic import current_umask
     assert (tmp_path / "repo/fcn").stat().st_mode & 0o777 == 0o777 & ~current_umask()   # not mkdtemp's 0700
     readme = repo.readme.read_text()
     assert f"tritonserver --model-repository {repo.root.resolve()}" in readme and 'client.infer("fcn"' in readme

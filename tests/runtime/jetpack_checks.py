@@ -70,7 +70,7 @@ def check_preprocess(images, out):
 def check_postprocess(images, out):
     from fcnseg.runtime.postprocess import colorize, legend, overlay, overlay_with_legend
     from fcnseg.runtime.preprocess import resize_mask, to_rgb_uint8
-    from fcnseg.runtime.voc import VOC_CLASSES
+    from fcnseg.core.classes import VOC_CLASSES
 
     for name, image in images.items():
         h, w = image.shape[:2]
@@ -99,8 +99,8 @@ def check_tensorrt_fake(images, inputs, out):
 
 
 def check_metadata(inputs, out):
-    from fcnseg.runtime.onnx_metadata import read_onnx_metadata
-    from fcnseg.runtime.sidecar import EngineSidecar
+    from fcnseg.core.onnx_props import read_onnx_metadata
+    from fcnseg.core.sidecar import EngineSidecar
 
     (out / "onnx_metadata.json").write_text(
         json.dumps(read_onnx_metadata(inputs / "tiny.onnx").to_dict(), sort_keys=True))

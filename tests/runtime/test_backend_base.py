@@ -9,7 +9,7 @@ import pytest
 
 from fcnseg.runtime import FcnsegError
 from fcnseg.runtime.backends.base import BaseBackend
-from fcnseg.runtime.metadata import ModelMetadata
+from fcnseg.core.metadata import ModelMetadata
 
 
 class Doubling(BaseBackend):

@@ -24,8 +24,8 @@ from typing import Optional, Tuple
 import numpy as np
 import pytest
 
-from fcnseg.runtime.metadata import ModelMetadata
-from fcnseg.runtime.sidecar import EngineSidecar
+from fcnseg.core.metadata import ModelMetadata
+from fcnseg.core.sidecar import EngineSidecar
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -206,8 +206,8 @@ def test_runtime_wheel_matches_the_package_version(runtime_wheel):
     assert runtime["requires-python"] == ">=3.8" and runtime["dependencies"] == ["numpy>=1.17", "pillow>=7"]
     assert runtime["scripts"]["fcn-predict"] == \
         tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["fcn-predict"]
-    # Every subpackage of the runtime is listed, so the wheel is the whole runtime.
+    # Every subpackage of the runtime and of the core it imports is listed, so the wheel is the whole runtime.
     listed = set(tomllib.loads((ROOT / "runtime/pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {".".join(("fcnseg", "runtime") + p.parent.relative_to(ROOT / "runtime").parts)
-             for p in (ROOT / "runtime").rglob("__init__.py")}
+    found = {".".join(("fcnseg", pkg) + p.parent.relative_to(ROOT / pkg).parts)
+             for pkg in ("runtime", "core") for p in (ROOT / pkg).rglob("__init__.py")}
     assert found == listed

@@ -9,7 +9,7 @@ from PIL import Image
 from fcnseg.runtime import FcnsegError, colorize, legend, overlay
 from fcnseg.runtime.postprocess import (find_images, mask_to_pil, overlay_with_legend, predict_files, read_image,
                                         save_mask)
-from fcnseg.runtime.voc import VOC_CLASSES, voc_palette
+from fcnseg.core.classes import VOC_CLASSES, voc_palette
 
 MASK = np.array([[0, 1, 2], [15, 255, 20]], np.uint8)
 

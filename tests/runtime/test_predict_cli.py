@@ -183,7 +183,7 @@ def test_exif_orientation_webp_and_tiff(model, tmp_path):
 
 
 def test_float_images_nan_refused_and_0_255_converted_with_warning(model):
-    from fcnseg.runtime.errors import FcnsegError
+    from fcnseg.core.errors import FcnsegError
 
     seg = Segmenter.load(model)
     image = np.zeros((4, 4, 3), np.float32)

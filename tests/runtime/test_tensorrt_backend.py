@@ -19,8 +19,8 @@ import pytest
 
 from fcnseg.runtime.backends.cuda_memory import CudaRuntime, load_cuda_memory
 from fcnseg.runtime.backends.tensorrt import TensorRTBackend, engine_mismatch_message, sidecar_path
-from fcnseg.runtime.errors import FcnsegError
-from fcnseg.runtime.metadata import ModelMetadata
+from fcnseg.core.errors import FcnsegError
+from fcnseg.core.metadata import ModelMetadata
 
 PROFILE = ((1, 3, 8, 8), (1, 3, 16, 16), (2, 3, 32, 32))
 NUM_CLASSES = 4
@@ -467,7 +467,7 @@ def test_real_engine_graphs_are_what_they_claim(conv_onnx_factory, int8_qdq_fact
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_real_engine_matches_onnxruntime(tensorrt_gpu, conv_onnx_factory, int8_qdq_factory, tmp_path, precision):
     from fcnseg.export.tensorrt import build_engine
-    from fcnseg.runtime.parity import compare_logits
+    from fcnseg.eval.parity import compare_logits
 
     fp32 = conv_onnx_factory(tmp_path / "conv.onnx", CONV_META)
     graph = (fp16_onnx if precision == "fp16" else int8_qdq_factory)(fp32, tmp_path / f"conv_{precision}.onnx")

@@ -19,8 +19,8 @@ from PIL import Image
 from fcnseg.runtime import ModelMetadata, Segmenter
 from fcnseg.runtime.backends.tensorrt import TensorRTBackend, probe_gpu
 from fcnseg.runtime.cli import predict_main
-from fcnseg.runtime.errors import FcnsegError
-from fcnseg.runtime.sidecar import EngineSidecar, check_runnable
+from fcnseg.core.errors import FcnsegError
+from fcnseg.core.sidecar import EngineSidecar, check_runnable
 
 H100 = {"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fcnseg.runtime.errors import FcnsegError
+from fcnseg.core.errors import FcnsegError
 from fcnseg.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from fcnseg.train.models import MODELS, get_model
 from fcnseg.train.weights import arch_from_state, classes_from_state

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fcnseg.runtime.errors import FcnsegError
+from fcnseg.core.errors import FcnsegError
 from fcnseg.train.config import TrainConfig, resolve_device
 
 

@@ -6,9 +6,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from fcnseg.runtime.errors import FcnsegError
+from fcnseg.core.errors import FcnsegError
 from fcnseg.train.data import VOCSegmentationDataset, collate_fn, get_dataset
-from fcnseg.train.synth import synthesize
+from fcnseg.datasets.synth import synthesize
 
 
 @pytest.fixture()

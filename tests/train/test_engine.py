@@ -42,7 +42,7 @@ def test_aux_head_gets_ten_times_the_lr():
 @pytest.fixture(scope="module")
 def two_images(tmp_path_factory):
     """Two train images and one val image: six epochs (three, two resumed, one more) in a few seconds."""
-    from fcnseg.train.synth import synthesize
+    from fcnseg.datasets.synth import synthesize
 
     return synthesize(tmp_path_factory.mktemp("voc2"), num_train=2, num_val=1, size=40, seed=3, progress=False)
 
@@ -104,8 +104,8 @@ def test_bad_label_in_a_worker_process_is_one_line(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from fcnseg.runtime.voc import voc_palette
-    from fcnseg.train.synth import synthesize
+    from fcnseg.core.classes import voc_palette
+    from fcnseg.datasets.synth import synthesize
 
     root = synthesize(tmp_path / "voc", num_train=4, num_val=2, size=48, seed=2, progress=False)
     base = root / "VOCdevkit/VOC2012"

@@ -13,7 +13,7 @@ import torchvision
 from torch import nn
 from torch.nn import functional as F
 
-from fcnseg.runtime.errors import FcnsegError
+from fcnseg.core.errors import FcnsegError
 from fcnseg.train.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from fcnseg.train.models import (MODELS, BilinearUpsample, fcn8s_resnet18, fcn_resnet50, get_model,
                                  load_pretrained)

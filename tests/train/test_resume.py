@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from fcnseg.runtime.errors import FcnsegError
+from fcnseg.core.errors import FcnsegError
 from fcnseg.train.checkpoint import save_checkpoint
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.engine import make_optimizer, train

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from fcnseg.runtime.errors import FcnsegError
+from fcnseg.core.errors import FcnsegError
 from fcnseg.train.config import TrainConfig
 from fcnseg.train.engine import train
-from fcnseg.runtime.outputs import check_output_dir
+from fcnseg.core.output_guard import check_output_dir
 from fcnseg.train.rundir import append_metrics, prepare_output_dir, read_metrics
 
 

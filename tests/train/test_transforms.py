@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fcnseg.runtime.errors import FcnsegError
+from fcnseg.core.errors import FcnsegError
 from fcnseg.runtime.preprocess import preprocess, resized_hw
-from fcnseg.runtime.voc import MEAN, STD
+from fcnseg.core.classes import MEAN, STD
 from fcnseg.train.transforms import (SegmentationPresetEval, SegmentationPresetTrain, cat_list, collate_fn,
                                      get_transform)
 

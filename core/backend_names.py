@@ -1,0 +1,44 @@
+"""The names users give backends on command lines and in ``Segmenter.load``: one home for each.
+
+The runtime's backends and every CLI's options read these, so ``--backend``, ``--precision-hint`` and
+``--providers`` accept the same words everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple, Union
+
+BACKEND_NAMES = ("openvino", "onnxruntime", "tensorrt", "pytorch")
+# OpenVINO's precision for the layers not in INT8. FP32/FP16 graphs run in f32 by default (within the FP32
+# parity tolerance), and fcn-eval uses it for every graph. An INT8 graph is an approximation already: it gets
+# OpenVINO's own default for the device (bf16 on CPUs with AVX-512 BF16 or AMX), checked against the INT8
+# tolerance in the test suite.
+PRECISION_HINTS = ("f32", "bf16")
+PARITY_PRECISION_HINT = "f32"
+
+
+def parse_providers(values: Union[None, str, Sequence[str]]) -> Optional[List[str]]:
+    """Provider names from command-line text ("cuda, cpu") or repeated options; None when none are given."""
+    items = [values] if isinstance(values, str) else list(values or ())
+    return [p.strip() for item in items for p in item.split(",") if p.strip()] or None
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """What ``backend_options`` parsed: the backends (one row each where repeatable), ONNX Runtime providers,
+    OpenVINO's precision hint and CPU threads; None where not given (the library's default)."""
+
+    backends: Tuple[Optional[str], ...] = (None,)
+    providers: Optional[List[str]] = None
+    precision_hint: Optional[str] = None
+    threads: Optional[int] = None
+
+    def one(self, backend: Optional[str]) -> "BackendChoice":
+        """The same choice for one of its backends (a row of a comparison)."""
+        return BackendChoice((backend,), self.providers, self.precision_hint, self.threads)
+
+    @property
+    def backend(self) -> Optional[str]:
+        """The one backend of a command that runs one."""
+        return self.backends[0]

@@ -1,0 +1,156 @@
+"""The one CLI option layer (as Polygraphy's ``tools/args``): each shared option declared, typed and checked once.
+
+Every ``fcn-*`` command takes its shared options from here: ``backend_options`` (``--backend``, ``--providers``,
+``--precision-hint``, ``--threads``, packed into one ``BackendChoice``), ``size_option``, ``shape_option``,
+``profile_options``, ``threads_option`` and ``force_option``. A bad value is refused by click before any work,
+in one line: ``OneLineCommand``/``OneLineGroup`` print usage errors as ``error: ...; try CMD -h`` with exit
+status 2, as every other refused input. Imported by the CLIs only (the libraries do not need click).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable, List, Optional, Tuple
+
+import click
+
+from .backend_names import BACKEND_NAMES, PRECISION_HINTS, BackendChoice, parse_providers
+from .errors import FcnsegError
+from .shapes import parse_dims
+
+FORCE_HELP = "Replace an existing output even when it is not an fcnseg artifact of the same kind (never an input)."
+
+
+# click >= 8.2 raises this (a UsageError) for a bare group or a command with no_args_is_help: show the help.
+_HELP_ERRORS = tuple(getattr(click.exceptions, n) for n in ("NoArgsIsHelpError",) if hasattr(click.exceptions, n))
+
+
+def _one_line_usage(error: click.UsageError, name: str) -> None:
+    if isinstance(error, _HELP_ERRORS):
+        raise error
+    ctx = error.ctx
+    command = ctx.command_path if ctx is not None else name
+    message = " ".join(error.format_message().split()).rstrip(".")
+    click.echo(f"error: {message}; try {command} -h", err=True)
+    sys.exit(error.exit_code)
+
+
+class OneLineCommand(click.Command):
+    """A ``click.Command`` that reports bad options and arguments in one line (exit status 2)."""
+
+    def make_context(self, info_name: Optional[str], args: List[str], parent: Optional[click.Context] = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as e:
+            _one_line_usage(e, info_name or self.name or "")
+            raise  # unreachable: _one_line_usage exits
+
+
+class OneLineGroup(click.Group):
+    """A ``click.Group`` whose own and whose subcommands' usage errors are one line."""
+
+    command_class = OneLineCommand
+
+    def make_context(self, info_name: Optional[str], args: List[str], parent: Optional[click.Context] = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as e:
+            _one_line_usage(e, info_name or self.name or "")
+            raise
+
+    def resolve_command(self, ctx: click.Context, args: List[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as e:
+            _one_line_usage(e, ctx.command_path)
+            raise
+
+
+class Dims(click.ParamType):
+    """``HxW`` or ``NxCxHxW`` text, parsed once by ``parse_dims`` into a tuple of positive integers."""
+
+    name = "dims"
+
+    def __init__(self, ndim: int, example: str) -> None:
+        self.ndim, self.example = ndim, example
+
+    def get_metavar(self, param: click.Parameter, *args: Any) -> str:
+        return self.example
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_dims(value, ndim=self.ndim, example=self.example)
+        except FcnsegError as e:
+            self.fail(str(e), param, ctx)
+            raise  # unreachable: fail raises
+
+
+HW = Dims(2, "HxW")
+NCHW = Dims(4, "NxCxHxW")
+
+
+def force_option(help: str = FORCE_HELP) -> Callable:
+    """``--force``: replace an output that is not fcnseg's (never an input)."""
+    return click.option("--force", is_flag=True, help=help)
+
+
+def threads_option(help: str = "CPU threads for inference (OpenVINO, ONNX Runtime intra-op, PyTorch) "
+                               "[default: the library's]") -> Callable:
+    """``--threads N`` with N >= 1 (OpenVINO's own error for -3 blames the graph; ONNX Runtime accepts it)."""
+    return click.option("--threads", type=click.IntRange(min=1), default=None, help=help)
+
+
+def size_option(help: str = "Shorter side fed to the network, within the model's declared range "
+                            "[default: the model's metadata].", *, no_resize: bool = False) -> Callable:
+    """``--size N``: the shorter side images are resized to (checked against the model's range at load);
+    with ``no_resize``, 0 feeds images at their own size (each still checked against the range)."""
+    return click.option("--size", type=click.IntRange(min=0 if no_resize else 1), default=None, help=help)
+
+
+def shape_option(*decls: str, dims: Dims = HW, **kwargs: Any) -> Callable:
+    """An option holding a shape (``HxW`` by default), parsed into a tuple of ints."""
+    return click.option(*decls, type=dims, **kwargs)
+
+
+def profile_options(default_help: str = "") -> Callable:
+    """``--min-shape``/``--opt-shape``/``--max-shape`` (NxCxHxW): a TensorRT optimization profile."""
+    def decorate(fn: Callable) -> Callable:
+        for name in ("max", "opt", "min"):
+            fn = shape_option(f"--{name}-shape", dims=NCHW, default=None,
+                              help=default_help or None)(fn)
+        return fn
+    return decorate
+
+
+def backend_options(*, multiple: bool = False, hint_default: str = "f32 for FP32/FP16 graphs, OpenVINO's own "
+                    "for INT8 graphs") -> Callable:
+    """``--backend`` (repeatable where ``multiple``), ``--providers``, ``--precision-hint`` and ``--threads``,
+    passed to the command as one ``backend: BackendChoice`` argument."""
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            chosen = kwargs.pop("backend_names")
+            names = tuple(chosen) if multiple else (chosen,)
+            kwargs["backend"] = BackendChoice(backends=names or (None,),
+                                              providers=parse_providers(kwargs.pop("providers")),
+                                              precision_hint=kwargs.pop("precision_hint"),
+                                              threads=kwargs.pop("threads"))
+            return fn(*args, **kwargs)
+
+        wrapper = threads_option()(wrapper)
+        wrapper = click.option("--precision-hint", type=click.Choice(PRECISION_HINTS), default=None,
+                               help=f"OpenVINO precision for non-INT8 layers; bf16 is faster on CPUs with BF16 "
+                                    f"[default: {hint_default}].")(wrapper)
+        wrapper = click.option("--providers", multiple=True,
+                               help="ONNX Runtime providers in priority order, e.g. cuda,cpu (repeatable or "
+                                    "comma-separated).")(wrapper)
+        return click.option("--backend", "backend_names", multiple=multiple, type=click.Choice(BACKEND_NAMES),
+                            default=None,
+                            help="Inference backend" + ("; repeat for one row per backend" if multiple else "")
+                                 + " [default: by suffix; .onnx: OpenVINO when installed, else ONNX Runtime].")(wrapper)
+    return decorate

@@ -1,0 +1,94 @@
+"""Model metadata that travels with an exported model (ONNX ``metadata_props`` or an engine's sidecar JSON).
+
+Every value is stored as a JSON string under a ``fcnseg.`` key so any ONNX tool shows it and the
+runtime can read it back without guessing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Mapping, Optional
+
+from .errors import FcnsegError, one_line
+from .classes import BASE_SIZE, MEAN, STD, VOC_CLASSES, voc_palette
+
+PREFIX = "fcnseg."
+
+
+@dataclass
+class ModelMetadata:
+    """What a deployed model needs besides its weights.
+
+    Attributes:
+        arch: model name from ``fcnseg.train.models.MODELS``.
+        num_classes: number of output classes.
+        classes: class names, index = class id.
+        palette: one [r, g, b] per class, for colourised masks.
+        mean / std: normalisation applied to RGB in [0, 1].
+        input_size: shorter side the image is resized to before inference (the eval preset's base size).
+        input_range: pixel range before normalisation ("0-1": uint8 divided by 255).
+        precision: "fp32", "fp16" or "int8".
+        argmax: True when the graph ends in ArgMax and outputs a uint8 ``mask`` instead of ``logits``.
+        miou: validation mIoU recorded at training time, if known.
+        min_size / max_size: the input height/width range the graph is declared for (``fcn-export onnx
+            --min-size/--max-size``); the runtime refuses a ``size`` outside it. None: not declared.
+        input_hw: [H, W] of a graph with a static input (``--static``): images are resized to exactly this.
+    """
+
+    arch: str = "unknown"
+    num_classes: int = len(VOC_CLASSES)
+    classes: list = field(default_factory=lambda: list(VOC_CLASSES))
+    palette: list = field(default_factory=lambda: voc_palette(len(VOC_CLASSES)).tolist())
+    mean: list = field(default_factory=lambda: list(MEAN))
+    std: list = field(default_factory=lambda: list(STD))
+    input_size: Optional[int] = BASE_SIZE
+    input_range: str = "0-1"
+    precision: str = "fp32"
+    argmax: bool = False
+    miou: Optional[float] = None
+    min_size: Optional[int] = None
+    max_size: Optional[int] = None
+    input_hw: Optional[list] = None
+
+    def __post_init__(self) -> None:
+        # Defaults describe VOC's 21 classes; another class count gets generic names and a longer palette.
+        if len(self.classes) != self.num_classes:
+            self.classes = [f"class_{i}" for i in range(self.num_classes)]
+        if len(self.palette) < self.num_classes:
+            self.palette = voc_palette(self.num_classes).tolist()
+
+    def to_props(self) -> dict[str, str]:
+        """Encode as string key/value pairs for ONNX ``metadata_props``."""
+        return {PREFIX + k: json.dumps(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str]) -> "ModelMetadata":
+        """Decode from ``metadata_props`` (unknown keys ignored, missing ones default)."""
+        names = {f.name for f in fields(cls)}
+        kwargs = {}
+        for key, value in props.items():
+            name = key[len(PREFIX):] if key.startswith(PREFIX) else None
+            if name in names:
+                kwargs[name] = json.loads(value)
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "ModelMetadata":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def metadata_from_props(props: Mapping[str, str], source: str) -> ModelMetadata:
+    """``ModelMetadata.from_props`` for a model file's props; unreadable values become one ``FcnsegError``.
+
+    Shared by the ONNX Runtime and OpenVINO backends (``source`` names the file in the message).
+    """
+    try:
+        return ModelMetadata.from_props(props)
+    except (ValueError, TypeError) as e:
+        raise FcnsegError(f"expected fcnseg.* metadata_props holding JSON in {source!r}, got unreadable values "
+                          f"({one_line(e, 300)}); try re-exporting with fcn-export") from None

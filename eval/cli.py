@@ -1,0 +1,62 @@
+"""``fcn-eval``: mIoU of one model, or the cross-backend parity table of several, thin over ``fcnseg.eval``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..core import output_guard as outputs
+from ..core.backend_names import PARITY_PRECISION_HINT
+from ..core.cli_args import BackendChoice, OneLineCommand, backend_options, force_option, size_option
+from ..core.errors import FcnsegError, cli_errors
+from ..core.jsonio import write_json
+from .evaluate import TOLERANCES, class_delta_table, compare_models, parity_table
+
+CTX = {"help_option_names": ["-h", "--help"], "show_default": True}
+FORCE_HELP = "replace an existing --json even when it is not an fcnseg report of the same kind"
+
+
+@click.command(cls=OneLineCommand, context_settings=CTX)
+@click.option("--model", "model", default=None, help="one model: .pth, .onnx or .plan/.engine")
+@click.option("--compare", "compare", multiple=True, help="models to compare; the first is the reference "
+              "(repeat, or list them after --compare)")
+@click.argument("more", nargs=-1)
+@click.option("--data-path", required=True, type=click.Path(), help="folder containing VOCdevkit/VOC2012")
+@click.option("--split", default="val")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="evaluate only the first N images")
+@size_option()
+@backend_options(multiple=True, hint_default="f32, for parity")
+@click.option("--tol-fp32", default=TOLERANCES["fp32"], help="allowed |mIoU delta| in points")
+@click.option("--tol-fp16", default=TOLERANCES["fp16"])
+@click.option("--tol-int8", default=TOLERANCES["int8"])
+@click.option("--json", "json_path", default=None, type=click.Path(), help="write all results as JSON")
+@force_option(FORCE_HELP)
+@cli_errors
+def eval_main(model, compare, more, data_path, split, limit, size, backend: BackendChoice, tol_fp32, tol_fp16,
+              tol_int8, json_path, force) -> None:
+    """Evaluate a model's mIoU on a VOC split, or compare several models on the same images.
+
+    \b
+    fcn-eval --model runs/fcn/model_best.pth --data-path data/voc
+    fcn-eval --data-path data/voc --compare ckpt.pth model.onnx model_fp16.onnx model_int8.onnx
+    """
+    paths = list(compare) + list(more)
+    if model:
+        paths.insert(0, model)
+    if not paths:
+        raise FcnsegError("expected --model PATH or --compare PATH..., got no model; try fcn-eval -h")
+    if json_path:
+        outputs.check_output(json_path, outputs.EVAL_JSON, inputs=paths, force=force, option="--json")
+    tol = {"fp32": tol_fp32, "fp16": tol_fp16, "int8": tol_int8}
+    run = BackendChoice(backend.backends, backend.providers, backend.precision_hint or PARITY_PRECISION_HINT,
+                        backend.threads)
+    result = compare_models(paths, data_path, split, limit=limit, size=size, tolerances=tol, run=run)
+    click.echo(parity_table(result))
+    click.echo("\nper-class IoU (%) and deltas (points):")
+    click.echo(class_delta_table(result))
+    if json_path:
+        write_json(json_path, {"split": split, **result.to_dict()})
+    if not result:
+        click.echo(f"error: {result.summary()}", err=True)
+        sys.exit(1)

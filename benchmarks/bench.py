@@ -27,8 +27,8 @@ from ..core.shapes import parse_hw  # noqa: F401  (re-exported for the CLIs)
 from ..eval.model_specs import ModelSpec, backend_note, model_specs  # noqa: F401  (re-exported)
 
 STAGES = ("preprocess", "h2d", "infer", "d2h", "postprocess")
-# Measured here (FCN-8s/ResNet-18, 64x64): PyTorch eager 8.8 ms alone, 16.3 ms right after ONNX Runtime's runs,
-# 8.6 ms after a 50 ms pause; OpenVINO's idle threads do not spin.
+# ONNX Runtime's idle threads spin for a while after its runs and slow the next model's; OpenVINO's do not. An
+# untimed pause before each timed block keeps the rows independent (the measurement: docs/cpu.md).
 SETTLE_S = 0.1
 
 

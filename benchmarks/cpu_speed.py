@@ -19,10 +19,11 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import click
 
+from ..core.cli_args import OneLineCommand, size_option, threads_option
 from ..core.errors import cli_errors
 from .pipeline import Artifacts, BenchSettings, DataSettings, ExportSettings, ModelSettings, PipelineConfig
 from .report import Report, SkipStage, need, run_steps, to_jsonable
@@ -148,17 +149,19 @@ def run_cpu_speed(cfg: PipelineConfig) -> Report:
     return run_steps(STEPS, cfg, Artifacts(), report, cfg.out)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--out", default="bench_out", type=click.Path(file_okay=False),
               help="results go to OUT/ARCH/cpu_speed.md and .json")
 @click.option("--arch", "archs", multiple=True, default=ARCHS, help="model(s) to measure; repeatable")
-@click.option("--size", default=DEFAULTS["size"])
-@click.option("--iters", default=DEFAULTS["iters"])
+@size_option(f"image side to measure at [default: {DEFAULTS['size']}]")
+@click.option("--iters", default=DEFAULTS["iters"], help="timed runs per model (checked with the other counts)")
 @click.option("--calib-images", default=DEFAULTS["calib_images"])
-@click.option("--threads", type=int, default=None, help="CPU threads for every runtime [default: theirs]")
+@threads_option("CPU threads for every runtime [default: theirs]")
 @cli_errors
-def main(out: str, archs: Sequence[str], size: int, iters: int, calib_images: int, threads) -> None:
+def main(out: str, archs: Sequence[str], size: Optional[int], iters: int, calib_images: int,
+         threads: Optional[int]) -> None:
     """PyTorch FP32 eager vs ONNX Runtime and OpenVINO (FP32 and INT8 graphs), end to end and model only."""
+    size = size or DEFAULTS["size"]
     code = 0
     for arch in archs:
         report = run_cpu_speed(cpu_speed_config(Path(out) / arch, arch=arch, size=size, iters=iters,

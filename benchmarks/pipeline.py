@@ -5,7 +5,7 @@
 
 As with Polygraphy's loaders, each build stage is a small function taking the previous artifact and
 returning the next (``synthetic_voc``, ``checkpoint_for``, ``onnx_from_checkpoint``, ``fp16_from_onnx``,
-``int8_from_onnx``, ``engine_from_onnx``), over the same export functions ``fcn-export`` calls. Each *step* in
+``int8_from_onnx``, ``engine_from_onnx``), over the one export chain ``fcn-export`` calls (``fcnseg.export.chain``). Each *step* in
 ``fcnseg.benchmarks.steps`` (signature ``(cfg, art, report)``) wraps one stage for the one step runner,
 ``fcnseg.benchmarks.report.run_steps``, and records its tables in the one report writer. ``PipelineConfig`` holds every
 default once; ``demo``, ``gpu_report`` and ``cpu_speed`` differ only in their configuration, the steps
@@ -14,11 +14,13 @@ they list and their report.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..core.errors import FcnsegError
+from ..export import chain
+from ..export.options import EngineOptions, Int8Options
 from .report import echo, need
 from ..eval.tables import format_table
 
@@ -201,31 +203,32 @@ def checkpoint_for(data: Optional[Path], out: Path, m: ModelSettings, size: int)
 
 
 def onnx_from_checkpoint(ckpt: Path, output: Path, *, verify_shapes: Optional[Sequence[Shape]] = None) -> Any:
-    from ..export.onnx_export import export_onnx
+    from ..export.torch_export import export_onnx
 
     return export_onnx(ckpt, output, verify_shapes=verify_shapes)
 
 
 def fp16_from_onnx(onnx_path: Any, output: Optional[Path] = None) -> Any:
-    from ..export.fp16 import convert_fp16
-
-    return convert_fp16(onnx_path, output)
-
-
-def int8_from_onnx(onnx_path: Any, output: Optional[Path] = None, *, calib_root: Any, target: str = "tensorrt",
-                   **options: Any) -> Any:
-    """Q/DQ INT8 of an FP32 graph; ``options`` (num_images, method, ...) left out keep quantize_int8's defaults."""
-    from ..export.int8 import quantize_int8
-
-    return quantize_int8(onnx_path, output, calib_root=calib_root, target=target,
-                         **{k: v for k, v in options.items() if v is not None})
+    """The FP16-typed graph of an FP32 one (``fcnseg.export.chain.lower``)."""
+    return chain.lower(onnx_path, "fp16", output)
 
 
-def engine_from_onnx(onnx_path: Any, output: Path, *, library: str = "auto", **build_options: Any) -> Path:
-    """A TensorRT engine built from an FP32, FP16-typed or Q/DQ graph as it is (``fcnseg.export.tensorrt``)."""
-    from ..export.tensorrt import build_engine
+def int8_from_onnx(onnx_path: Any, output: Optional[Path] = None, *, int8: Int8Options) -> Any:
+    """The calibrated Q/DQ INT8 graph of an FP32 one (``fcnseg.export.chain.lower``)."""
+    return chain.lower(onnx_path, "int8", output, int8=int8)
 
-    return Path(build_engine(onnx_path, output=output, library=library, **build_options))
+
+def int8_options(e: ExportSettings, calib_root: Path, target: str, cache: Path) -> Int8Options:
+    """The INT8 options of one pipeline graph; settings left as None keep ``Int8Options``' defaults."""
+    given = {"num_images": e.calib_images, "method": e.calib_method, "eval_images": e.int8_eval_images,
+             "max_drop": e.max_drop}
+    return replace(Int8Options(calib_root=calib_root, target=target, cache=cache),
+                   **{k: v for k, v in given.items() if v is not None})
+
+
+def engine_from_onnx(onnx_path: Any, output: Path, options: EngineOptions) -> Path:
+    """A TensorRT engine built from an FP32, FP16-typed or Q/DQ graph as it is (``fcnseg.export.chain.build``)."""
+    return Path(chain.build(onnx_path, output, options))
 
 
 def engine_profile(shapes: Sequence[Tuple[int, int]], batches: Sequence[int]) -> Tuple[Shape, Shape, Shape]:

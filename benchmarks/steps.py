@@ -12,9 +12,10 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from ..core.backend_names import PARITY_PRECISION_HINT, BackendChoice
 from ..core.errors import FcnsegError
+from ..export.options import EngineOptions
 from .pipeline import (INT8_TARGETS, Artifacts, PipelineConfig, checkpoint_for, engine_from_onnx, engine_profile,
-                       engine_row, engine_table, fp16_from_onnx, gpu_here, int8_from_onnx, onnx_from_checkpoint,
-                       synthetic_voc)
+                       engine_row, engine_table, fp16_from_onnx, gpu_here, int8_from_onnx, int8_options,
+                       onnx_from_checkpoint, synthetic_voc)
 from .report import Report, SkipStage, need, write_json
 from ..eval.tables import format_table
 
@@ -87,10 +88,9 @@ def step_export_int8(cfg: PipelineConfig, art: Artifacts, report: Report) -> Non
     keys = [k for k in INT8_TARGETS if k in e.models]
     for key in need(keys, "an INT8 model in the configuration"):
         suffix = key[len("int8"):]
+        options = int8_options(e, need(art.data, "a dataset"), INT8_TARGETS[key], cfg.out / f"calib{suffix}.json")
         res = int8_from_onnx(need(art.models.get("fp32"), "the FP32 ONNX"), cfg.out / f"{e.stem}_{key}.onnx",
-                             calib_root=need(art.data, "a dataset"), target=INT8_TARGETS[key],
-                             num_images=e.calib_images, method=e.calib_method, eval_images=e.int8_eval_images,
-                             max_drop=e.max_drop, cache=cfg.out / f"calib{suffix}.json")
+                             int8=options)
         art.models[key] = res.path
         rows.append([INT8_TARGETS[key], res.method, res.num_calib_images, res.miou_fp32 * 100, res.miou_int8 * 100,
                      res.drop, len(res.excluded)])
@@ -110,12 +110,12 @@ def step_engines(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
     except FcnsegError as e:
         raise SkipStage(str(e)) from None
     lo, opt, hi = engine_profile(cfg.shapes, cfg.bench.batches)
+    options = EngineOptions(library=s.library, compute_capabilities=s.compute_capabilities, min_shape=lo,
+                            opt_shape=opt, max_shape=hi, timing_cache=cfg.out / "trt_timing.cache")
     runnable = gpu_here()
     for precision in s.precisions:
         src = need(art.models.get(precision), f"the {precision} ONNX")
-        plan = engine_from_onnx(src, cfg.out / f"{cfg.export.stem}_{precision}.plan", library=s.library,
-                                compute_capabilities=s.compute_capabilities, min_shape=lo, opt_shape=opt, max_shape=hi,
-                                timing_cache=cfg.out / "trt_timing.cache")
+        plan = engine_from_onnx(src, cfg.out / f"{cfg.export.stem}_{precision}.plan", options)
         art.engines.append(engine_row(plan, runnable=runnable))
     report.add("engines", [vars(r) for r in art.engines], [("engines", engine_table(art.engines))])
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import click
 
@@ -77,7 +77,7 @@ class Dims(click.ParamType):
     def __init__(self, ndim: int, example: str) -> None:
         self.ndim, self.example = ndim, example
 
-    def get_metavar(self, param: click.Parameter, *args: Any) -> str:
+    def get_metavar(self, param: click.Parameter, *args: Any, **kwargs: Any) -> str:   # click 8.2 adds ctx
         return self.example
 
     def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Tuple[int, ...]:
@@ -120,10 +120,21 @@ def shape_option(*decls: str, dims: Dims = HW, **kwargs: Any) -> Callable:
 def profile_options(default_help: str = "") -> Callable:
     """``--min-shape``/``--opt-shape``/``--max-shape`` (NxCxHxW): a TensorRT optimization profile."""
     def decorate(fn: Callable) -> Callable:
-        for name in ("max", "opt", "min"):
-            fn = shape_option(f"--{name}-shape", dims=NCHW, default=None,
-                              help=default_help or None)(fn)
+        for decl in ("--max-shape", "--opt-shape", "--min-shape"):
+            fn = shape_option(decl, dims=NCHW, default=None, help=default_help or None)(fn)
         return fn
+    return decorate
+
+
+def packed(into: str, build: Callable[..., Any], names: Sequence[str]) -> Callable:
+    """Wrap a command so that its options ``names`` reach it as one argument ``into=build(**those options)``
+    (an option group becomes one typed object, as Polygraphy's argument groups make their loaders)."""
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            kwargs[into] = build(**{name: kwargs.pop(name) for name in names})
+            return fn(*args, **kwargs)
+        return wrapper
     return decorate
 
 
@@ -131,17 +142,13 @@ def backend_options(*, multiple: bool = False, hint_default: str = "f32 for FP32
                     "for INT8 graphs") -> Callable:
     """``--backend`` (repeatable where ``multiple``), ``--providers``, ``--precision-hint`` and ``--threads``,
     passed to the command as one ``backend: BackendChoice`` argument."""
-    def decorate(fn: Callable) -> Callable:
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            chosen = kwargs.pop("backend_names")
-            names = tuple(chosen) if multiple else (chosen,)
-            kwargs["backend"] = BackendChoice(backends=names or (None,),
-                                              providers=parse_providers(kwargs.pop("providers")),
-                                              precision_hint=kwargs.pop("precision_hint"),
-                                              threads=kwargs.pop("threads"))
-            return fn(*args, **kwargs)
+    def choice(backend_names: Any, providers: Sequence[str], precision_hint: Optional[str],
+               threads: Optional[int]) -> BackendChoice:
+        names = tuple(backend_names) if multiple else (backend_names,)
+        return BackendChoice(names or (None,), parse_providers(providers), precision_hint, threads)
 
+    def decorate(fn: Callable) -> Callable:
+        wrapper = packed("backend", choice, ("backend_names", "providers", "precision_hint", "threads"))(fn)
         wrapper = threads_option()(wrapper)
         wrapper = click.option("--precision-hint", type=click.Choice(PRECISION_HINTS), default=None,
                                help=f"OpenVINO precision for non-INT8 layers; bf16 is faster on CPUs with BF16 "

@@ -8,8 +8,9 @@ torch Dataset; evaluation, INT8 calibration and the benchmarks read it directly.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -49,6 +50,16 @@ class VOCLayout:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def subset(self, ids: Sequence[str]) -> "VOCLayout":
+        """The same split restricted to ``ids`` (each one of its own), as a new layout; this one is unchanged."""
+        unknown = sorted(set(ids) - set(self.ids))
+        if unknown:
+            raise FcnsegError(f"expected image ids of split {self.split!r}, got {len(unknown)} others "
+                              f"({', '.join(unknown[:3])}); try ids read from its list file")
+        part = copy.copy(self)
+        part.ids = list(ids)
+        return part
 
     def image_path(self, i: int) -> Path:
         return self.image_dir / f"{self.ids[i]}.jpg"

@@ -15,7 +15,8 @@ from .check import CheckReport, Violation, check_trt_ready
 from .fp16 import Fp16Result, convert_fp16
 from .calibration import VOCCalibrationReader
 from .int8 import Int8Result, quantize_int8
-from .onnx_export import ExportResult, export_onnx, load_onnx, read_metadata
+from .onnx_graph import load_onnx, read_metadata
+from .torch_export import ExportResult, export_onnx
 
 __all__ = ["export_onnx", "ExportResult", "convert_fp16", "Fp16Result", "quantize_int8", "Int8Result",
            "VOCCalibrationReader", "check_trt_ready", "CheckReport", "Violation", "load_onnx", "read_metadata"]

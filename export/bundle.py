@@ -24,12 +24,14 @@ import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 from ..core.atomic import atomic_path, write_text
 from ..core.errors import FcnsegError
 from ..core.output_guard import check_output_dir
 from ..runtime.backends.tensorrt import format_shape
+from . import chain
+from .options import EngineOptions, Int8Options
 from .runtime_wheel import build_runtime_wheel
 from .tensorrt import EngineSpec, Profile, engine_spec, profile_sidecar
 
@@ -85,50 +87,48 @@ def bundle_profile(spec: EngineSpec, dla_core: Optional[int], explicit: bool) ->
     return Profile(spec.profile.opt, spec.profile.opt, spec.profile.opt)
 
 
-def make_bundle(model: PathLike, out: PathLike, *, int8_from: Optional[PathLike] = None,
-                calib_root: Optional[PathLike] = None, dla_core: Optional[int] = None, gpu_fallback: bool = False,
-                min_shape: Optional[Sequence[int]] = None, opt_shape: Optional[Sequence[int]] = None,
-                max_shape: Optional[Sequence[int]] = None, runtime_wheel: Optional[PathLike] = None,
-                force: bool = False) -> Bundle:
+def make_bundle(model: PathLike, out: PathLike, *, engine: EngineOptions = EngineOptions(),
+                int8: Optional[Int8Options] = None, int8_from: Optional[PathLike] = None,
+                runtime_wheel: Optional[PathLike] = None, force: bool = False) -> Bundle:
     """Write a device bundle for ``model`` into ``out`` (see the module docstring).
 
     Args:
         model: the FP32 ONNX (from ``fcn-export onnx``) or an FP16 one.
         out: the bundle folder: new or empty, unless ``force``.
+        engine: how the device builds its engines: the profile (defaults as ``fcn-export trt``; fixed at opt on a
+            DLA unless all three shapes are given), ``dla_core`` and ``gpu_fallback``.
+        int8: quantize ``model`` to INT8 here with these options (exclusive with ``int8_from``).
         int8_from: a Q/DQ ONNX (``fcn-export int8``) to ship as the INT8 graph.
-        calib_root: a VOC root to quantize ``model`` to INT8 here instead (exclusive with ``int8_from``).
-        dla_core / gpu_fallback: build for this DLA core, GPU fallback for what it cannot run.
-        min_shape / opt_shape / max_shape: the optimization profile (defaults as ``fcn-export trt``; fixed at
-            opt on a DLA unless given).
         runtime_wheel: a prebuilt ``fcnseg_runtime`` wheel to ship instead of building one.
         force: write into a non-empty ``out`` (replacing the bundle's own files only).
     """
-    _check_options(int8_from, calib_root, dla_core, gpu_fallback)
-    spec = engine_spec(model, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape)
+    _check_options(int8_from, int8, engine.dla_core, engine.gpu_fallback)
+    shapes = EngineOptions(min_shape=engine.min_shape, opt_shape=engine.opt_shape, max_shape=engine.max_shape)
+    spec = engine_spec(model, shapes)
     if spec.graph_precision == "int8":
         raise FcnsegError(f"expected the FP32 (or FP16) ONNX as MODEL, got a Q/DQ INT8 graph {str(model)!r}; try "
                           "the FP32 graph as MODEL and this one with --int8-from")
-    int8_spec = engine_spec(int8_from, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape) \
-        if int8_from else None
+    int8_spec = engine_spec(int8_from, shapes) if int8_from else None
     _check_int8(int8_spec, spec)
     dest = check_bundle_dir(out, force=force)
-    profile = bundle_profile(spec, dla_core, explicit=None not in (min_shape, opt_shape, max_shape))
+    profile = bundle_profile(spec, engine.dla_core, explicit=engine.explicit_profile)
     with staging(dest) as stage:
-        graphs = _write_graphs(spec, int8_spec, calib_root, stage)
+        graphs = _write_graphs(spec, int8_spec, int8, stage)
         wheel = _copy_or_build_wheel(runtime_wheel, stage / "wheels")
-        context = _template_values(spec, profile, graphs, wheel, dla_core, gpu_fallback, Path(model))
+        context = _template_values(spec, profile, graphs, wheel, engine.dla_core, engine.gpu_fallback, Path(model))
         scripts = [_render(name, stage, context) for name in SCRIPTS]
         files = list(graphs.values()) + [wheel] + scripts
-        sidecars = {p: _sidecar_template(spec, profile, p, g.name, dla_core, gpu_fallback) for p, g in graphs.items()}
+        sidecars = {p: _sidecar_template(spec, profile, p, g.name, engine.dla_core, engine.gpu_fallback)
+                    for p, g in graphs.items()}
         _write_manifest(stage, spec, profile, graphs, sidecars, files)
         names = [f.relative_to(stage) for f in files + [stage / "bundle.json"]]
     return Bundle(dest, {p: dest / g.name for p, g in graphs.items()}, dest / wheel.relative_to(stage),
                   [dest / n for n in names])
 
 
-def _check_options(int8_from: Optional[PathLike], calib_root: Optional[PathLike], dla_core: Optional[int],
+def _check_options(int8_from: Optional[PathLike], int8: Optional[Int8Options], dla_core: Optional[int],
                    gpu_fallback: bool) -> None:
-    if int8_from and calib_root:
+    if int8_from and int8 is not None:
         raise FcnsegError("expected at most one of --int8-from and --calib-data, got both; try --int8-from with "
                           "a graph from `fcn-export int8`, or --calib-data alone")
     if dla_core is not None and dla_core < 0:
@@ -148,25 +148,21 @@ def _check_int8(int8_spec: Optional[EngineSpec], spec: EngineSpec) -> None:
                           f"{int8_spec.input_name!r}; try the INT8 graph made from this MODEL")
 
 
-def _write_graphs(spec: EngineSpec, int8_spec: Optional[EngineSpec], calib_root: Optional[PathLike],
+def _write_graphs(spec: EngineSpec, int8_spec: Optional[EngineSpec], int8: Optional[Int8Options],
                   dest: Path) -> Dict[str, Path]:
     graphs = {"fp16": dest / "fcn_fp16.onnx"}
     if spec.graph_precision == "fp16":
         _copy(spec.onnx_path, graphs["fp16"])
     else:
-        from .fp16 import convert_fp16
-
         log.info("converting %s to FP16", spec.onnx_path.name)
-        convert_fp16(spec.onnx_path, graphs["fp16"])
+        chain.lower(spec.onnx_path, "fp16", graphs["fp16"])
     if int8_spec is not None:
         graphs["int8"] = dest / "fcn_int8.onnx"
         _copy(int8_spec.onnx_path, graphs["int8"])
-    elif calib_root:
-        from .int8 import quantize_int8
-
+    elif int8 is not None:
         graphs["int8"] = dest / "fcn_int8.onnx"
-        log.info("quantizing %s to INT8 on %s", spec.onnx_path.name, calib_root)
-        quantize_int8(spec.onnx_path, graphs["int8"], calib_root=calib_root)
+        log.info("quantizing %s to INT8 on %s", spec.onnx_path.name, int8.calib_root)
+        chain.lower(spec.onnx_path, "int8", graphs["int8"], int8=int8)
     return graphs
 
 

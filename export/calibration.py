@@ -13,7 +13,7 @@ import json
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -22,7 +22,7 @@ from ..core.errors import FcnsegError
 from ..core.metadata import ModelMetadata
 from ..runtime import preprocess
 from ..datasets.voc import VOCLayout
-from .onnx_export import PathLike
+from .onnx_graph import PathLike
 
 try:  # the base class gives ORT's reader protocol (get_next, iteration); fall back to a plain object
     from onnxruntime.quantization import CalibrationDataReader
@@ -40,26 +40,23 @@ class VOCCalibrationReader(CalibrationDataReader):  # type: ignore[misc,valid-ty
     """ONNX Runtime calibration reader over a VOC split, preprocessed exactly as at inference.
 
     Args:
-        root: folder holding ``VOCdevkit/`` (see ``VOCLayout``).
-        split: image list to read (``val`` is NVIDIA's advice for calibration).
+        layout: the images to read (a split, or the calibration part of one: ``split_layouts``).
         metadata: the model's ``ModelMetadata`` (input size, mean, std, class count).
         num_images: at most this many images, in list order.
         input_name: the graph's input name.
         progress: show a tqdm bar.
     """
 
-    def __init__(self, root: PathLike, split: str, metadata: ModelMetadata, *, num_images: int = 500,
-                 input_name: str = "input", progress: bool = True, ids: Optional[Sequence[str]] = None) -> None:
+    def __init__(self, layout: VOCLayout, metadata: ModelMetadata, *, num_images: int = 500,
+                 input_name: str = "input", progress: bool = True) -> None:
         from tqdm import tqdm
 
-        self.layout = VOCLayout(root, split, num_classes=metadata.num_classes)
-        if ids is not None:   # a part of the split (see split_ids)
-            self.layout.ids = list(ids)
+        self.layout = layout
         self.metadata = metadata
         self.input_name = input_name
         self.count = min(num_images, len(self.layout))
         self._next = 0
-        self._bar = tqdm(total=self.count, desc=f"calibrating on {split}", unit="img", disable=not progress)
+        self._bar = tqdm(total=self.count, desc=f"calibrating on {layout.split}", unit="img", disable=not progress)
 
     def __len__(self) -> int:
         return self.count
@@ -95,17 +92,18 @@ class _OneShot(CalibrationDataReader):  # type: ignore[misc,valid-type]
         feed, self.feed = self.feed, None
         return feed
 
-def split_ids(root: PathLike, calib_split: str, eval_split: str, num_images: int, eval_images: Optional[int],
-              num_classes: int) -> Tuple[List[str], List[str]]:
-    """(calibration ids, evaluation ids): never the same image in both.
+def split_layouts(root: PathLike, calib_split: str, eval_split: str, num_images: int, eval_images: Optional[int],
+                  num_classes: int) -> Tuple[VOCLayout, VOCLayout]:
+    """(calibration images, evaluation images) as layouts, each split read once: never the same image in both.
 
     With one split for both, its ids are shuffled with a fixed seed (the same list gives the same parts);
     calibration takes ``num_images`` of them, but at most half, and evaluation the rest (the first
     ``eval_images`` of the rest when given). With two splits, any id of the evaluation split that is also
     in the calibration part is left out of the evaluation.
     """
-    calib = VOCLayout(root, calib_split, num_classes=num_classes).ids
-    evaluation = VOCLayout(root, eval_split, num_classes=num_classes).ids if eval_split != calib_split else None
+    calib_layout = VOCLayout(root, calib_split, num_classes=num_classes)
+    eval_layout = VOCLayout(root, eval_split, num_classes=num_classes) if eval_split != calib_split else calib_layout
+    calib, evaluation = calib_layout.ids, eval_layout.ids if eval_layout is not calib_layout else None
     if evaluation is None:
         order = [calib[i] for i in np.random.RandomState(0).permutation(len(calib))]
         n = min(num_images, len(calib) // 2)
@@ -123,7 +121,7 @@ def split_ids(root: PathLike, calib_split: str, eval_split: str, num_images: int
     if not rest:
         raise FcnsegError(f"expected evaluation images in split {eval_split!r} apart from the calibration images, "
                           "got none; try another --eval-split or fewer --num-images")
-    return calib_part, rest[:eval_images] if eval_images else rest
+    return calib_layout.subset(calib_part), eval_layout.subset(rest[:eval_images] if eval_images else rest)
 
 def calibrate(model: onnx.ModelProto, reader: VOCCalibrationReader, method: str = "entropy", *,
               op_types: Sequence[str] = QUANT_OP_TYPES) -> Ranges:

@@ -19,7 +19,9 @@ from ..core.errors import FcnsegError
 from .fp16 import Fp16Result, convert_fp16
 from .int8 import Int8Result, quantize_int8
 from .options import EngineOptions, Int8Options
-from .tensorrt import BuiltEngine, build_engine, engine_spec, import_tensorrt
+from ..runtime.backends import tensorrt as trt_runtime
+from . import tensorrt as trt_build
+from .tensorrt import BuiltEngine, engine_spec
 
 PathLike = Union[str, "os.PathLike[str]"]
 LOWER_PRECISIONS = ("fp16", "int8")
@@ -49,7 +51,7 @@ def lower(onnx_path: PathLike, precision: str, output: Optional[PathLike] = None
 
 def build(onnx_path: PathLike, output: PathLike, options: EngineOptions = EngineOptions()) -> BuiltEngine:
     """A TensorRT engine (and its sidecar) from a graph as it is: FP32, FP16-typed or Q/DQ INT8."""
-    return build_engine(onnx_path, output=output, options=options)
+    return trt_build.build_engine(onnx_path, output=output, options=options)
 
 
 def engine(onnx_path: PathLike, output: PathLike, options: EngineOptions = EngineOptions(), *,
@@ -63,7 +65,7 @@ def engine(onnx_path: PathLike, output: PathLike, options: EngineOptions = Engin
     spec = engine_spec(onnx_path, options)   # bad shapes or options are reported whether or not TensorRT is here
     if options.precision == "int8" and spec.graph_precision == "fp32":
         int8.require_root(onnx_path)
-    import_tensorrt(spec.library)
+    trt_runtime.import_tensorrt(spec.library)
     if spec.graph_precision != "fp32" or options.precision not in LOWER_PRECISIONS:
         return build(onnx_path, output, options)
     with tempfile.TemporaryDirectory(prefix="fcn-export-trt-") as tmp:

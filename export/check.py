@@ -31,7 +31,7 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from ..core.onnx_names import QDQ_OPS, TRT8_MAX_OPSET, TRT10_MAX_OPSET
-from .onnx_export import PathLike, load_onnx
+from .onnx_graph import PathLike, load_onnx
 
 TRT_ONNX_OPS = frozenset("""
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast Ceil Celu Clip

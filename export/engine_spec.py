@@ -9,14 +9,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import onnx
 
 from ..core.errors import FcnsegError
 from ..core.metadata import ModelMetadata
 from ..core.onnx_names import QDQ_OPS
-from .onnx_export import load_onnx
+from .onnx_graph import load_onnx
+from .options import EngineOptions, with_fields
 from .opt_profile import Dim, Profile, declared_size_range, derive_profile
 from .trt_features import parse_compute_capabilities
 
@@ -95,13 +96,17 @@ class EngineSpec:
     source_onnx: Optional[Path] = None
 
 
-def engine_spec(onnx_path: PathLike, *, precision: Optional[str] = None, min_shape: Optional[Sequence[int]] = None,
-                opt_shape: Optional[Sequence[int]] = None, max_shape: Optional[Sequence[int]] = None,
-                workspace_gib: float = 4.0, timing_cache: Optional[PathLike] = None,
-                strongly_typed: Optional[bool] = None, library: str = "auto",
-                compute_capabilities: Optional[Sequence[str]] = None, dla_core: Optional[int] = None,
-                gpu_fallback: bool = False, source_onnx: Optional[PathLike] = None) -> EngineSpec:
-    """Read the ONNX and validate the build options (no TensorRT needed). See ``build_engine``."""
+def engine_spec(onnx_path: PathLike, options: Optional[EngineOptions] = None, **fields: Any) -> EngineSpec:
+    """Read the ONNX and validate the build options (no TensorRT needed). See ``build_engine``.
+
+    Args:
+        onnx_path: the graph.
+        options: the build's ``EngineOptions``.
+        fields: ``EngineOptions`` fields replacing those of ``options`` (``precision="fp16", min_shape=...``).
+    """
+    o = with_fields(options, EngineOptions, fields)
+    precision, workspace_gib, library = o.precision, o.workspace_gib, o.library
+    compute_capabilities, timing_cache, source_onnx = o.compute_capabilities, o.timing_cache, o.source_onnx
     if precision is not None and precision not in PRECISIONS:
         raise FcnsegError(f"expected a precision in {PRECISIONS}, got {precision!r}; try --fp16 or --int8")
     if not workspace_gib > 0:
@@ -112,7 +117,7 @@ def engine_spec(onnx_path: PathLike, *, precision: Optional[str] = None, min_sha
         compute_capabilities = parse_compute_capabilities(",".join(compute_capabilities))
     model = load_onnx(onnx_path)
     name, dims = onnx_input(model)
-    profile = derive_profile(dims, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
+    profile = derive_profile(dims, min_shape=o.min_shape, opt_shape=o.opt_shape, max_shape=o.max_shape,
                              size_range=declared_size_range(model))
     props = {p.key: p.value for p in model.metadata_props}
     return EngineSpec(onnx_path=Path(onnx_path), input_name=name, profile=profile,
@@ -120,7 +125,7 @@ def engine_spec(onnx_path: PathLike, *, precision: Optional[str] = None, min_sha
                       metadata=ModelMetadata.from_props(props),
                       nodes=tuple((n.name, n.op_type) for n in model.graph.node), workspace_gib=workspace_gib,
                       timing_cache=Path(timing_cache) if timing_cache is not None else None,
-                      strongly_typed=strongly_typed, library=library,
+                      strongly_typed=o.strongly_typed, library=library,
                       compute_capabilities=tuple(compute_capabilities) if compute_capabilities else None,
-                      dla_core=dla_core, gpu_fallback=gpu_fallback,
+                      dla_core=o.dla_core, gpu_fallback=o.gpu_fallback,
                       source_onnx=Path(source_onnx) if source_onnx is not None else None)

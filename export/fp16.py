@@ -26,9 +26,9 @@ import onnx
 from ..core.errors import FcnsegError, one_line
 from ..core.metadata import ModelMetadata
 from ..eval.parity import OutputComparison, compare_logits
-from .onnx_export import (LOGITS_NAME, MASK_NAME, PathLike, Shape, default_verify_shapes, expose_argmax_input,
-                          load_onnx, ort_session, read_metadata, require_fp32_graph, run_session, save_onnx,
-                          set_metadata)
+from ..core.onnx_names import LOGITS_NAME, MASK_NAME
+from .onnx_graph import (PathLike, Shape, default_verify_shapes, expose_argmax_input, load_onnx, ort_session,
+                         read_metadata, require_fp32_graph, run_session, save_onnx, set_metadata)
 
 log = logging.getLogger("fcnseg.export")
 

@@ -19,7 +19,7 @@ from typing import Any, Dict, List
 from ..runtime.backends.tensorrt import import_tensorrt, probe_gpu
 from ..core.errors import FcnsegError, one_line
 from ..core.sidecar import EngineSidecar
-from .onnx_export import PathLike
+from .onnx_graph import PathLike
 from .trt_features import Features, detect_features
 
 PRECISION_ORDER = ("int8", "fp16", "fp32", "q/dq", "constant", "other")

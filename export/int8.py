@@ -49,12 +49,13 @@ from ..eval.parity import MiouComparison, compare_miou, evaluate
 from ..runtime import preprocess
 from ..datasets.voc import VOCLayout, take
 from .calibration import (METHODS, QUANT_OP_TYPES, Ranges, VOCCalibrationReader, cached_ranges, calibrate,
-                          split_ids)
+                          split_layouts)
 from .check import check_trt_ready
+from .options import Int8Options, with_fields
 from .qdq import fold_weight_quantizers
 from .subpixel import subpixel_upsampling
-from .onnx_export import (PathLike, load_onnx, ort_session, output_kind, read_metadata, require_fp32_graph,
-                          run_session, save_onnx, set_metadata, static_input_shape)
+from .onnx_graph import (PathLike, load_onnx, ort_session, output_kind, read_metadata, require_fp32_graph,
+                         run_session, save_onnx, set_metadata, static_input_shape)
 
 log = logging.getLogger("fcnseg.export")
 
@@ -67,9 +68,9 @@ TRT_EXTRA_OPTIONS: Dict[str, Any] = {
 }
 # ONNX Runtime's CPU kernels (QLinearConv with the ReLU folded in, QLinearAdd) need the other layout: every
 # supported op quantized, outputs too, uint8 activations with a zero point (so ReLU's range starts at it).
-# Measured here on FCN-ResNet50 at 520x520 (2-core AVX-512 VNNI CPU, ORT 1.31): that layout 341 ms, the
-# TensorRT layout 1556 ms (float convs plus weight dequantization), FP32 1343 ms. It is not TensorRT-ready
-# (asymmetric activations, Q/DQ between Conv and Add), and the checker says so.
+# On ONNX Runtime that layout is several times faster than the TensorRT layout, which it runs as float
+# convolutions plus weight dequantization (figures: docs/cpu.md). It is not TensorRT-ready (asymmetric
+# activations, Q/DQ between Conv and Add), and the checker says so.
 CPU_EXTRA_OPTIONS: Dict[str, Any] = {
     "ActivationSymmetric": False, "WeightSymmetric": True, "QuantizeBias": False, "AddQDQPairToWeight": False,
     "DedicatedQDQPair": False, "ForceQuantizeNoInputCheck": True,
@@ -154,36 +155,25 @@ class Int8Result:
         return {n: float(d) for n, d in zip(names, self.comparison.class_delta)}
 
 
-def quantize_int8(model_path: PathLike, output: Optional[PathLike] = None, *, calib_root: PathLike,
-                  calib_split: str = "val", num_images: int = 500, method: str = "entropy",
-                  cache: Optional[PathLike] = None, eval_split: str = "val", eval_images: Optional[int] = None,
-                  max_drop: float = 1.0, sensitivity_images: int = 4, target: str = "tensorrt",
-                  progress: bool = True, report: Optional[PathLike] = None) -> Int8Result:
+def quantize_int8(model_path: PathLike, output: Optional[PathLike] = None, options: Optional[Int8Options] = None,
+                  **fields: Any) -> Int8Result:
     """Calibrate, quantize to TensorRT-ready Q/DQ, measure the mIoU drop and keep sensitive layers in float.
 
     Args:
         model_path: FP32 ONNX with dynamic height/width (from ``export_onnx``).
         output: destination; default ``<model>_int8.onnx`` next to the input.
-        calib_root: VOC root for calibration and evaluation.
-        calib_split: split to calibrate on.
-        num_images: calibration images (NVIDIA suggests about 500).
-        method: "entropy", "minmax" or "percentile".
-        cache: calibration cache JSON; reused when it matches the model, method and image count.
-        eval_split / eval_images: split (and at most how many of its images) for the mIoU comparison; never
-            an image calibration used (see ``split_ids``).
-        report: write a JSON report (``int8_report``) here.
-        max_drop: accepted mIoU drop in points; beyond it, sensitive layers stay in float.
-        sensitivity_images: images per layer for the sensitivity ranking.
-        target: "tensorrt" (symmetric Q/DQ on Conv inputs, checked TensorRT-ready) or "cpu" (ONNX Runtime's
-            fast uint8 layout for CPU deployment; see ``CPU_EXTRA_OPTIONS``).
-        progress: show progress bars.
+        options: calibration, evaluation and fallback settings (``Int8Options``; its ``calib_root`` is required).
+        fields: ``Int8Options`` fields replacing those of ``options`` (``calib_root=..., num_images=...``).
 
     Raises:
         FcnsegError: bad arguments, unreadable or unsuitable model, empty or broken calibration data;
             nothing is written then.
     """
+    o = with_fields(options, Int8Options, fields)
+    calib_root = o.require_root(model_path)
     t0 = time.perf_counter()
-    method = _check_args(method, num_images, max_drop, eval_images)
+    method = _check_args(o.method, o.num_images, o.max_drop, o.eval_images)
+    target = o.target
     if target not in TARGETS:
         raise FcnsegError(f"expected an INT8 target in {', '.join(TARGETS)}, got {target!r}")
     tgt = TARGETS[target]
@@ -193,36 +183,38 @@ def quantize_int8(model_path: PathLike, output: Optional[PathLike] = None, *, ca
     _check_quantizable(model, meta, src)
     subpixel = subpixel_upsampling(model) if tgt.subpixel else []
     base = onnx.shape_inference.infer_shapes(model)
-    calib_ids, eval_ids = split_ids(calib_root, calib_split, eval_split, num_images, eval_images, meta.num_classes)
+    calib_set, eval_set = split_layouts(calib_root, o.calib_split, o.eval_split, o.num_images, o.eval_images,
+                                        meta.num_classes)
+    calib_ids, eval_ids = calib_set.ids, eval_set.ids
     key = {"format": CACHE_FORMAT, "model_sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
-           "method": method, "num_images": num_images, "calib_split": calib_split, "target": target,
+           "method": method, "num_images": o.num_images, "calib_split": o.calib_split, "target": target,
            "calib_ids_sha256": hashlib.sha256("\n".join(calib_ids).encode()).hexdigest()}
-    ranges, calibrated, used = cached_ranges(cache, key)
+    ranges, calibrated, used = cached_ranges(o.cache, key)
     if ranges is None:
-        reader = VOCCalibrationReader(calib_root, calib_split, meta, num_images=num_images,
-                                      input_name=model.graph.input[0].name, progress=progress, ids=calib_ids)
+        reader = VOCCalibrationReader(calib_set, meta, num_images=o.num_images,
+                                      input_name=model.graph.input[0].name, progress=o.progress)
         ranges, used = calibrate(base, reader, method, op_types=tgt.quantized_op_types()), len(reader)
-        if cache is not None:
-            write_text(cache, json.dumps({**key, "images": used, "ranges": ranges}, indent=1))
-    evaluator = _Evaluator(calib_root, eval_split, None, meta, progress, ids=eval_ids)
-    quantized, cmp, excluded = _quantize_within_budget(base, ranges, evaluator, max_drop, sensitivity_images, tgt,
+        if o.cache is not None:
+            write_text(o.cache, json.dumps({**key, "images": used, "ranges": ranges}, indent=1))
+    evaluator = _Evaluator(eval_set, None, meta, o.progress)
+    quantized, cmp, excluded = _quantize_within_budget(base, ranges, evaluator, o.max_drop, o.sensitivity_images, tgt,
                                                        keep_float=subpixel)
     if tgt.trt_ready:
         fold_weight_quantizers(quantized)   # int8 weight initializers, as ModelOpt writes: ~4x smaller
         _check_ready(quantized)
     meta.precision = "int8"
     set_metadata(quantized, meta, {PREFIX + "int8": {
-        "target": target, "method": method, "calib_split": calib_split, "num_images": used, "eval_split": eval_split,
+        "target": target, "method": method, "calib_split": o.calib_split, "num_images": used, "eval_split": o.eval_split,
         "num_eval_images": len(eval_ids), "miou_fp32": cmp.ref_miou, "miou_int8": cmp.test_miou,
         "excluded": excluded, "subpixel_upsampling": subpixel}})
     out = Path(output) if output is not None else src.with_name(src.stem + "_int8.onnx")
     save_onnx(quantized, out)
     seconds = time.perf_counter() - t0
     log.info("wrote %s (int8 Q/DQ, %d layers kept in float) in %.1f s", out, len(excluded), seconds)
-    result = Int8Result(out, Path(cache) if cache is not None else None, cmp.ref_miou, cmp.test_miou, cmp,
+    result = Int8Result(out, Path(o.cache) if o.cache is not None else None, cmp.ref_miou, cmp.test_miou, cmp,
                         excluded, calibrated, used, method, seconds, calib_ids, eval_ids)
-    if report is not None:
-        write_text(report, json.dumps(int8_report(result, calib_split, eval_split, target), indent=1))
+    if o.report is not None:
+        write_text(o.report, json.dumps(int8_report(result, o.calib_split, o.eval_split, target), indent=1))
     return result
 
 
@@ -297,11 +289,8 @@ def _check_ready(model: onnx.ModelProto) -> None:
 class _Evaluator:
     """mIoU of candidate graphs on the evaluation split, and their outputs on a few of its images."""
 
-    def __init__(self, root: PathLike, split: str, limit: Optional[int], meta: ModelMetadata,
-                 progress: bool, ids: Optional[Sequence[str]] = None) -> None:
-        self.layout = VOCLayout(root, split, num_classes=meta.num_classes)
-        if ids is not None:
-            self.layout.ids = list(ids)
+    def __init__(self, layout: VOCLayout, limit: Optional[int], meta: ModelMetadata, progress: bool) -> None:
+        self.layout = layout
         self.limit, self.meta, self.progress = limit, meta, progress
 
     def confusion(self, model: onnx.ModelProto, desc: str) -> ConfusionMatrix:

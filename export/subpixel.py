@@ -2,9 +2,9 @@
 
 OpenVINO's CPU plugin runs a non-grouped ConvolutionBackpropData in INT8 only up to stride 3
 (``Deconvolution::canBeExecutedInInt8`` in its intel_cpu plugin); FCN-8s's final x8 upsampling
-(``fcnseg.train.models.BilinearUpsample``: kernel 15, stride 8) therefore ran in f32 there, about a quarter
-of the FCN-8s/ResNet-18 INT8 time at 520x520, and the crop after it (a Slice that is never a no-op, the
-deconvolution giving ``f * n + 1`` rows) another few percent on a reference kernel.
+(``fcnseg.train.models.BilinearUpsample``: kernel 15, stride 8) therefore ran in f32 there, a large part of
+the FCN-8s INT8 time, and the crop after it (a Slice that is never a no-op, the deconvolution giving
+``f * n + 1`` rows) on a reference kernel (figures: docs/cpu.md).
 
 A ConvTranspose with stride ``f``, kernel ``2f - 1`` and padding ``f - 1`` is a 2x2 Conv with ``f * f * C``
 output channels followed by ``DepthToSpace(f)``: output row ``f * q + t`` reads input rows ``q`` (tap
@@ -15,10 +15,9 @@ BilinearUpsample's subgraph: the input is the last row/column replicated (``Conc
 output reaches the rest of the graph only through Slices from 0 on both spatial axes. TensorRT parses Conv and
 DepthToSpace, and the crop becomes a no-op when the image size is a multiple of ``f`` (520 = 8 x 65).
 
-``quantize_int8`` keeps that Conv in float: OpenVINO then runs it as a bf16/f32 Conv, as fast as in INT8 here
-(FCN-8s/ResNet-18, 520x520, fcnseg end to end, interleaved: both about 0.8-0.9 of the ConvTranspose graph's
-time), while its INT8 kernel for this signed 21-channel input drifted from ONNX Runtime's result (OpenVINO f32
-parity on the trained test model: -1.07 mIoU points with it in INT8, -0.03 in float; ONNX Runtime +0.12 / +0.23).
+``quantize_int8`` keeps that Conv in float: OpenVINO then runs it as a bf16/f32 Conv, as fast as in INT8,
+while its INT8 kernel for this signed 21-channel input drifted from ONNX Runtime's result (the measured times
+and mIoU deltas: docs/cpu.md).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from ..core.errors import FcnsegError
 from ..core.sidecar import EngineSidecar, sidecar_path
 from .engine_spec import (LIBRARY_CHOICES, PRECISIONS, QDQ_OPS, EngineSpec, engine_spec, onnx_input,  # noqa: F401
                           precision_of_onnx)
+from .options import EngineOptions
 from .opt_profile import (DEFAULT_MAX_SHAPE, DEFAULT_MIN_SHAPE, DEFAULT_OPT_SHAPE, SIZE_KEYS, Dim, Profile,  # noqa: F401
                       Shape, declared_size_range, derive_profile)
 from .trt_features import (BuildMode, Features, check_dla, choose_build_mode, choose_targets,  # noqa: F401
@@ -314,33 +315,15 @@ class BuiltEngine:
 
 # ---------------------------------------------------------------- the one call
 
-def build_engine(onnx_path: PathLike, *, output: PathLike, precision: Optional[str] = None,
-                 library: str = "auto", compute_capabilities: Optional[Sequence[str]] = None,
-                 dla_core: Optional[int] = None, gpu_fallback: bool = False,
-                 min_shape: Optional[Sequence[int]] = None, opt_shape: Optional[Sequence[int]] = None,
-                 max_shape: Optional[Sequence[int]] = None, workspace_gib: float = 4.0,
-                 timing_cache: Optional[PathLike] = None, strongly_typed: Optional[bool] = None,
-                 source_onnx: Optional[PathLike] = None) -> BuiltEngine:
+def build_engine(onnx_path: PathLike, *, output: PathLike, options: Optional[EngineOptions] = None,
+                 **fields: Any) -> BuiltEngine:
     """Build a TensorRT engine from an ONNX graph and write ``output`` plus ``<output>.json``.
 
     Args:
         onnx_path: FP32, FP16-typed or Q/DQ ONNX (from fcn-export).
         output: the plan file (``.plan`` or ``.engine``).
-        precision: "fp32", "fp16" or "int8"; None = the graph's own. "fp16" from an FP32 graph uses the
-            FP16 builder flag (8.x/10.x only); "int8" needs a Q/DQ graph.
-        library: "tensorrt", "tensorrt_rtx" (TensorRT for RTX, builds on a CPU) or "auto" (tensorrt when
-            importable, else tensorrt_rtx).
-        compute_capabilities: GPU targets like ("8.6", "8.9", "12.0") (TensorRT for RTX; default its
-            portable set 8.6/8.9/12.0). TensorRT builds for the GPU it runs on.
-        dla_core: build for this DLA core (Jetson AGX/NX); the engine must be FP16 or INT8.
-        gpu_fallback: with ``dla_core``, run layers DLA cannot on the GPU.
-        min_shape / opt_shape / max_shape: NCHW optimization profile (defaults 1x3x256x256,
-            1x3x520x520, 1x3x1024x1024, fitted to the ONNX's fixed dims and declared size range).
-        workspace_gib: workspace memory pool limit.
-        timing_cache: file to load the timing cache from (if present) and save it to (atomically); not
-            used with TensorRT for RTX (its timing cache needs a GPU).
-        strongly_typed: None = strongly typed when the graph is FP16/Q-DQ typed or the library has only that.
-        source_onnx: the ONNX to name in the sidecar when ``onnx_path`` is an intermediate file.
+        options: precision, library, targets, DLA, profile, workspace, timing cache (``EngineOptions``).
+        fields: ``EngineOptions`` fields replacing those of ``options`` (``precision="fp16", min_shape=...``).
 
     Returns:
         ``BuiltEngine`` (path-like): the plan's path, its ``EngineSidecar`` and the build seconds.
@@ -349,11 +332,7 @@ def build_engine(onnx_path: PathLike, *, output: PathLike, precision: Optional[s
         FcnsegError: TensorRT missing, a bad ONNX or profile, parser errors (each with node and op),
             targets or DLA the library cannot give, or a failed build. Nothing is written then.
     """
-    spec = engine_spec(onnx_path, precision=precision, min_shape=min_shape, opt_shape=opt_shape,
-                       max_shape=max_shape, workspace_gib=workspace_gib, timing_cache=timing_cache,
-                       strongly_typed=strongly_typed, library=library, compute_capabilities=compute_capabilities,
-                       dla_core=dla_core, gpu_fallback=gpu_fallback, source_onnx=source_onnx)
-    return build_engine_from_spec(spec, output=output)
+    return build_engine_from_spec(engine_spec(onnx_path, options, **fields), output=output)
 
 
 def build_engine_from_spec(spec: EngineSpec, *, output: PathLike) -> BuiltEngine:

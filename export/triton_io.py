@@ -50,7 +50,7 @@ def read_onnx_io(path: PathLike) -> ModelIO:
     """Inputs, outputs (dims without batch, -1 where symbolic) and metadata of an ONNX graph."""
     from onnx.helper import tensor_dtype_to_np_dtype
 
-    from .onnx_export import load_onnx, read_metadata
+    from .onnx_graph import load_onnx, read_metadata
 
     model = load_onnx(path)   # a missing, truncated or foreign file: one FcnsegError
     init = {i.name for i in model.graph.initializer}

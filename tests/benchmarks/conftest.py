@@ -10,7 +10,7 @@ def trained(tmp_path_factory):
     """
     from fcnseg.export.fp16 import convert_fp16
     from fcnseg.export.int8 import quantize_int8
-    from fcnseg.export.onnx_export import export_onnx
+    from fcnseg.export.torch_export import export_onnx
     from fcnseg.train.engine import TrainConfig, train
     from fcnseg.datasets.synth import synthesize
 

@@ -25,7 +25,7 @@ def test_every_onnx_precision_matches_pytorch_within_tolerance(trained):
 
 @pytest.mark.slow
 def test_fcn_eval_compare_writes_json_and_fails_loudly_on_a_bad_model(trained, tmp_path):
-    from fcnseg.export.onnx_export import export_onnx
+    from fcnseg.export.torch_export import export_onnx
     from fcnseg.train.checkpoint import save_checkpoint
     from fcnseg.train.models import get_model
 

@@ -177,11 +177,12 @@ def test_engine_profile_covers_benchmark_and_parity_shapes():
 
 @pytest.mark.slow
 def test_whole_report_on_cpu_with_a_tiny_model(tmp_path, monkeypatch):
-    from fcnseg.export import onnx_export
+    from fcnseg.export import onnx_graph, torch_export
     from fcnseg.train.checkpoint import save_checkpoint
     from fcnseg.train.models import get_model
 
-    monkeypatch.setattr(onnx_export, "DEFAULT_VERIFY_SHAPES", ((1, 64, 80),))  # the export tests cover the rest
+    for module in (onnx_graph, torch_export):   # the export tests cover the rest
+        monkeypatch.setattr(module, "DEFAULT_VERIFY_SHAPES", ((1, 64, 80),))
     torch.manual_seed(0)
     ckpt = tmp_path / "ckpt.pth"
     save_checkpoint({"model": get_model("fcn8s_resnet18").state_dict(), "arch": "fcn8s_resnet18",

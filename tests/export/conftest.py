@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from fcnseg.export.onnx_export import export_onnx
+from fcnseg.export.torch_export import export_onnx
 from fcnseg.train.checkpoint import save_checkpoint
 from fcnseg.train.models import get_model
 

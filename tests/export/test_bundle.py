@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from fcnseg.export.options import EngineOptions, Int8Options
 from fcnseg.export.bundle import make_bundle
 from fcnseg.export.cli import main as export_main
 from fcnseg.export.runtime_wheel import build_runtime_wheel
@@ -27,7 +28,7 @@ from fcnseg.core.onnx_props import read_onnx_metadata
 from fcnseg.core.sidecar import EngineSidecar
 
 NUM_CLASSES = 4
-SHAPES = {"min_shape": (1, 3, 32, 32), "opt_shape": (1, 3, 64, 64), "max_shape": (2, 3, 128, 128)}
+SHAPES = EngineOptions(min_shape=(1, 3, 32, 32), opt_shape=(1, 3, 64, 64), max_shape=(2, 3, 128, 128))
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -48,7 +49,7 @@ def wheel(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bundle(graphs, wheel, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles") / "gpu"
-    return make_bundle(graphs["fp32"], out, int8_from=graphs["int8"], runtime_wheel=wheel, **SHAPES)
+    return make_bundle(graphs["fp32"], out, int8_from=graphs["int8"], runtime_wheel=wheel, engine=SHAPES)
 
 
 def sha256(path: Path) -> str:
@@ -62,7 +63,7 @@ def test_bundle_is_complete(bundle, graphs, wheel):
                      f"wheels/{wheel.name}"]
     manifest = json.loads((d / "bundle.json").read_text())
     assert manifest["files"] == {n: sha256(d / n) for n in names if n != "bundle.json"}
-    assert manifest["profile"] == {k.split("_")[0]: list(v) for k, v in SHAPES.items()}
+    assert manifest["profile"] == {k: list(getattr(SHAPES, f"{k}_shape")) for k in ("min", "opt", "max")}
     assert precision_of_onnx(d / "fcn_fp16.onnx") == "fp16" and precision_of_onnx(d / "fcn_int8.onnx") == "int8"
     source = read_onnx_metadata(graphs["fp32"])
     for precision in ("fp16", "int8"):
@@ -70,7 +71,7 @@ def test_bundle_is_complete(bundle, graphs, wheel):
         sidecar = EngineSidecar.from_dict(manifest["graphs"][precision]["sidecar"])
         assert sidecar.precision == precision and sidecar.model_metadata().arch == "conv"
         meta = sidecar.model_metadata()   # the profile's side range, as fcn-export trt records it
-        assert (meta.min_size, meta.max_size) == (SHAPES["min_shape"][2], SHAPES["max_shape"][3])
+        assert (meta.min_size, meta.max_size) == (SHAPES.min_shape[2], SHAPES.max_shape[3])
     for script in ("build_engine.sh", "run.py"):
         assert os.stat(d / script).st_mode & stat.S_IXUSR
     for text in ((d / n).read_text() for n in ("README.md", "build_engine.sh", "run.py")):
@@ -97,8 +98,8 @@ def test_refuses_non_empty_folder_unless_forced(graphs, wheel, tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     with pytest.raises(FcnsegError, match="expected an empty or new folder for the bundle.*--force"):
-        make_bundle(graphs["fp32"], out, runtime_wheel=wheel, **SHAPES)
-    result = make_bundle(graphs["fp32"], out, runtime_wheel=wheel, force=True, **SHAPES)
+        make_bundle(graphs["fp32"], out, runtime_wheel=wheel, engine=SHAPES)
+    result = make_bundle(graphs["fp32"], out, runtime_wheel=wheel, force=True, engine=SHAPES)
     assert (out / "notes.txt").read_text() == "mine" and set(result.graphs) == {"fp16"}
 
 
@@ -113,7 +114,7 @@ def test_cli_errors_are_one_line(graphs, tmp_path, args, message):
 
 def test_int8_from_must_be_qdq(graphs, wheel, tmp_path):
     with pytest.raises(FcnsegError, match="expected a Q/DQ INT8 ONNX for --int8-from, got an fp32 graph"):
-        make_bundle(graphs["fp32"], tmp_path / "b", int8_from=graphs["fp32"], runtime_wheel=wheel, **SHAPES)
+        make_bundle(graphs["fp32"], tmp_path / "b", int8_from=graphs["fp32"], runtime_wheel=wheel, engine=SHAPES)
 
 
 def test_failed_bundle_leaves_nothing(graphs, tmp_path):
@@ -121,7 +122,7 @@ def test_failed_bundle_leaves_nothing(graphs, tmp_path):
     bad = tmp_path / "fcnseg_runtime-0.1.0-py3-none-any.whl.txt"
     bad.write_text("not a wheel")
     with pytest.raises(FcnsegError, match="expected an fcnseg_runtime-\\*.whl file for --runtime-wheel"):
-        make_bundle(graphs["fp32"], tmp_path / "b", runtime_wheel=bad, **SHAPES)
+        make_bundle(graphs["fp32"], tmp_path / "b", runtime_wheel=bad, engine=SHAPES)
     assert sorted(p.name for p in tmp_path.iterdir()) == [bad.name]
 
 
@@ -163,9 +164,9 @@ for a in "$@"; do case "$a" in --saveEngine=*) printf PLAN > "${{a#--saveEngine=
     ("100300", "  --stronglyTyped  Strongly typed\\n", True, ["--fp16", "--useDLACore=0", "--allowGPUFallback"]),
 ])
 def test_build_engine_sh_with_trtexec(graphs, wheel, tmp_path, version, strongly, dla, expected):
-    kw = {"dla_core": 0, "gpu_fallback": True} if dla else {}
-    b = make_bundle(graphs["fp32"], tmp_path / "b", runtime_wheel=wheel, **kw,
-                    **({} if dla else SHAPES))   # on a DLA without shapes: fixed at the default opt shape
+    # on a DLA without shapes: fixed at the default opt shape
+    engine = EngineOptions(dla_core=0, gpu_fallback=True) if dla else SHAPES
+    b = make_bundle(graphs["fp32"], tmp_path / "b", runtime_wheel=wheel, engine=engine)
     fake = tmp_path / "bin" / "trtexec"
     fake.parent.mkdir()
     log = tmp_path / "trtexec_args.txt"
@@ -243,7 +244,7 @@ def test_run_py_segments_a_video_through_the_stream_api(bundle, tmp_path):
 @pytest.mark.slow
 def test_bundle_quantizes_with_calib_data(r18_onnx, tiny_voc, wheel, tmp_path):
     """--calib-data: the INT8 graph is calibrated here (FCN-8s/ResNet-18 on the tiny synthetic VOC)."""
-    b = make_bundle(r18_onnx, tmp_path / "b", calib_root=tiny_voc, runtime_wheel=wheel)
+    b = make_bundle(r18_onnx, tmp_path / "b", int8=Int8Options(calib_root=tiny_voc), runtime_wheel=wheel)
     assert set(b.graphs) == {"fp16", "int8"} and precision_of_onnx(b.graphs["int8"]) == "int8"
     assert read_onnx_metadata(b.graphs["int8"]).arch == "fcn8s_resnet18"
     assert "./build_engine.sh int8" in (b.path / "README.md").read_text()

@@ -142,7 +142,8 @@ def test_trt_fp16_converts_then_builds(r18_onnx, tmp_path, monkeypatch):
     (graph, kw), = calls
     # the FP16 graph was an intermediate in a temporary folder (issue 8): nothing written next to the input
     assert Path(graph).name == "model_fp16.onnx" and not Path(graph).exists() and not (tmp_path / "model_fp16.onnx").exists()
-    assert kw["precision"] == "fp16" and kw["opt_shape"] == (1, 3, 64, 64) and kw["workspace_gib"] == 2.0
+    options = kw["options"]
+    assert options.precision == "fp16" and options.opt_shape == (1, 3, 64, 64) and options.workspace_gib == 2.0
     assert kw["output"] == str(tmp_path / "model.plan") and result.stdout.strip() == str(tmp_path / "model.plan")
 
 

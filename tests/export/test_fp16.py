@@ -9,7 +9,7 @@ import pytest
 
 from fcnseg.export.check import check_trt_ready
 from fcnseg.export.fp16 import convert_fp16
-from fcnseg.export.onnx_export import read_metadata
+from fcnseg.export.onnx_graph import read_metadata
 from fcnseg.core.errors import FcnsegError
 from fcnseg.eval.parity import compare_logits
 

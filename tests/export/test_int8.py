@@ -10,10 +10,11 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from fcnseg.datasets.voc import VOCLayout
 from fcnseg.export import calibration as C
 from fcnseg.export import int8 as I
 from fcnseg.export.check import check_trt_ready
-from fcnseg.export.onnx_export import read_metadata
+from fcnseg.export.onnx_graph import read_metadata
 from fcnseg.core.errors import FcnsegError
 from fcnseg.core.metrics import ConfusionMatrix
 
@@ -106,7 +107,7 @@ def test_bad_arguments(r18_onnx, tiny_voc, tmp_path, kwargs, match):
 
 
 def test_refuses_static_graph(r18_ckpt, tiny_voc, tmp_path):
-    from fcnseg.export.onnx_export import export_onnx
+    from fcnseg.export.torch_export import export_onnx
 
     static = export_onnx(r18_ckpt, tmp_path / "static.onnx", static_hw=(64, 64), verify=False).path
     with pytest.raises(FcnsegError, match="without --static"):
@@ -135,13 +136,13 @@ class _FakeEvaluator:
 def test_sensitive_layers_stay_float_until_budget_met(r18_onnx, tiny_voc, caplog, monkeypatch):
     base = onnx.shape_inference.infer_shapes(onnx.load(str(r18_onnx)))
     meta, _ = read_metadata(base)
-    ranges = C.calibrate(base, C.VOCCalibrationReader(tiny_voc, "val", meta, num_images=2, progress=False),
+    ranges = C.calibrate(base, C.VOCCalibrationReader(VOCLayout(tiny_voc, "val"), meta, num_images=2, progress=False),
                          "minmax")
     convs = [n.name for n in base.graph.node if n.op_type in ("Conv", "ConvTranspose")]
-    order = I.rank_sensitivity(base, ranges, I._Evaluator(tiny_voc, "val", 1, meta, False).inputs(1))
+    order = I.rank_sensitivity(base, ranges, I._Evaluator(VOCLayout(tiny_voc, "val"), 1, meta, False).inputs(1))
     assert sorted(order) == sorted(convs)
     harmful = order[:2]   # the two layers the ranking itself calls most sensitive
-    ev = _FakeEvaluator(I._Evaluator(tiny_voc, "val", 1, meta, False), harmful)
+    ev = _FakeEvaluator(I._Evaluator(VOCLayout(tiny_voc, "val"), 1, meta, False), harmful)
     monkeypatch.setattr(I, "rank_sensitivity", lambda *a, **k: order)   # measured above; not twice
     with caplog.at_level(logging.INFO, logger="fcnseg"):
         q, cmp, excluded = I._quantize_within_budget(base, ranges, ev, 1.0, 1)

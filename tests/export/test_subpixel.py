@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from fcnseg.export.onnx_export import read_metadata
+from fcnseg.export.onnx_graph import read_metadata
 from fcnseg.export.subpixel import subpixel_upsampling
 
 

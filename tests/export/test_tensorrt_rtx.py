@@ -9,21 +9,21 @@ environment variable FCNSEG_ENGINE_TABLE, when set.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnx
 import pytest
 
 from fcnseg.export.check import check_trt_ready
-from fcnseg.export.cli import build_trt
+from fcnseg.export import chain
 from fcnseg.export.fp16 import convert_fp16
 from fcnseg.export.int8 import quantize_int8
-from fcnseg.export.onnx_export import export_onnx
+from fcnseg.export.options import EngineOptions
+from fcnseg.export.torch_export import export_onnx
 from fcnseg.export.tensorrt import BuiltEngine, build_engine
 from fcnseg.core.sidecar import EngineSidecar
 
@@ -104,9 +104,12 @@ class Engine:
 
 
 def _build(arch, kind, graph, folder) -> Engine:
-    build = functools.partial(build_trt, precision="fp16", calib_root=None) if kind == "fp16_flag" else build_engine
-    built = build(str(graph), output=str(folder / f"{arch}_{kind}.plan"), library="tensorrt_rtx",
-                  workspace_gib=1.0, **PROFILE)
+    options = EngineOptions(library="tensorrt_rtx", workspace_gib=1.0, **PROFILE)
+    output = str(folder / f"{arch}_{kind}.plan")
+    if kind == "fp16_flag":   # fcn-export trt --fp16 on the FP32 graph: the chain lowers it, then builds
+        built = chain.engine(str(graph), output, replace(options, precision="fp16"))
+    else:
+        built = build_engine(str(graph), output=output, options=options)
     plan = built.path.read_bytes()
     side = EngineSidecar.read(built.path)
     engine = Engine(arch, kind, built, size_bytes=built.size_bytes, plan_bytes=len(plan), sidecar_on_disk=side,

@@ -8,10 +8,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from fcnseg.export import onnx_export as oe
+from fcnseg.export import torch_export as oe
 from fcnseg.export.check import check_trt_ready
 from fcnseg.export.fp16 import convert_fp16
-from fcnseg.export.onnx_export import export_onnx, read_metadata
+from fcnseg.export.onnx_graph import read_metadata
+from fcnseg.export.torch_export import export_onnx
 from fcnseg.core.errors import FcnsegError
 from fcnseg.eval.parity import compare_logits
 from fcnseg.train.checkpoint import model_from_checkpoint

@@ -23,10 +23,36 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from ..core.output_guard import ArtifactKind, read_json
 from ..core.shapes import parse_hw  # noqa: F401  (re-exported for the CLIs)
 from ..eval.model_specs import ModelSpec, backend_note, model_specs  # noqa: F401  (re-exported)
+from ..runtime import Segmenter, preprocess
+from ..runtime.backends.onnxruntime import providers_for
+from ..runtime.backends.openvino import _read_metadata, import_openvino
+from ..eval.tables import format_table
+from ..core.atomic import write_text
 
 STAGES = ("preprocess", "h2d", "infer", "d2h", "postprocess")
+
+
+def _is_bench_json(path: Path) -> bool:
+    doc = read_json(path)
+    return isinstance(doc, list) and bool(doc) and all(isinstance(r, dict) and "model" in r and "e2e" in r
+                                                       for r in doc)
+
+
+def _is_bench_csv(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            header = f.readline()
+        return header.startswith("model,backend,precision,") and "e2e_median_ms" in header
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+# What fcn-bench writes, for the output guard: an existing file of the kind may be replaced without --force.
+BENCH_JSON = ArtifactKind("fcnseg benchmark JSON", _is_bench_json)
+BENCH_CSV = ArtifactKind("fcnseg benchmark CSV", _is_bench_csv)
 # ONNX Runtime's idle threads spin for a while after its runs and slow the next model's; OpenVINO's do not. An
 # untimed pause before each timed block keeps the rows independent (the measurement: docs/cpu.md).
 SETTLE_S = 0.1
@@ -124,9 +150,6 @@ def peak_rss_mb() -> float:
 
 
 def _runner(spec: ModelSpec, images: np.ndarray, hw: tuple, providers, num_threads) -> _Runner:
-    from ..runtime import Segmenter
-    from ..runtime.backends.onnxruntime import providers_for
-
     prov = providers_for(spec.path, spec.backend, providers)
     if spec.mode == "model" and spec.backend == "openvino":
         return _native_openvino(spec, images, hw, num_threads)
@@ -143,8 +166,6 @@ def _runner(spec: ModelSpec, images: np.ndarray, hw: tuple, providers, num_threa
 
 def _network_input(images: np.ndarray, meta: Any) -> np.ndarray:
     """The float32 NCHW batch the Segmenter would compute (images already at the network's size)."""
-    from ..runtime import preprocess
-
     return np.concatenate([preprocess(im, size=None, mean=meta.mean, std=meta.std) for im in images])
 
 
@@ -154,8 +175,6 @@ def _native_openvino(spec: ModelSpec, images: np.ndarray, hw: tuple, num_threads
     ``InferRequest.infer`` with its defaults, as OpenVINO's samples call it: the logits come back as a numpy
     array the caller owns (copied out of the request, which the next call reuses).
     """
-    from ..runtime.backends.openvino import _read_metadata, import_openvino
-
     ov = import_openvino()
     core = ov.Core()
     model = core.read_model(spec.path)   # what OpenVINO's own user writes
@@ -253,8 +272,6 @@ def bench_models(specs: Sequence[Union[str, ModelSpec]], shapes: Sequence[tuple]
 
 def bench_table(results: Sequence[BenchResult]) -> str:
     """Readable table: medians per stage, end-to-end statistics, throughput and speed-up."""
-    from ..eval.tables import format_table
-
     headers = ["model", "backend", "prec", "hint", "mode", "shape", "batch", "pre ms", "h2d", "infer", "d2h", "post", "e2e med",
                "mean", "p90", "p99", "min", "max", "img/s", "speedup", "pre+post %", "host MB", "dev MB"]
     rows = []
@@ -274,7 +291,6 @@ def write_csv(results: Sequence[BenchResult], path: "str | os.PathLike[str]") ->
     import csv
     import io
 
-    from ..core.atomic import write_text
 
     buf = io.StringIO()
     w = csv.writer(buf)

@@ -8,6 +8,10 @@ import click
 from ..core import output_guard as outputs
 from ..core.cli_args import BackendChoice, OneLineCommand, backend_options, force_option, shape_option
 from ..core.errors import FcnsegError, cli_errors
+from .bench import BENCH_CSV, BENCH_JSON, backend_note, bench_models, bench_table, model_specs, write_csv
+from .power import open_power_monitor, power_table
+from .triton_bench import run_triton_cli
+from .report import write_json
 
 CTX = {"help_option_names": ["-h", "--help"], "show_default": True}
 FORCE_HELP = "replace an existing --json/--csv even when it is not an fcnseg report of the same kind"
@@ -43,24 +47,20 @@ def bench_main(triton_url, triton_model, concurrency, requests, protocol, engine
                force) -> None:
     """Latency per stage and end to end, for one or several models in one run (ratios side by side)."""
     if triton_url:
-        from .triton_bench import run_triton_cli
-
         check_triton_options(click.get_current_context())
 
         return run_triton_cli(triton_url, triton_model, models, shapes, concurrency, requests, protocol, json_path,
                               force)
-    from .bench import backend_note, bench_models, bench_table, model_specs, write_csv
 
     paths = list(models) + list(engines)
     if not paths:
         raise FcnsegError("expected --engine PATH or --model PATH, got neither; try fcn-bench -h")
-    for path, kind, option in ((json_path, outputs.BENCH_JSON, "--json"), (csv_path, outputs.BENCH_CSV, "--csv")):
+    for path, kind, option in ((json_path, BENCH_JSON, "--json"), (csv_path, BENCH_CSV, "--csv")):
         if path:
             outputs.check_output(path, kind, inputs=paths, force=force, option=option)
     prov = backend.providers
     specs = model_specs(paths, backend.backends, precision_hint=backend.precision_hint, providers=prov,
                         modes=("e2e", "model") if model_only else ("e2e",))
-    from .power import open_power_monitor, power_table
 
     monitor = open_power_monitor(power_interval) if power else None   # one error line off a Jetson, before loading
     try:
@@ -78,8 +78,6 @@ def bench_main(triton_url, triton_model, concurrency, requests, protocol, engine
     if note:
         click.echo(note)
     if json_path:
-        from .report import write_json
-
         write_json(json_path, [r.to_dict() for r in results])
     if csv_path:
         write_csv(results, csv_path)

@@ -28,6 +28,9 @@ from ..core.errors import cli_errors
 from .pipeline import Artifacts, BenchSettings, DataSettings, ExportSettings, ModelSettings, PipelineConfig
 from .report import Report, SkipStage, need, run_steps, to_jsonable
 from .steps import step_data, step_export_int8, step_export_onnx, step_model
+from ..runtime.backends.openvino import INSTALL_HINT, openvino_available
+from .bench import ModelSpec, backend_note, bench_models, bench_table
+from .roofline import conv_peaks, graph_macs, roofline, roofline_table
 
 DEFAULTS = dict(arch="fcn_resnet50", size=520, iters=20, calib_images=8)
 ARCHS = ("fcn_resnet50", "fcn8s_resnet18")   # what `make bench-cpu` measures
@@ -66,9 +69,6 @@ def row_label(key: str, backend: str, mode: str, hint: "str | None") -> str:
 
 def cpu_specs(art: Artifacts, rows: Sequence[tuple] = CPU_ROWS) -> list:
     """``ModelSpec`` per row whose model exists (OpenVINO rows only when it is installed)."""
-    from ..runtime.backends.openvino import openvino_available
-    from .bench import ModelSpec
-
     have_ov = openvino_available()
     specs = []
     for key, backend, mode, hint in rows:
@@ -100,8 +100,6 @@ def summarize(results: list) -> dict:
 
 def step_cpu_bench(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
     """Every ``CPU_ROWS`` row at size x size, batch 1, interleaved in one run."""
-    from .bench import backend_note, bench_models, bench_table
-
     b, size = cfg.bench, cfg.data.size
     specs = need(cpu_specs(art), "models to benchmark")
     results = bench_models(specs, [(size, size)], [1], warmup=b.warmup, iters=b.iters, rounds=b.rounds,
@@ -115,9 +113,6 @@ def step_cpu_bench(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
 
 def step_roofline(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
     """Each row's GMAC/s against this CPU's measured convolution peaks, and the INT8 ceiling over PyTorch."""
-    from ..runtime.backends.openvino import INSTALL_HINT, openvino_available
-    from .roofline import conv_peaks, graph_macs, roofline, roofline_table
-
     if not openvino_available():
         raise SkipStage(f"needs OpenVINO to count the MACs and measure the peaks: {INSTALL_HINT}")
     size = cfg.data.size

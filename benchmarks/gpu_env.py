@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional
 
 from ..core.errors import FcnsegError, one_line
 from ..eval.tables import format_table
+from ..runtime.backends.tensorrt import import_tensorrt
 
 PACKAGES = ("torch", "torchvision", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxslim",
             "onnxconverter-common", "openvino", "tensorrt", "tensorrt-rtx", "tensorrt_rtx", "cuda-python",
@@ -96,8 +97,6 @@ def torch_info() -> Dict[str, Any]:
 
 def tensorrt_info(library: str = "tensorrt") -> Dict[str, Any]:
     """Whether ``library`` ("tensorrt" or "tensorrt_rtx") imports with its bindings, and its version."""
-    from ..runtime.backends.tensorrt import import_tensorrt
-
     try:
         trt = import_tensorrt(library)
     except FcnsegError as e:

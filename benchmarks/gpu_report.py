@@ -38,6 +38,7 @@ from .steps import (bench_step, step_data, step_engines, step_export_fp16, step_
                     step_model, step_parity)
 from .torch_cuda import (TORCH_ARCHS, TORCH_MODES, TorchMode, bench_torch_cuda, latency_summary, require_cuda,
                          summary_table, torch_model, torch_table)
+from .report import render_markdown
 
 MODEL = ModelSettings(epochs=6, amp=True, workers=min(8, os.cpu_count() or 1))
 BENCH = BenchSettings(models=("engines",), shapes=((520, 520), (375, 500)), batches=(1, 8), warmup=10, iters=100,
@@ -158,8 +159,6 @@ def main(out, checkpoint, data_path, epochs, iters, ort_iters, warmup, shapes, b
     python -m fcnseg.benchmarks.gpu_report --out gpu_out
     python -m fcnseg.benchmarks.gpu_report --out gpu_out --checkpoint runs/r18/model_best.pth --batches 1
     """
-    from .report import render_markdown
-
     cfg = gpu_report_config(Path(out), checkpoint=optional_path(checkpoint), data_path=optional_path(data_path),
                             epochs=epochs, iters=iters, ort_iters=ort_iters, warmup=warmup,
                             shapes=parse_list(shapes, parse_hw, "HxW"), batches=parse_list(batches, int, "batch sizes"),

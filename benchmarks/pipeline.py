@@ -23,6 +23,10 @@ from ..export import chain
 from ..export.options import EngineOptions, Int8Options
 from .report import echo, need
 from ..eval.tables import format_table
+from ..datasets.synth import synthesize
+from ..export.torch_export import export_onnx
+from ..core.sidecar import EngineSidecar
+from .gpu_env import gpu_count
 
 Shape = Tuple[int, ...]
 VAL_LIST = "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt"   # written last by synthesize: present = complete
@@ -172,8 +176,6 @@ class Artifacts:
 
 def synthetic_voc(root: Path, s: DataSettings, *, progress: bool = True) -> Path:
     """A synthetic VOC root (reused when complete)."""
-    from ..datasets.synth import synthesize
-
     if (root / VAL_LIST).is_file():
         echo(f"   reusing {root}")
         return root
@@ -203,8 +205,6 @@ def checkpoint_for(data: Optional[Path], out: Path, m: ModelSettings, size: int)
 
 
 def onnx_from_checkpoint(ckpt: Path, output: Path, *, verify_shapes: Optional[Sequence[Shape]] = None) -> Any:
-    from ..export.torch_export import export_onnx
-
     return export_onnx(ckpt, output, verify_shapes=verify_shapes)
 
 
@@ -240,8 +240,6 @@ def engine_profile(shapes: Sequence[Tuple[int, int]], batches: Sequence[int]) ->
 
 def engine_row(plan: Path, *, runnable: bool) -> EngineRow:
     """What the engine's sidecar says of it, for the report."""
-    from ..core.sidecar import EngineSidecar
-
     side = EngineSidecar.read(plan)
     size = plan.stat().st_size / 1e6
     if side is None:
@@ -256,8 +254,6 @@ def engine_table(rows: Sequence[EngineRow]) -> str:
 
 def gpu_here() -> bool:
     """Whether a GPU is here to execute engines (NVML, else torch)."""
-    from .gpu_env import gpu_count
-
     if gpu_count():
         return True
     try:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..core.errors import FcnsegError
+from ..eval.tables import format_table
 
 INPUT_RAILS = ("VDD_IN", "POM_5V_IN")   # the board's or module's input: its total draw
 DEFAULT_INTERVAL_MS = 100
@@ -212,8 +213,6 @@ def power_table(results: Sequence, monitor: PowerMonitor) -> str:
     "img/s" is the benchmark's (median latency); "img/s all" counts every image over the model's whole blocks,
     the rate the energy per image belongs to (mJ/img = avg W / img/s all).
     """
-    from ..eval.tables import format_table
-
     rows = []
     for r in results:
         p = r.extra.get("power") or {}

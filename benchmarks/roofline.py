@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 import numpy as np
+from ..runtime.backends.openvino import import_openvino
 
 # 8 chained 3x3 convolutions, 512 channels at 65x65 (FCN-ResNet50's feature size at 520), 80 GMAC. Measured here
 # (OpenVINO, INT8 / FP32 GMAC/s): one convolution alone 807-849 / 238 (its input quantization and float output
@@ -29,8 +30,6 @@ PEAK_PRECISIONS = tuple(_PROBES)
 
 def graph_macs(onnx_path: "str | Path", input_shape: Sequence[int]) -> int:
     """Multiply-accumulates of the graph's convolutions for one input of ``input_shape`` (NCHW)."""
-    from ..runtime.backends.openvino import import_openvino
-
     ov = import_openvino()
     model = ov.Core().read_model(str(onnx_path))
     model.reshape({model.inputs[0]: ov.PartialShape(list(input_shape))})
@@ -85,8 +84,6 @@ def probe_onnx(path: "str | Path", precision: str, *, channels: int = PROBE["cha
 def conv_peaks(*, channels: int = PROBE["channels"], size: int = PROBE["size"], depth: int = PROBE["depth"],
                iters: int = 4, rounds: int = 3, num_threads: Optional[int] = None) -> Dict[str, float]:
     """GMAC/s of the probe per precision (OpenVINO, latency hint), medians of interleaved rounds."""
-    from ..runtime.backends.openvino import import_openvino
-
     ov = import_openvino()
     core = ov.Core()
     x = np.random.default_rng(1).standard_normal((1, channels, size, size)).astype(np.float32)

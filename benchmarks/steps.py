@@ -18,6 +18,15 @@ from .pipeline import (INT8_TARGETS, Artifacts, PipelineConfig, checkpoint_for, 
                        onnx_from_checkpoint, synthetic_voc)
 from .report import Report, SkipStage, need, write_json
 from ..eval.tables import format_table
+from ..datasets.voc import VOCLayout
+from ..train.rundir import read_metrics
+from ..runtime.backends.tensorrt import import_tensorrt
+from ..eval.evaluate import class_delta_table, compare_models, parity_table
+from ..runtime.backends.openvino import openvino_available
+from . import bench
+from .bench import bench_table
+from ..runtime import Segmenter, overlay_with_legend, save_image
+from .video import video_section
 
 
 def step_data(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
@@ -28,8 +37,6 @@ def step_data(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
 
 def split_sizes(root: Any, splits: Sequence[str] = ("train", "val")) -> Dict[str, int]:
     """Images per split, for the splits ``VOCLayout`` finds under ``root`` (ROOT or ROOT/VOCdevkit/VOC2012)."""
-    from ..datasets.voc import VOCLayout
-
     sizes = {}
     for split in splits:
         try:
@@ -56,8 +63,6 @@ def _checkpoint_arch(ckpt: Path) -> Optional[str]:
 
 
 def _training_table(metrics: Path) -> str:
-    from ..train.rundir import read_metrics
-
     logs = read_metrics(metrics)
     return format_table(["epoch", "loss", "lr", "mIoU", "pixel acc", "s", "img/s"],
                         [[g["epoch"], g["train_loss"], g["lr"], g["miou"] * 100, g["global_acc"] * 100,
@@ -102,8 +107,6 @@ def step_export_int8(cfg: PipelineConfig, art: Artifacts, report: Report) -> Non
 
 def step_engines(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
     """Build the engines; each is listed with its library and target GPUs, and whether it can run here."""
-    from ..runtime.backends.tensorrt import import_tensorrt
-
     s = cfg.engines
     try:
         import_tensorrt(s.library)
@@ -121,11 +124,8 @@ def step_engines(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
 
 
 def step_parity(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
-    from ..eval.evaluate import class_delta_table, compare_models, parity_table
-
     paths = [str(need(art.checkpoint, "a checkpoint"))] + [str(p) for p in art.models.values()]
     paths += [str(p) for p in art.runnable_engines()]
-    from ..runtime.backends.openvino import openvino_available
 
     backends = [b for b in cfg.parity_backends if b != "openvino" or openvino_available()]
     with _true_fp32():
@@ -173,12 +173,10 @@ def bench_step(name: str, keys: Optional[Sequence[str]] = None, *, iters: Option
 
 def _bench(cfg: PipelineConfig, art: Artifacts, report: Report, *, name: str, keys: Optional[Sequence[str]],
            iters: Optional[int], providers: Optional[Sequence[str]]) -> None:
-    from .bench import bench_models, bench_table
-
     b = cfg.bench
     paths = need(bench_paths(art, keys or b.models), "models to benchmark")
     n = iters or b.iters
-    results = bench_models(paths, list(cfg.shapes), list(b.batches), warmup=min(b.warmup, n), iters=n,
+    results = bench.bench_models(paths, list(cfg.shapes), list(b.batches), warmup=min(b.warmup, n), iters=n,
                            rounds=min(b.rounds, n), providers=providers, num_threads=b.threads)
     art.bench += results
     write_json(cfg.out / f"{name.replace(' ', '_')}.json", [r.to_dict() for r in results])
@@ -188,10 +186,6 @@ def _bench(cfg: PipelineConfig, art: Artifacts, report: Report, *, name: str, ke
 
 def step_overlays(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
     """Overlays of the first validation images through the INT8 CPU-layout model (else the best one exported)."""
-    from ..runtime import overlay_with_legend, save_image
-    from ..runtime import Segmenter
-    from ..datasets.voc import VOCLayout
-
     key, model = art.showcase_model()
     seg = Segmenter.load(model)
     layout, meta, images = VOCLayout(need(art.data, "a dataset"), "val"), seg.metadata, []
@@ -210,6 +204,5 @@ def step_video(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
 
     if importlib.util.find_spec("av") is None:
         raise SkipStage("needs PyAV for video files: pip install av (or 'fcnseg[video]')")
-    from .video import video_section
 
     video_section(cfg, art, report)

@@ -20,7 +20,11 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..core.errors import FcnsegError, import_optional, one_line
-from .bench import Stats
+from .bench import BENCH_JSON, Stats
+from ..runtime import Segmenter
+from ..core import output_guard as outputs
+from ..core.shapes import parse_hw
+from .report import write_json
 
 CONCURRENCY = (1, 4, 16)
 REQUESTS_PER_CLIENT = 20
@@ -155,8 +159,6 @@ def bench_triton(url: str, images: Sequence[np.ndarray], *, model: str = "fcnseg
     The in-process figure is measured between the levels' runs (before and after, averaged) so that a
     machine's drift in speed hits both sides alike.
     """
-    from ..runtime import Segmenter
-
     run_load(url, model, images, concurrency=1, requests=2, protocol=protocol)
     results = []
     with (Segmenter.load(local_model) if local_model else contextlib.nullcontext()) as seg:   # loaded once
@@ -188,11 +190,8 @@ def run_triton_cli(url: str, model: str, local_models: Sequence[str], shapes: Se
     """``fcn-bench --triton URL``: the table on stdout, the results as JSON with ``--json``."""
     import click
 
-    from ..core import output_guard as outputs
-    from ..core.shapes import parse_hw
-
     if json_path:
-        outputs.check_output(json_path, outputs.BENCH_JSON, inputs=local_models, force=force, option="--json")
+        outputs.check_output(json_path, BENCH_JSON, inputs=local_models, force=force, option="--json")
 
     if len(local_models) > 1:
         raise FcnsegError(f"expected at most one --model to time in-process next to the server, got "
@@ -202,6 +201,4 @@ def run_triton_cli(url: str, model: str, local_models: Sequence[str], shapes: Se
                            protocol=protocol, local_model=local_models[0] if local_models else None)
     click.echo(triton_table(results))
     if json_path:
-        from .report import write_json
-
         write_json(json_path, [r.to_dict() for r in results])

@@ -7,6 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from .report import need
+from ..runtime import Segmenter, save_image
+from ..runtime.video import read_video, segment_stream, write_video
+from ..datasets.voc import VOCLayout
 
 VIDEO_FRAMES = 24        # val images made into the input video (cycled when there are fewer)
 VIDEO_FPS = 8.0
@@ -15,11 +18,6 @@ PNG_FRAMES = 2           # first output frames saved as PNG for the report
 
 def video_section(cfg: Any, art: Any, report: Any) -> None:
     """Write ``video_in.mp4``, segment it into ``video_out.mp4`` (side by side), save frames and FPS."""
-    from ..runtime import save_image
-    from ..runtime import Segmenter
-    from ..runtime.video import read_video, segment_stream, write_video
-    from ..datasets.voc import VOCLayout
-
     key, model = art.showcase_model()
     layout = VOCLayout(need(art.data, "a dataset"), "val")
     n = len(need(layout.ids, "val images"))

@@ -1,8 +1,10 @@
 """Where a command may write: the one check every ``fcn-*`` output goes through before any long work.
 
-An existing file is replaced only when it is the same kind of artifact fcnseg wrote (an ONNX model with
-``fcnseg.*`` metadata, an engine with its sidecar, a calibration cache, a mask or overlay, a report) or
-when the user passes ``--force``; a command never writes over one of its own inputs, force or not.
+An existing file is replaced only when it is the same kind of artifact fcnseg wrote or when the user passes
+``--force``. Each stage declares the kinds it writes as ``ArtifactKind`` values next to its code
+(``fcnseg.export.artifacts``: ONNX models, engines, sidecars, calibration caches, INT8 reports, timing caches;
+``fcnseg.runtime.artifacts``: masks and overlays; ``fcnseg.eval.evaluate.EVAL_JSON``;
+``fcnseg.benchmarks.bench.BENCH_JSON``/``BENCH_CSV``), so this module knows no stage's files; a command never writes over one of its own inputs, force or not.
 Folders that are files, paths that are folders and unwritable places (``/proc``) are refused up front,
 so no long run dies at its last step.
 """
@@ -16,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Union
 
 from .errors import FcnsegError
-from .sidecar import find_sidecar
 
 PathLike = Union[str, "os.PathLike[str]"]
 SOFTWARE = "fcnseg"   # the PNG "Software" text chunk fcnseg writes into masks and overlays
@@ -30,7 +31,8 @@ class ArtifactKind:
     is_ours: Callable[[Path], bool]
 
 
-def _json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """The JSON document in ``path`` (at most 64 MiB read), or None when it is unreadable or not JSON."""
     try:
         with open(path, "rb") as f:
             return json.loads(f.read(64 << 20).decode("utf-8"))
@@ -38,91 +40,12 @@ def _json(path: Path) -> Any:
         return None
 
 
-def _is_fcnseg_onnx(path: Path) -> bool:
-    try:
-        import onnx
-
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # not protobuf, truncated, unreadable: not ours
-        return False
-    return model.producer_name == "fcnseg" or any(p.key.startswith("fcnseg.") for p in model.metadata_props)
-
-
-def _is_fcnseg_engine(path: Path) -> bool:
-    sidecar = find_sidecar(path)
-    return sidecar is not None and _is_sidecar(sidecar)
-
-
-def _is_sidecar(path: Path) -> bool:
-    doc = _json(path)
-    return isinstance(doc, dict) and ("metadata" in doc or "format" in doc)
-
-
-def _is_fcnseg_png(path: Path) -> bool:
-    try:
-        from PIL import Image
-
-        with Image.open(path) as img:
-            return img.format == "PNG" and img.info.get("Software") == SOFTWARE
-    except Exception:
-        return False
-
-
-def _is_mask_npy(path: Path) -> bool:
-    try:
-        import numpy as np
-
-        a = np.load(str(path), allow_pickle=False, mmap_mode="r")
-        return a.ndim == 2 and a.dtype == np.uint8
-    except Exception:
-        return False
-
-
-def _json_dict_with(*keys: str) -> Callable[[Path], bool]:
+def json_dict_with(*keys: str) -> Callable[[Path], bool]:
+    """A test for an ``ArtifactKind``: the file is a JSON object holding all of ``keys``."""
     def is_ours(path: Path) -> bool:
-        doc = _json(path)
+        doc = read_json(path)
         return isinstance(doc, dict) and all(k in doc for k in keys)
     return is_ours
-
-
-def _is_bench_json(path: Path) -> bool:
-    doc = _json(path)
-    return isinstance(doc, list) and bool(doc) and all(isinstance(r, dict) and "model" in r and "e2e" in r
-                                                       for r in doc)
-
-
-def _is_bench_csv(path: Path) -> bool:
-    try:
-        with open(path, encoding="utf-8") as f:
-            header = f.readline()
-        return header.startswith("model,backend,precision,") and "e2e_median_ms" in header
-    except (OSError, UnicodeDecodeError):
-        return False
-
-
-ONNX_MODEL = ArtifactKind("fcnseg ONNX model", _is_fcnseg_onnx)
-ENGINE = ArtifactKind("fcnseg engine (with its sidecar JSON)", _is_fcnseg_engine)
-ENGINE_SIDECAR = ArtifactKind("fcnseg engine sidecar", _is_sidecar)
-CALIBRATION_CACHE = ArtifactKind("fcnseg calibration cache", _json_dict_with("ranges"))
-INT8_REPORT = ArtifactKind("fcnseg INT8 report", _json_dict_with("calibration_ids", "evaluation_ids"))
-MASK = ArtifactKind("fcnseg mask", lambda p: _is_mask_npy(p) if p.suffix.lower() == ".npy" else _is_fcnseg_png(p))
-OVERLAY = ArtifactKind("fcnseg overlay", _is_fcnseg_png)
-EVAL_JSON = ArtifactKind("fcnseg evaluation JSON", _json_dict_with("split", "models"))
-BENCH_JSON = ArtifactKind("fcnseg benchmark JSON", _is_bench_json)
-BENCH_CSV = ArtifactKind("fcnseg benchmark CSV", _is_bench_csv)
-
-
-def _is_empty_or_binary(path: Path) -> bool:
-    """TensorRT's timing cache is an opaque blob it checks itself: empty or binary passes, a text file does not."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return False
-    return not head or b"\0" in head
-
-
-TIMING_CACHE = ArtifactKind("engine timing cache", _is_empty_or_binary)
 
 
 def check_output(path: PathLike, kind: ArtifactKind, *, inputs: Iterable[PathLike] = (), force: bool = False,

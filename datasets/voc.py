@@ -17,6 +17,7 @@ from PIL import Image
 
 from ..core.errors import FcnsegError
 from ..core.classes import IGNORE_INDEX, NUM_CLASSES
+from ..runtime import open_image
 
 
 class VOCLayout:
@@ -140,8 +141,6 @@ def _available_splits(base: Path) -> list:
 
 def _open(path: Path) -> Image.Image:
     """The project's one image reader, on the stored pixels (labels are drawn on them: no EXIF rotation)."""
-    from ..runtime import open_image
-
     if not path.is_file():
         raise FcnsegError(f"expected the file {path}, which does not exist (listed in the split file)")
     return open_image(path, exif=False)

@@ -11,7 +11,7 @@ from ..core.backend_names import PARITY_PRECISION_HINT
 from ..core.cli_args import BackendChoice, OneLineCommand, backend_options, force_option, size_option
 from ..core.errors import FcnsegError, cli_errors
 from ..core.jsonio import write_json
-from .evaluate import TOLERANCES, class_delta_table, compare_models, parity_table
+from .evaluate import EVAL_JSON, TOLERANCES, class_delta_table, compare_models, parity_table
 
 CTX = {"help_option_names": ["-h", "--help"], "show_default": True}
 FORCE_HELP = "replace an existing --json even when it is not an fcnseg report of the same kind"
@@ -47,7 +47,7 @@ def eval_main(model, compare, more, data_path, split, limit, size, backend: Back
     if not paths:
         raise FcnsegError("expected --model PATH or --compare PATH..., got no model; try fcn-eval -h")
     if json_path:
-        outputs.check_output(json_path, outputs.EVAL_JSON, inputs=paths, force=force, option="--json")
+        outputs.check_output(json_path, EVAL_JSON, inputs=paths, force=force, option="--json")
     tol = {"fp32": tol_fp32, "fp16": tol_fp16, "int8": tol_int8}
     run = BackendChoice(backend.backends, backend.providers, backend.precision_hint or PARITY_PRECISION_HINT,
                         backend.threads)

@@ -17,6 +17,7 @@ from ..core.backend_names import PARITY_PRECISION_HINT, BackendChoice
 from ..runtime.backends.onnxruntime import providers_for
 from ..runtime import Segmenter
 from ..core.errors import FcnsegError
+from ..core.output_guard import ArtifactKind, json_dict_with
 from ..core.metrics import ConfusionMatrix
 from .model_specs import model_specs
 from .parity import MiouComparison, ParityResult, compare_miou, evaluate
@@ -25,6 +26,8 @@ from ..datasets.voc import VOCLayout, take
 
 # Allowed |mIoU delta| against the reference, in points, by precision.
 TOLERANCES = {"fp32": 0.05, "fp16": 0.2, "int8": 1.0}
+# What fcn-eval --json writes, for the output guard: an existing file of the kind may be replaced without --force.
+EVAL_JSON = ArtifactKind("fcnseg evaluation JSON", json_dict_with("split", "models"))
 # fcn-eval's default: each model on the fastest backend installed, OpenVINO in f32 (parity, not speed).
 PARITY_RUN = BackendChoice(precision_hint=PARITY_PRECISION_HINT)
 FORMATS = {".pth": "PyTorch", ".onnx": "ONNX", ".plan": "TensorRT", ".engine": "TensorRT"}

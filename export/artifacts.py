@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.output_guard import ArtifactKind, json_dict_with, read_json
+from ..core import output_guard
+from ..core.output_guard import ArtifactKind, json_dict_with
 from ..core.sidecar import find_sidecar
 
 
@@ -20,7 +21,7 @@ def _is_fcnseg_onnx(path: Path) -> bool:
 
 
 def _is_sidecar(path: Path) -> bool:
-    doc = read_json(path)
+    doc = output_guard.read_json(path)
     return isinstance(doc, dict) and ("metadata" in doc or "format" in doc)
 
 

@@ -20,7 +20,7 @@ import onnx
 
 from ..core.errors import FcnsegError
 from ..core.metadata import ModelMetadata
-from ..runtime import preprocess
+from ..runtime import open_image, preprocess
 from ..datasets.voc import VOCLayout
 from .onnx_graph import PathLike
 
@@ -75,8 +75,6 @@ class VOCCalibrationReader(CalibrationDataReader):  # type: ignore[misc,valid-ty
 
 def _read_rgb(path: Path) -> np.ndarray:
     """A calibration image through the project's one reader (stored pixels, as the dataset's labels are)."""
-    from ..runtime import open_image
-
     if not Path(path).is_file():
         raise FcnsegError(f"expected the calibration image {path}, which does not exist (listed in the split file)")
     return np.asarray(open_image(path, exif=False).convert("RGB"))

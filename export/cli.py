@@ -19,11 +19,14 @@ from ..core.cli_args import HW, OneLineGroup, force_option, packed, profile_opti
 from ..core.errors import FcnsegError, handle_cli_errors
 from ..core.onnx_names import DEFAULT_OPSET, TRT8_MAX_OPSET
 from ..core.sidecar import sidecar_path
-from . import chain, triton
+from . import artifacts, chain, triton
 from .options import EngineOptions, Int8Options
 from .tensorrt import check_output_path, parse_compute_capabilities
 from .torch_export import export_onnx
 from .onnx_graph import parse_shapes
+from .fp16 import convert_fp16
+from .check import check_trt_ready
+from .inspection import inspect_path
 
 
 class _Group(OneLineGroup):
@@ -54,7 +57,7 @@ def _sibling(model: str, suffix: str) -> Path:
     return src.with_name(src.stem + suffix)
 
 
-def _guard(path: Any, kind: "outputs.ArtifactKind", inputs: list, force: bool, option: str = "-o") -> str:
+def _guard(path: Any, kind: outputs.ArtifactKind, inputs: list, force: bool, option: str = "-o") -> str:
     """Check an output before any work (see ``fcnseg.core.output_guard.check_output``); inputs must be readable."""
     for item in inputs:
         outputs.check_readable(item)
@@ -166,7 +169,7 @@ def onnx_cmd(checkpoint: str, output: Optional[str], arch: Optional[str], num_cl
              argmax: bool, static_hw: Optional[tuple], opset: int, trt8: bool, min_size: int, max_size: int,
              no_verify: bool, verify_shapes: Optional[str], force: bool) -> None:
     """Export CHECKPOINT to ONNX, verified against PyTorch on ONNX Runtime."""
-    output = _guard(output or Path(checkpoint).with_suffix(".onnx"), outputs.ONNX_MODEL, [checkpoint], force)
+    output = _guard(output or Path(checkpoint).with_suffix(".onnx"), artifacts.ONNX_MODEL, [checkpoint], force)
     result = export_onnx(checkpoint, output, arch=arch, num_classes=num_classes, argmax=argmax, static_hw=static_hw,
                          opset=min(opset, TRT8_MAX_OPSET) if trt8 else opset, verify=not no_verify,
                          verify_shapes=parse_shapes(verify_shapes) if verify_shapes else None,
@@ -182,9 +185,7 @@ def onnx_cmd(checkpoint: str, output: Optional[str], arch: Optional[str], num_cl
 @force_option()
 def fp16_cmd(model: str, output: Optional[str], no_verify: bool, verify_shapes: Optional[str], force: bool) -> None:
     """Convert an FP32 ONNX MODEL to FP16 (float32 inputs/outputs kept)."""
-    from .fp16 import convert_fp16
-
-    output = _guard(output or _sibling(model, "_fp16.onnx"), outputs.ONNX_MODEL, [model], force)
+    output = _guard(output or _sibling(model, "_fp16.onnx"), artifacts.ONNX_MODEL, [model], force)
     result = convert_fp16(model, output, verify=not no_verify,
                           verify_shapes=parse_shapes(verify_shapes) if verify_shapes else None)
     click.echo(result.path)
@@ -201,11 +202,11 @@ def fp16_cmd(model: str, output: Optional[str], no_verify: bool, verify_shapes: 
 def int8_cmd(model: str, int8: Int8Options, cache: Optional[str], report: Optional[str], output: Optional[str],
              force: bool) -> None:
     """Quantize an FP32 ONNX MODEL to INT8 Q/DQ and report the mIoU drop against FP32."""
-    output = _guard(output or _sibling(model, "_int8.onnx"), outputs.ONNX_MODEL, [model], force)
+    output = _guard(output or _sibling(model, "_int8.onnx"), artifacts.ONNX_MODEL, [model], force)
     if cache:
-        cache = _guard(cache, outputs.CALIBRATION_CACHE, [model, output], force, option="--cache")
+        cache = _guard(cache, artifacts.CALIBRATION_CACHE, [model, output], force, option="--cache")
     if report:
-        report = _guard(report, outputs.INT8_REPORT, [model], force, option="--report")
+        report = _guard(report, artifacts.INT8_REPORT, [model], force, option="--report")
     options = replace(int8, cache=Path(cache) if cache else None, report=Path(report) if report else None)
     result = chain.lower(model, "int8", output, int8=options)
     click.echo(f"{result.path}\tmIoU fp32 {result.miou_fp32 * 100:.2f} int8 {result.miou_int8 * 100:.2f} "
@@ -216,8 +217,6 @@ def int8_cmd(model: str, int8: Int8Options, cache: Optional[str], report: Option
 @click.argument("model", type=click.Path(dir_okay=False))
 def check_cmd(model: str) -> None:
     """Check that MODEL is TensorRT-ready (ops, opset, I/O types, Q/DQ placement); exit 1 if not."""
-    from .check import check_trt_ready
-
     report = check_trt_ready(model)
     click.echo(str(report))
     if not report:
@@ -231,8 +230,6 @@ def check_cmd(model: str) -> None:
               help="TensorRT library that parses an ONNX MODEL.")
 def inspect_cmd(model: str, as_json: bool, library: str) -> None:
     """Show MODEL.onnx as TensorRT parses it (layers, dtypes, shapes, INT8/FP16/FP32), or ENGINE.plan's sidecar."""
-    from .inspection import inspect_path
-
     click.echo(inspect_path(model, library=library, as_json=as_json))
 
 
@@ -275,12 +272,12 @@ def trt_cmd(model: str, fp16: bool, int8_flag: bool, int8: Int8Options, engine: 
             output: Optional[str], force: bool, save_onnx: Optional[str]) -> None:
     """Build a TensorRT engine from MODEL (an FP32, FP16 or INT8 Q/DQ ONNX)."""
     output = str(check_output_path(output or Path(model).with_suffix(".plan")))   # before any FP16/INT8 step
-    output = _guard(output, outputs.ENGINE, [model], force)
-    _guard(sidecar_path(output), outputs.ENGINE_SIDECAR, [model], force)   # the sidecar written next to it
+    output = _guard(output, artifacts.ENGINE, [model], force)
+    _guard(sidecar_path(output), artifacts.ENGINE_SIDECAR, [model], force)   # the sidecar written next to it
     if fp16 and int8_flag:
         raise click.UsageError("expected at most one of --fp16 and --int8, got both")
     if save_onnx:
-        save_onnx = _guard(save_onnx, outputs.ONNX_MODEL, [model], force, option="--save-onnx")
+        save_onnx = _guard(save_onnx, artifacts.ONNX_MODEL, [model], force, option="--save-onnx")
     if engine.timing_cache:
         written = [output, str(sidecar_path(output)), save_onnx]
         engine = replace(engine, timing_cache=Path(_guard_timing_cache(str(engine.timing_cache), model, written,
@@ -295,7 +292,7 @@ def _guard_timing_cache(path: str, model: str, written: list, force: bool) -> st
         if Path(path).resolve() == Path(other).resolve():
             raise FcnsegError(f"expected --timing-cache to name its own file, got {path!r} which the command also "
                               f"writes as {other!r}; try --timing-cache {_sibling(model, '.timing.cache')}")
-    return _guard(path, outputs.TIMING_CACHE, [model], force, option="--timing-cache")
+    return _guard(path, artifacts.TIMING_CACHE, [model], force, option="--timing-cache")
 
 
 @main.command("bundle")

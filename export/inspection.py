@@ -21,6 +21,7 @@ from ..core.errors import FcnsegError, one_line
 from ..core.sidecar import EngineSidecar
 from .onnx_graph import PathLike
 from .trt_features import Features, detect_features
+from .tensorrt import ENGINE_SUFFIXES, create_network, dims_list, dtype_name, parse_onnx_errors
 
 PRECISION_ORDER = ("int8", "fp16", "fp32", "q/dq", "constant", "other")
 _FLOATS = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
@@ -70,8 +71,6 @@ def inspect_onnx(path: PathLike, *, library: str = "auto") -> NetworkReport:
     Raises:
         FcnsegError: no TensorRT library, or a file that is not ONNX.
     """
-    from .tensorrt import create_network, parse_onnx_errors
-
     features = detect_features(import_tensorrt(library))
     trt = features.module
     logger = trt.Logger(trt.Logger.ERROR)
@@ -84,8 +83,6 @@ def inspect_onnx(path: PathLike, *, library: str = "auto") -> NetworkReport:
 
 
 def _layers(network: Any, features: Features) -> List[LayerInfo]:
-    from .tensorrt import dims_list, dtype_name
-
     producer: Dict[str, str] = {}
     layers = []
     for i in range(network.num_layers):
@@ -175,8 +172,6 @@ def engine_text(result: Dict[str, Any]) -> str:
 
 def inspect_path(path: PathLike, *, library: str = "auto", as_json: bool = False) -> str:
     """``fcn-export inspect``: an ONNX graph's network or an engine's sidecar/layers, as text or JSON."""
-    from .tensorrt import ENGINE_SUFFIXES
-
     p = Path(path)
     if p.suffix in ENGINE_SUFFIXES:
         result = inspect_engine(p)

@@ -46,7 +46,7 @@ from ..core.errors import FcnsegError
 from ..core.metadata import PREFIX, ModelMetadata
 from ..core.metrics import ConfusionMatrix
 from ..eval.parity import MiouComparison, compare_miou, evaluate
-from ..runtime import preprocess
+from ..runtime import Segmenter, preprocess
 from ..datasets.voc import VOCLayout, take
 from .calibration import (METHODS, QUANT_OP_TYPES, Ranges, VOCCalibrationReader, cached_ranges, calibrate,
                           split_layouts)
@@ -308,8 +308,6 @@ class _Evaluator:
 
 def _predictor(model: onnx.ModelProto, meta: ModelMetadata) -> Any:
     """image -> mask at the image's size: the runtime's ``Segmenter`` on ONNX Runtime CPU."""
-    from ..runtime import Segmenter
-
     with tempfile.TemporaryDirectory(prefix="fcnseg-eval-") as tmp:
         path = Path(tmp) / "candidate.onnx"
         onnx.save_model(model, str(path))

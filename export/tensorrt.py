@@ -36,6 +36,7 @@ from .opt_profile import (DEFAULT_MAX_SHAPE, DEFAULT_MIN_SHAPE, DEFAULT_OPT_SHAP
                       Shape, declared_size_range, derive_profile)
 from .trt_features import (BuildMode, Features, check_dla, choose_build_mode, choose_targets,  # noqa: F401
                            detect_features, parse_compute_capabilities)
+from ..runtime.backends.cuda_memory import device_info
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -219,8 +220,6 @@ def dtype_name(dtype: Any, features: Features) -> str:
 
 def gpu_info() -> Dict[str, str]:
     """Name and compute capability of GPU 0: cuda-python, pycuda, then torch.cuda; "unknown" otherwise."""
-    from ..runtime.backends.cuda_memory import device_info
-
     info = device_info()
     if info["name"] != "unknown" or any(map(_importable, ("cuda", "pycuda"))):
         return info  # a CUDA library answered (or found no GPU): importing torch would not change that

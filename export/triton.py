@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
-from ..core.atomic import current_umask
+from ..core.atomic import current_umask, write_text
 from ..core.errors import FcnsegError, import_optional
 from ..core.sidecar import find_sidecar, sidecar_path
 from .triton_io import ModelIO, TensorSpec, TritonRepository, read_onnx_io, read_plan_io
@@ -292,7 +292,6 @@ def write_repository(repo: Path, configs: Mapping[str, Any], files: Mapping[str,
     repo.mkdir(parents=True, exist_ok=True)
     for name, config in configs.items():
         _write_model_dir(repo / name, config_text(config), files.get(name, {}))
-    from ..core.atomic import write_text
 
     result = TritonRepository(repo, list(configs), entry, readme, dict(configs), profile, input_size)
     write_text(readme, readme_text(result))

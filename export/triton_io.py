@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 from ..core.errors import FcnsegError
 from ..core.metadata import ModelMetadata
 from ..core.sidecar import EngineSidecar, sidecar_path
+from .onnx_graph import load_onnx, read_metadata
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
@@ -50,7 +51,6 @@ def read_onnx_io(path: PathLike) -> ModelIO:
     """Inputs, outputs (dims without batch, -1 where symbolic) and metadata of an ONNX graph."""
     from onnx.helper import tensor_dtype_to_np_dtype
 
-    from .onnx_graph import load_onnx, read_metadata
 
     model = load_onnx(path)   # a missing, truncated or foreign file: one FcnsegError
     init = {i.name for i in model.graph.initializer}

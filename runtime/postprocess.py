@@ -17,7 +17,8 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin
 
 from ..core.atomic import atomic_path
 from ..core.errors import FcnsegError
-from ..core.output_guard import MASK, OVERLAY, SOFTWARE, check_output, check_output_dir, check_readable, unique_path
+from ..core.output_guard import SOFTWARE, check_output, check_output_dir, check_readable, unique_path
+from .artifacts import MASK, OVERLAY
 from .preprocess import to_rgb_uint8
 from ..core.classes import IGNORE_INDEX, VOC_CLASSES, voc_palette
 

@@ -26,6 +26,8 @@ from ..core.output_guard import check_readable
 from ..core.metadata import ModelMetadata
 from .preprocess import preprocess, resize_mask, resize_rgb
 from ..core.sidecar import EngineSidecar
+from .backends.openvino import OpenVinoBackend, openvino_available
+from .backends.onnxruntime import OnnxRuntimeBackend
 
 PathLike = Union[str, "os.PathLike[str]"]
 SUFFIXES = {".onnx": "ONNX Runtime", ".plan": "TensorRT", ".engine": "TensorRT", ".pth": "PyTorch",
@@ -193,10 +195,8 @@ def load_backend(path: PathLike, *, backend: Optional[str] = None, providers: Op
         raise FcnsegError(f"expected a precision hint only with the openvino backend, got {precision_hint!r} for "
                           f"{name} on {p.name!r}; try backend='openvino' (pip install openvino) or no hint")
     if name == "openvino":
-        from .backends.openvino import OpenVinoBackend
         return OpenVinoBackend(p, num_threads=num_threads, precision_hint=precision_hint)
     if name == "onnxruntime":
-        from .backends.onnxruntime import OnnxRuntimeBackend
         return OnnxRuntimeBackend(p, providers=providers, num_threads=num_threads)
     if name == "tensorrt":
         return _tensorrt_backend(p)
@@ -222,7 +222,6 @@ def choose_backend(path: PathLike, backend: Optional[str] = None, *,
         return backend
     if candidates[0] != "openvino" or providers or _onnxruntime_has_gpu():
         return candidates[-1]
-    from .backends.openvino import openvino_available
     return "openvino" if openvino_available() else "onnxruntime"
 
 

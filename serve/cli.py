@@ -10,6 +10,7 @@ import click
 
 from ..core.cli_args import OneLineCommand, force_option
 from ..core.errors import FcnsegError, cli_errors
+from .server import TritonInstall, TritonServer, serve_model
 
 CTX = {"help_option_names": ["-h", "--help"], "show_default": True}
 PORT = click.IntRange(min=0, max=65535)
@@ -43,8 +44,6 @@ def main(model: Optional[str], repo: Optional[str], name: str, host: str, http_p
     fcn-serve --model model.onnx                      # HTTP :8000, gRPC :8001, metrics :8002
     fcn-serve --repo triton_repo                      # a repository written by fcn-export triton
     """
-    from .server import TritonInstall, TritonServer, serve_model
-
     if not model and not repo:
         raise FcnsegError("expected --model FILE or --repo DIR, got neither; try fcn-serve -h")
     ports: Any = dict(host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,

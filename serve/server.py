@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any, List, Optional, Sequence, Union
 
 from ..core.errors import FcnsegError
+from ..export.triton import Batching, export_segmenter
 
 PathLike = Union[str, "os.PathLike[str]"]
 ENV_VAR = "FCNSEG_TRITON_ENV"
@@ -244,8 +245,6 @@ def serve_model(model: PathLike, *, repo: Optional[PathLike] = None, name: str =
         name, max_batch, instances, max_queue_delay_us, force: see ``fcnseg.export.triton.export_segmenter``.
         **server_options: ``TritonServer`` arguments (host, ports, install, log).
     """
-    from ..export.triton import Batching, export_segmenter
-
     batching = Batching(kind="cpu", max_batch=max_batch, instances=instances,
                         **({"max_queue_delay_us": max_queue_delay_us} if max_queue_delay_us is not None else {}))
     install = server_options.pop("install", None) or TritonInstall.find()   # fail before writing anything

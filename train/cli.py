@@ -6,6 +6,7 @@ import click
 
 from ..core.errors import cli_errors
 from .config import TrainConfig
+from ..datasets.synth import synthesize
 
 
 def _d(name: str):
@@ -58,7 +59,5 @@ def data_main() -> None:
 @cli_errors
 def synth_cmd(root: str, num_train: int, num_val: int, size: int, seed: int) -> None:
     """Write a synthetic dataset in the real VOC 2012 layout under ROOT/VOCdevkit/VOC2012."""
-    from ..datasets.synth import synthesize
-
     path = synthesize(root, num_train=num_train, num_val=num_val, size=size, seed=seed)
     click.echo(f"wrote {num_train} train + {num_val} val images to {path}")

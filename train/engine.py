@@ -35,6 +35,7 @@ from .resume import ResumePoint, read_resume
 from .rundir import append_metrics, prepare_output_dir
 from .schedule import LRPlan, make_scheduler, plan_lr
 from .weights import check_checkpoint_file
+from .plot import plot_metrics
 
 __all__ = ["TrainConfig", "criterion", "make_optimizer", "make_scheduler", "train_one_epoch", "evaluate",
            "make_loaders", "build_model", "seed_epoch", "checkpoint_dict", "train"]
@@ -220,7 +221,6 @@ def _train(cfg: TrainConfig, device: torch.device, dist_info: distributed.DistIn
             ckpt = checkpoint_dict(cfg, model, optimizer, scheduler, scaler, epoch, result["miou"], best, plan=plan)
             _save_epoch(out, ckpt, log, is_best=result["miou"] >= best)
     if dist_info.is_main and cfg.plot and (out / "metrics.jsonl").exists():
-        from .plot import plot_metrics
         plot_metrics(out / "metrics.jsonl", out / "metrics.png")
     return log
 

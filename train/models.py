@@ -23,8 +23,7 @@ from typing import Callable, Dict, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.models import resnet18, resnet34
-from torchvision.models import segmentation as tv_seg
+from torchvision.models import resnet18, resnet34, segmentation as tv_seg
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.fcn import FCN, FCNHead
 

@@ -18,7 +18,8 @@ from typing import Any, Callable, Optional, Sequence, Set
 import click
 
 from ...core.errors import FcnsegError
-from ...core.output_guard import MASK, OVERLAY, ArtifactKind, check_output, check_writable_parent
+from ...core.output_guard import ArtifactKind, check_output, check_writable_parent
+from ..artifacts import MASK, OVERLAY
 from ..postprocess import IMAGE_SUFFIXES
 from .loop import VISUALIZE, StreamStats, segment_stream
 from .sources import OUTPUT_FORMATS, is_stream_spec

@@ -21,6 +21,7 @@ from ...core.output_guard import SOFTWARE
 from ..postprocess import save_image
 from ..preprocess import to_rgb_uint8
 from .sources import DEFAULT_FPS, OUTPUT_FORMATS, VIDEO_SUFFIXES, Sink, import_av
+from .mjpeg import MjpegSink
 
 PathLike = Union[str, "os.PathLike[str]"]
 NETWORK_SINKS = {"udp": "mpegts", "rtp": "rtp"}   # MPEG-TS over UDP; H.264 over RTP (payload 96), as segnet
@@ -171,7 +172,6 @@ def open_sink(spec: PathLike, *, fps: Optional[float] = None, codec: Optional[st
     """
     s = str(spec)
     if s.lower().startswith("http://"):
-        from .mjpeg import MjpegSink
         return MjpegSink(s, quality=quality)
     if "://" in s or Path(s).suffix.lower() in OUTPUT_FORMATS:
         return AVSink(s, fps=fps, codec=codec)

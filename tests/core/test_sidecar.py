@@ -77,7 +77,8 @@ def test_not_a_json_object(tmp_path, text):
 
 def test_output_checks_recognise_engines_by_their_sidecar_and_read_it_once(tmp_path, monkeypatch):
     """ENGINE finds the sidecar where EngineSidecar does (model.plan.json, else model.json); each file parsed once."""
-    from fcnseg.core import output_guard as outputs
+    from fcnseg.core import output_guard
+    from fcnseg.export import artifacts as outputs
 
     plan = tmp_path / "m.plan"
     plan.write_bytes(b"engine bytes")
@@ -86,8 +87,8 @@ def test_output_checks_recognise_engines_by_their_sidecar_and_read_it_once(tmp_p
     assert outputs.ENGINE.is_ours(plan) and find_sidecar(plan) == tmp_path / "m.json"
     (tmp_path / "notes.json").write_text('{"mine": 1}')
     parsed = []
-    real = outputs._json
-    monkeypatch.setattr(outputs, "_json", lambda p: parsed.append(p.name) or real(p))
+    real = output_guard.read_json
+    monkeypatch.setattr(output_guard, "read_json", lambda p: parsed.append(p.name) or real(p))
     assert outputs.ENGINE_SIDECAR.is_ours(tmp_path / "m.json")
     assert not outputs.ENGINE_SIDECAR.is_ours(tmp_path / "notes.json")
     assert not outputs.INT8_REPORT.is_ours(tmp_path / "notes.json")

@@ -19,10 +19,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..core.backend_names import BackendChoice
+from ..core.errors import FcnsegError
 from ..core.output_guard import ArtifactKind, read_json
 from ..core.shapes import parse_hw  # noqa: F401  (re-exported for the CLIs)
 from ..eval.model_specs import ModelSpec, backend_note, model_specs  # noqa: F401  (re-exported)
@@ -31,6 +33,7 @@ from ..runtime.backends.onnxruntime import providers_for
 from ..runtime.backends.openvino import _read_metadata, import_openvino
 from ..eval.tables import format_table
 from ..core.atomic import write_text
+from .power import open_power_monitor, power_table
 
 STAGES = ("preprocess", "h2d", "infer", "d2h", "postprocess")
 
@@ -255,6 +258,68 @@ def _result(r: _Runner, hw: tuple, batch: int, peak: float) -> BenchResult:
                        peak_device_mb=_device_mb(r.seg) if r.spec.mode == "e2e" else None, mode=r.spec.mode,
                        precision_hint=r.hint, label=r.spec.name(r.backend),
                        extra={"hint_requested": r.spec.precision_hint or ""})
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How each model is timed: untimed warm-up runs, timed runs per (shape, batch), interleaved blocks."""
+
+    warmup: int = 5
+    iters: int = 50
+    rounds: int = 5
+
+
+@dataclass
+class BenchRun:
+    """What ``run_benchmark`` measured: the rows, the power table (``--power``) and a note on the backends."""
+
+    results: List["BenchResult"]
+    power_table: str = ""
+    note: str = ""
+
+
+def run_benchmark(paths: Sequence[str], shapes: Sequence[Tuple[int, int]], batches: Sequence[int], *,
+                  timing: Timing = Timing(), run: BackendChoice = BackendChoice(), model_only: bool = False,
+                  power_interval_ms: Optional[int] = None) -> BenchRun:
+    """``fcn-bench``: every model on every backend asked, side by side in one interleaved run.
+
+    Args:
+        paths: model files (.onnx, .plan/.engine, .pth); the first is the reference of the speed-ups.
+        shapes / batches: the (H, W) sizes and batch sizes to time at.
+        timing: warm-up, timed runs and interleaved blocks.
+        run: backends (each .onnx once per backend), ONNX Runtime providers, OpenVINO's hint, CPU threads.
+        model_only: also time each library alone on a preprocessed input.
+        power_interval_ms: sample a Jetson's board power every this many ms (None: no power).
+    """
+    if not paths:
+        raise FcnsegError("expected --engine PATH or --model PATH, got neither; try fcn-bench -h")
+    specs = model_specs(paths, run.backends, precision_hint=run.precision_hint, providers=run.providers,
+                        modes=("e2e", "model") if model_only else ("e2e",))
+    # Opened first: off a Jetson it is one error line before any model loads.
+    monitor = open_power_monitor(power_interval_ms) if power_interval_ms else None
+    try:
+        check_fits_in_memory(shapes, batches)
+        results = bench_models(specs, list(shapes), list(batches), warmup=timing.warmup, iters=timing.iters,
+                               rounds=timing.rounds, providers=run.providers, num_threads=run.threads, power=monitor)
+    finally:
+        if monitor is not None:
+            monitor.close()
+    return BenchRun(results, power_table(results, monitor) if monitor is not None else "", backend_note(specs))
+
+
+def check_fits_in_memory(shapes: Sequence[Tuple[int, int]], batches: Sequence[int]) -> None:
+    """Refuse a --shape/--batch whose images and network input would not fit in memory (instead of an OOM kill)."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return
+    for h, w in shapes:
+        for b in batches:
+            need = b * h * w * 3 * (1 + 4 + 4)   # uint8 images, float32 input, float32 logits of >= 3 classes
+            if need > total // 2:
+                raise FcnsegError(f"expected --shape and --batch that fit in half of this machine's "
+                                  f"{total / 2**30:.0f} GiB, got {h}x{w} x {b} needing about {need / 2**30:.0f} GiB; "
+                                  "try --shape 520x520")
 
 
 def bench_models(specs: Sequence[Union[str, ModelSpec]], shapes: Sequence[tuple], batches: Sequence[int],

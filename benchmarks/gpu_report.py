@@ -29,6 +29,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import click
 
+from ..core.cli_args import packed
 from ..core.errors import FcnsegError, cli_errors
 from ..core.shapes import parse_hw
 from .gpu_env import environment_report, environment_table
@@ -63,14 +64,13 @@ class GpuReportConfig(PipelineConfig):
         return self
 
 
-def gpu_report_config(out: Path, *, checkpoint: Optional[Path] = None, data_path: Optional[Path] = None,
+def gpu_report_config(out: Path, *, checkpoint: Optional[Path] = None, data: DataSettings = DataSettings(),
                       epochs: int = MODEL.epochs, iters: int = BENCH.iters, ort_iters: int = ORT_ITERS,
                       warmup: int = BENCH.warmup, shapes: Any = BENCH.shapes, batches: Any = BENCH.batches,
-                      limit: Optional[int] = None, num_train: int = DataSettings.num_train,
-                      num_val: int = DataSettings.num_val, image_size: int = DataSettings.size) -> GpuReportConfig:
+                      limit: Optional[int] = None) -> GpuReportConfig:
     """The GPU report's configuration from its command-line options."""
     return GpuReportConfig(
-        out, data=DataSettings(root=data_path, num_train=num_train, num_val=num_val, size=image_size),
+        out, data=data,
         model=dataclasses.replace(MODEL, checkpoint=checkpoint, epochs=epochs),
         export=ExportSettings(models=("fp32", "fp16", "int8"), int8_eval_images=limit),
         bench=dataclasses.replace(BENCH, shapes=tuple(shapes), batches=tuple(batches), warmup=warmup, iters=iters),
@@ -150,19 +150,20 @@ def run_gpu_report(cfg: GpuReportConfig) -> Report:
 @click.option("--num-train", default=DataSettings.num_train, help="synthetic train images")
 @click.option("--num-val", default=DataSettings.num_val, help="synthetic val images")
 @click.option("--image-size", default=DataSettings.size, help="synthetic image size (also the training base size)")
+@packed("data", lambda data_path, num_train, num_val, image_size: DataSettings(
+    root=optional_path(data_path), num_train=num_train, num_val=num_val, size=image_size),
+    ("data_path", "num_train", "num_val", "image_size"))
 @cli_errors
-def main(out, checkpoint, data_path, epochs, iters, ort_iters, warmup, shapes, batches, limit, num_train,
-         num_val, image_size) -> None:
+def main(out, checkpoint, data: DataSettings, epochs, iters, ort_iters, warmup, shapes, batches, limit) -> None:
     """Environment, model, FP32/FP16/INT8 ONNX (+ TensorRT engines), parity and latency in one go.
 
     \b
     python -m fcnseg.benchmarks.gpu_report --out gpu_out
     python -m fcnseg.benchmarks.gpu_report --out gpu_out --checkpoint runs/r18/model_best.pth --batches 1
     """
-    cfg = gpu_report_config(Path(out), checkpoint=optional_path(checkpoint), data_path=optional_path(data_path),
-                            epochs=epochs, iters=iters, ort_iters=ort_iters, warmup=warmup,
-                            shapes=parse_list(shapes, parse_hw, "HxW"), batches=parse_list(batches, int, "batch sizes"),
-                            limit=limit, num_train=num_train, num_val=num_val, image_size=image_size)
+    cfg = gpu_report_config(Path(out), checkpoint=optional_path(checkpoint), data=data, epochs=epochs, iters=iters,
+                            ort_iters=ort_iters, warmup=warmup, shapes=parse_list(shapes, parse_hw, "HxW"),
+                            batches=parse_list(batches, int, "batch sizes"), limit=limit)
     report = run_gpu_report(cfg)
     click.echo(render_markdown(report))
     click.echo(f"wrote {cfg.out / 'gpu_report.md'} and {cfg.out / 'gpu_report.json'}; exit code "

@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
+import click
 import numpy as np
 
 from ..core.errors import FcnsegError, import_optional, one_line
@@ -184,12 +185,20 @@ def triton_table(results: Sequence[LoadResult]) -> str:
     return "\n".join(rows + ([f"first errors: {'; '.join(errors)}"] if errors else []))
 
 
-def run_triton_cli(url: str, model: str, local_models: Sequence[str], shapes: Sequence[str],
-                   concurrency: Sequence[int], requests: int, protocol: str, json_path: Optional[str],
-                   force: bool = False) -> None:
-    """``fcn-bench --triton URL``: the table on stdout, the results as JSON with ``--json``."""
-    import click
+@dataclass(frozen=True)
+class TritonLoad:
+    """A load on a Triton server (``fcn-bench --triton``): where, which model, how many clients and requests."""
 
+    url: str
+    model: str = "fcnseg"
+    concurrency: Sequence[int] = (1, 4, 16)
+    requests: int = 20
+    protocol: str = "http"
+
+
+def run_triton_cli(load: TritonLoad, local_models: Sequence[str], shapes: Sequence[Sequence[int]],
+                   json_path: Optional[str], force: bool = False) -> None:
+    """``fcn-bench --triton URL``: the table on stdout, the results as JSON with ``--json``."""
     if json_path:
         outputs.check_output(json_path, BENCH_JSON, inputs=local_models, force=force, option="--json")
 
@@ -197,8 +206,8 @@ def run_triton_cli(url: str, model: str, local_models: Sequence[str], shapes: Se
         raise FcnsegError(f"expected at most one --model to time in-process next to the server, got "
                           f"{len(local_models)}; try the model file the server serves")
     images = synthetic_images([parse_hw(s) for s in shapes])
-    results = bench_triton(url, images, model=model, concurrency=concurrency, requests=requests,
-                           protocol=protocol, local_model=local_models[0] if local_models else None)
+    results = bench_triton(load.url, images, model=load.model, concurrency=load.concurrency, requests=load.requests,
+                           protocol=load.protocol, local_model=local_models[0] if local_models else None)
     click.echo(triton_table(results))
     if json_path:
         write_json(json_path, [r.to_dict() for r in results])

@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 import sys
+from typing import Callable
 
 import click
 
 from ..core import output_guard as outputs
 from ..core.backend_names import PARITY_PRECISION_HINT
-from ..core.cli_args import BackendChoice, OneLineCommand, backend_options, force_option, size_option
+from ..core.cli_args import BackendChoice, OneLineCommand, backend_options, force_option, packed, size_option
 from ..core.errors import FcnsegError, cli_errors
 from ..core.jsonio import write_json
 from .evaluate import EVAL_JSON, TOLERANCES, class_delta_table, compare_models, parity_table
 
 CTX = {"help_option_names": ["-h", "--help"], "show_default": True}
 FORCE_HELP = "replace an existing --json even when it is not an fcnseg report of the same kind"
+
+
+def tolerance_options(fn: Callable) -> Callable:
+    """``--tol-fp32``, ``--tol-fp16`` and ``--tol-int8``, passed as one ``tolerances`` dict (points, by precision)."""
+    fn = packed("tolerances", lambda **t: {k[len("tol_"):]: v for k, v in t.items()}, ("tol_fp32", "tol_fp16",
+                                                                                     "tol_int8"))(fn)
+    fn = click.option("--tol-int8", type=click.FloatRange(min=0), default=TOLERANCES["int8"])(fn)
+    fn = click.option("--tol-fp16", type=click.FloatRange(min=0), default=TOLERANCES["fp16"])(fn)
+    return click.option("--tol-fp32", type=click.FloatRange(min=0), default=TOLERANCES["fp32"],
+                        help="allowed |mIoU delta| in points")(fn)
 
 
 @click.command(cls=OneLineCommand, context_settings=CTX)
@@ -27,14 +38,12 @@ FORCE_HELP = "replace an existing --json even when it is not an fcnseg report of
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="evaluate only the first N images")
 @size_option()
 @backend_options(multiple=True, hint_default="f32, for parity")
-@click.option("--tol-fp32", default=TOLERANCES["fp32"], help="allowed |mIoU delta| in points")
-@click.option("--tol-fp16", default=TOLERANCES["fp16"])
-@click.option("--tol-int8", default=TOLERANCES["int8"])
+@tolerance_options
 @click.option("--json", "json_path", default=None, type=click.Path(), help="write all results as JSON")
 @force_option(FORCE_HELP)
 @cli_errors
-def eval_main(model, compare, more, data_path, split, limit, size, backend: BackendChoice, tol_fp32, tol_fp16,
-              tol_int8, json_path, force) -> None:
+def eval_main(model, compare, more, data_path, split, limit, size, backend: BackendChoice, tolerances: dict,
+              json_path, force) -> None:
     """Evaluate a model's mIoU on a VOC split, or compare several models on the same images.
 
     \b
@@ -48,10 +57,9 @@ def eval_main(model, compare, more, data_path, split, limit, size, backend: Back
         raise FcnsegError("expected --model PATH or --compare PATH..., got no model; try fcn-eval -h")
     if json_path:
         outputs.check_output(json_path, EVAL_JSON, inputs=paths, force=force, option="--json")
-    tol = {"fp32": tol_fp32, "fp16": tol_fp16, "int8": tol_int8}
     run = BackendChoice(backend.backends, backend.providers, backend.precision_hint or PARITY_PRECISION_HINT,
                         backend.threads)
-    result = compare_models(paths, data_path, split, limit=limit, size=size, tolerances=tol, run=run)
+    result = compare_models(paths, data_path, split, limit=limit, size=size, tolerances=tolerances, run=run)
     click.echo(parity_table(result))
     click.echo("\nper-class IoU (%) and deltas (points):")
     click.echo(class_delta_table(result))

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import signal
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, Dict, Optional
 
 import click
 
-from ..core.cli_args import OneLineCommand, force_option
+from ..core.cli_args import OneLineCommand, force_option, packed
 from ..core.errors import FcnsegError, cli_errors
 from .server import TritonInstall, TritonServer, serve_model
 
 CTX = {"help_option_names": ["-h", "--help"], "show_default": True}
 PORT = click.IntRange(min=0, max=65535)
+
+
+def port_options(fn: Callable) -> Callable:
+    """``--host`` and the three ports, passed as one ``ports`` dict of ``TritonServer``'s keyword arguments."""
+    fn = packed("ports", lambda **p: p, ("host", "http_port", "grpc_port", "metrics_port"))(fn)
+    fn = click.option("--metrics-port", type=PORT, default=8002, help="Prometheus metrics port (0: a free one)")(fn)
+    fn = click.option("--grpc-port", type=PORT, default=8001, help="gRPC port (0: a free one)")(fn)
+    fn = click.option("--port", "http_port", type=PORT, default=8000, help="HTTP port (0: a free one)")(fn)
+    return click.option("--host", default="127.0.0.1", help="address every endpoint binds to")(fn)
 
 
 @click.command(cls=OneLineCommand, context_settings=CTX)
@@ -22,10 +31,7 @@ PORT = click.IntRange(min=0, max=65535)
 @click.option("--repo", type=click.Path(file_okay=False), help="repository folder: written for --model (kept), "
               "or served as it is without --model [default with --model: a temporary folder]")
 @click.option("--name", default="fcnseg", help="model name clients call")
-@click.option("--host", default="127.0.0.1", help="address every endpoint binds to")
-@click.option("--port", "http_port", type=PORT, default=8000, help="HTTP port (0: a free one)")
-@click.option("--grpc-port", type=PORT, default=8001, help="gRPC port (0: a free one)")
-@click.option("--metrics-port", type=PORT, default=8002, help="Prometheus metrics port (0: a free one)")
+@port_options
 @click.option("--max-batch", type=int, default=None, help="largest batch Triton forms [default: 8]")
 @click.option("--instances", type=int, default=1, help="model instances (processes)")
 @click.option("--max-queue-delay-us", type=int, default=None, help="how long a request waits for a batch "
@@ -35,9 +41,9 @@ PORT = click.IntRange(min=0, max=65535)
               "[default: $FCNSEG_TRITON_ENV, the project's .venv-triton, this Python]")
 @click.option("--timeout", type=float, default=120.0, help="seconds to wait for the server to be ready")
 @cli_errors
-def main(model: Optional[str], repo: Optional[str], name: str, host: str, http_port: int, grpc_port: int,
-         metrics_port: int, max_batch: Optional[int], instances: int, max_queue_delay_us: Optional[int],
-         force: bool, triton_env: Optional[str], timeout: float) -> None:
+def main(model: Optional[str], repo: Optional[str], name: str, ports: Dict[str, Any], max_batch: Optional[int],
+         instances: int, max_queue_delay_us: Optional[int], force: bool, triton_env: Optional[str],
+         timeout: float) -> None:
     """Serve MODEL over HTTP and gRPC with Triton (dynamic batching, Prometheus metrics) until Ctrl-C.
 
     \b
@@ -46,8 +52,7 @@ def main(model: Optional[str], repo: Optional[str], name: str, host: str, http_p
     """
     if not model and not repo:
         raise FcnsegError("expected --model FILE or --repo DIR, got neither; try fcn-serve -h")
-    ports: Any = dict(host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-                      install=TritonInstall.find(triton_env), log=sys.stderr)
+    ports = dict(ports, install=TritonInstall.find(triton_env), log=sys.stderr)
     if model:
         server = serve_model(model, repo=repo, name=name, max_batch=max_batch, instances=instances,
                              max_queue_delay_us=max_queue_delay_us, force=force, **ports)

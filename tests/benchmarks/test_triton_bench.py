@@ -74,6 +74,7 @@ def test_triton_json_stays_strict_when_every_request_of_a_level_failed(tmp_path,
     failed = LoadResult("127.0.0.1:1/fcnseg", 1, 3, 3, 0.5, 0.0, Stats.of([float("nan")]), first_error="refused")
     monkeypatch.setattr(triton_bench, "bench_triton", lambda *a, **kw: [failed])
     out = tmp_path / "triton.json"
-    triton_bench.run_triton_cli("127.0.0.1:1", "fcnseg", [], ["24x32"], [1], 3, "http", str(out))
+    triton_bench.run_triton_cli(triton_bench.TritonLoad("127.0.0.1:1", concurrency=[1], requests=3), [], [(24, 32)],
+                                str(out))
     (row,) = json.loads(out.read_text(), parse_constant=lambda name: pytest.fail(f"bare {name} in the JSON"))
     assert (row["failed"], row["e2e"]["median"], row["first_error"]) == (3, None, "refused")

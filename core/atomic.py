@@ -4,23 +4,36 @@ The temporary file is named ``.<name>.fcnseg-<pid>-<random>.tmp`` and gets the p
 would give (``0o666 & ~umask``: 0644 under umask 022), not ``mkstemp``'s 0600, so another user (a serving
 process) can read the artifact. A run killed between the two steps leaves its temporary file behind; the
 next atomic write into that folder removes such files when their writer is gone or they are over an hour old.
+Scratch folders for long work (``work_dir``: INT8 calibration's graphs, ONNX Runtime's quantizer files) follow
+the same rule beside the output, ``.<name>.fcnseg-<pid>-<random>.tmpdir``, so a SIGKILL cannot orphan them
+in the system's temporary folder. A full disk (or a file-size limit) while writing is one ``FcnsegError``
+naming the file and the free space, and nothing is left behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import re
+import shutil
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Iterator, List, Set, Union
+from typing import Iterator, List, Optional, Set, Union
+
+from .errors import FcnsegError
 
 PathLike = Union[str, "os.PathLike[str]"]
 TEMP_MARK = ".fcnseg-"
 STALE_SECONDS = 3600.0
-_TEMP_RE = re.compile(r"^\..+\.fcnseg-(\d+)-[^.]+\.tmp(\.\w+)?$")
+_TEMP_RE = re.compile(r"^\..+\.fcnseg-(\d+)-[^.]+\.tmp(dir|\.\w+)?$")
+# Write errors that mean "no room": a full filesystem, a quota, a file-size limit (RLIMIT_FSIZE).
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# What torch.save (and other C++ writers) say when the same happens under them.
+NO_ROOM_TEXT = ("No space left", "file write failed", "unexpected pos", "File too large", "Disk quota")
 _umask_lock = threading.Lock()
 _cleaned: Set[str] = set()
 
@@ -32,10 +45,63 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     try:
         yield tmp
         commit_temp(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if is_no_room(e):
+            raise no_room_error(path, e) from None
         raise
+
+
+def is_no_room(error: BaseException) -> bool:
+    """Whether ``error`` says the disk (or the file-size limit) had no room for a write."""
+    if isinstance(error, OSError) and error.errno in NO_ROOM:
+        return True
+    return isinstance(error, RuntimeError) and any(t in str(error) for t in NO_ROOM_TEXT)
+
+
+def no_room_error(path: PathLike, error: BaseException, needed: Optional[int] = None) -> FcnsegError:
+    """The one-line error for a write that found no room: which file, how much is free (and needed, if known)."""
+    folder = Path(path).parent if str(Path(path).parent) else Path(".")
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    if isinstance(error, OSError) and error.strerror:
+        reason = error.strerror
+    else:   # torch.save's "unexpected pos 961920 vs 961816": say what it means
+        reason = f"a failed write ({str(error).splitlines()[0][-60:].strip()})"
+    need = f", about {needed / 2**20:.1f} MiB needed" if needed else ""
+    return FcnsegError(f"expected room to write {str(path)!r}, got {reason!r} ({free}{need}); nothing was written; "
+                       "try freeing space there or writing to another folder")
+
+
+@contextlib.contextmanager
+def work_dir(near: PathLike, *, redirect_tempfile: bool = False) -> Iterator[Path]:
+    """A scratch folder beside ``near`` (``.<name>.fcnseg-<pid>-<random>.tmpdir``), removed afterwards.
+
+    A run killed inside it leaves the folder; the next ``work_dir`` or atomic write in that folder removes it
+    once its process is gone. With ``redirect_tempfile``, ``tempfile`` (and so libraries such as ONNX
+    Runtime's quantizer) creates its temporary files inside it for the duration.
+    """
+    target = Path(near)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(target.parent)
+    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}{TEMP_MARK}{os.getpid()}-", suffix=".tmpdir",
+                                   dir=target.parent))
+    before = tempfile.tempdir
+    try:
+        if redirect_tempfile:
+            tempfile.tempdir = str(folder)
+        yield folder
+    except BaseException as e:
+        if is_no_room(e):
+            raise no_room_error(near, e) from None
+        raise
+    finally:
+        if redirect_tempfile:
+            tempfile.tempdir = before
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def temp_path(path: PathLike, *, keep_suffix: bool = False) -> Path:
@@ -80,9 +146,11 @@ def _clean_once(folder: Path) -> None:
 
 
 def remove_stale_temps(folder: PathLike, *, max_age: float = STALE_SECONDS) -> List[Path]:
-    """Remove this module's temporary files in ``folder`` whose writer process is gone or that are too old.
+    """Remove this module's temporary files in ``folder`` whose writer process is gone or that are too old, and
+    its scratch folders whose process is gone.
 
-    Only names of the form ``.<name>.fcnseg-<pid>-<random>.tmp`` are touched. Returns the removed paths.
+    Only names of the form ``.<name>.fcnseg-<pid>-<random>.tmp`` (``.tmpdir``) are touched. Returns the removed
+    paths.
     """
     removed: List[Path] = []
     try:
@@ -92,11 +160,13 @@ def remove_stale_temps(folder: PathLike, *, max_age: float = STALE_SECONDS) -> L
     now = time.time()
     for entry in entries:
         match = _TEMP_RE.match(entry.name)
-        if not match or not entry.is_file(follow_symlinks=False):
+        is_dir = match is not None and match.group(2) == "dir" and entry.is_dir(follow_symlinks=False)
+        if not match or not (is_dir or entry.is_file(follow_symlinks=False)):
             continue
         with contextlib.suppress(OSError):
-            if not _pid_alive(int(match.group(1))) or now - entry.stat().st_mtime > max_age:
-                os.unlink(entry.path)
+            # A scratch folder is in use as long as its process lives, however old (a long calibration).
+            if not _pid_alive(int(match.group(1))) or (not is_dir and now - entry.stat().st_mtime > max_age):
+                shutil.rmtree(entry.path) if is_dir else os.unlink(entry.path)
                 removed.append(Path(entry.path))
     return removed
 
@@ -114,12 +184,50 @@ def _pid_alive(pid: int) -> bool:
 
 
 def write_bytes(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    """Write ``data`` to ``path`` atomically (a full disk is one ``FcnsegError`` saying how much was needed)."""
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    except FcnsegError as e:
+        if "expected room to write" in str(e):
+            raise FcnsegError(str(e).replace(" free there)", f" free there, {len(data) / 2**20:.1f} MiB "
+                                                              "needed)")) from None
+        raise
 
 
 def write_text(path: PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+@contextlib.contextmanager
+def run_lock(folder: PathLike, command: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` for a run that writes into it; a second run refuses in one line.
+
+    The lock is ``flock`` on ``.<folder name>.fcnseg-lock`` beside the folder (the folder may not exist yet),
+    holding the owner's pid for the message. The kernel drops it when the process dies, so a killed run
+    never blocks the next one; the file is removed at the end.
+
+    Raises:
+        FcnsegError: another process holds the lock (named by its pid).
+    """
+    target = Path(folder).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = target.parent / f".{target.name}.fcnseg-lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        other = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise FcnsegError(f"expected {str(target)!r} to be free for {command}, got another {command} (pid {other}) "
+                          "writing there; try another output folder, or wait for that run to end") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)

@@ -1,7 +1,7 @@
 """The package's one exception type, its one-line rendering and the one CLI error handler.
 
-It lives in the runtime (the layer with the fewest dependencies) so that the
-training, export and benchmark stages can raise it too. Messages follow the
+It lives in ``fcnseg.core``, under every stage, so that the runtime, training,
+export and benchmark stages all raise it. Messages follow the
 form "expected X, got Y; try Z". The command-line tools turn it into one line
 on stderr and a non-zero exit (``cli_errors`` / ``handle_cli_errors``).
 """
@@ -9,6 +9,7 @@ on stderr and a non-zero exit (``cli_errors`` / ``handle_cli_errors``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import importlib
 import os
@@ -69,6 +70,14 @@ def handle_cli_errors(debug: bool = False) -> Iterator[None]:
         if debug or os.environ.get("FCNSEG_DEBUG"):
             raise
         print(f"error: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        # A full disk or a file-size limit outside an atomic write (logs, a library's own files): one line too.
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or debug or os.environ.get("FCNSEG_DEBUG"):
+            raise
+        where = f" {e.filename!r}" if e.filename else ""
+        print(f"error: expected room to write{where}, got {e.strerror!r}; try freeing space or another output "
+              "folder", file=sys.stderr)
         sys.exit(2)
 
 

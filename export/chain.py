@@ -10,11 +10,11 @@ ONNX Runtime and OpenVINO check it on a CPU; the engine build only parses what `
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Union
 
+from ..core.atomic import work_dir
 from ..core.errors import FcnsegError
 from .fp16 import Fp16Result, convert_fp16
 from .int8 import Int8Result, quantize_int8
@@ -68,8 +68,9 @@ def engine(onnx_path: PathLike, output: PathLike, options: EngineOptions = Engin
     trt_runtime.import_tensorrt(spec.library)
     if spec.graph_precision != "fp32" or options.precision not in LOWER_PRECISIONS:
         return build(onnx_path, output, options)
-    with tempfile.TemporaryDirectory(prefix="fcn-export-trt-") as tmp:
-        graph = save_onnx or Path(tmp) / f"{Path(onnx_path).stem}_{options.precision}.onnx"
+    # The intermediate graph lives in a scratch folder beside the engine (removed by the next run if killed).
+    with work_dir(output) as tmp:
+        graph = save_onnx or tmp / f"{Path(onnx_path).stem}_{options.precision}.onnx"
         lowered = lower(onnx_path, options.precision, graph, int8=int8)
         source = Path(save_onnx) if save_onnx else Path(onnx_path)
         # The sidecar names the user's graph, not the temporary one.

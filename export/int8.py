@@ -28,6 +28,7 @@ the fewest layers to keep in float.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -36,12 +37,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
 
-from ..core.atomic import write_text
+from ..core.atomic import work_dir, write_text
 from ..core.errors import FcnsegError
 from ..core.metadata import PREFIX, ModelMetadata
 from ..core.metrics import ConfusionMatrix
@@ -170,14 +171,45 @@ def quantize_int8(model_path: PathLike, output: Optional[PathLike] = None, optio
             nothing is written then.
     """
     o = with_fields(options, Int8Options, fields)
-    calib_root = o.require_root(model_path)
-    t0 = time.perf_counter()
-    method = _check_args(o.method, o.num_images, o.max_drop, o.eval_images)
-    target = o.target
-    if target not in TARGETS:
-        raise FcnsegError(f"expected an INT8 target in {', '.join(TARGETS)}, got {target!r}")
-    tgt = TARGETS[target]
+    o.require_root(model_path)
+    _check_args(o.method, o.num_images, o.max_drop, o.eval_images)
+    if o.target not in TARGETS:
+        raise FcnsegError(f"expected an INT8 target in {', '.join(TARGETS)}, got {o.target!r}")
     src = Path(model_path)
+    out = Path(output) if output is not None else src.with_name(src.stem + "_int8.onnx")
+    # Calibration graphs and ONNX Runtime's quantizer files go to a scratch folder beside the output, which the
+    # next run there removes if this one is killed (the system's temporary folder would keep them).
+    with work_dir(out, redirect_tempfile=True), _library_warnings_summarised() as notes:
+        result = _quantize(src, out, o)
+    if notes:
+        log.info("note: onnxruntime's quantizer warned %d times (first: %s)", len(notes), notes[0])
+    return result
+
+
+@contextlib.contextmanager
+def _library_warnings_summarised() -> Iterator[List[str]]:
+    """Collect what libraries log on the root logger meanwhile (ONNX Runtime's quantizer writes one
+    ``WARNING:root:Expected bias ...`` line per layer of a torchvision export) instead of printing each."""
+    notes: List[str] = []
+
+    def collect(record: logging.LogRecord) -> bool:
+        notes.append(record.getMessage().splitlines()[0][:120])
+        return False
+
+    # A filter on the root logger sees exactly the records logged on it (``logging.warning``), not fcnseg's own.
+    root = logging.getLogger()
+    root.addFilter(collect)
+    try:
+        yield notes
+    finally:
+        root.removeFilter(collect)
+
+
+def _quantize(src: Path, out: Path, o: Int8Options) -> Int8Result:
+    """``quantize_int8`` once its options are checked: calibrate, quantize within budget, write ``out``."""
+    t0 = time.perf_counter()
+    calib_root, method, target = Path(o.calib_root or ""), o.method.lower(), o.target
+    tgt = TARGETS[target]
     model = load_onnx(src)
     meta, _ = read_metadata(model)
     _check_quantizable(model, meta, src)
@@ -207,7 +239,6 @@ def quantize_int8(model_path: PathLike, output: Optional[PathLike] = None, optio
         "target": target, "method": method, "calib_split": o.calib_split, "num_images": used, "eval_split": o.eval_split,
         "num_eval_images": len(eval_ids), "miou_fp32": cmp.ref_miou, "miou_int8": cmp.test_miou,
         "excluded": excluded, "subpixel_upsampling": subpixel}})
-    out = Path(output) if output is not None else src.with_name(src.stem + "_int8.onnx")
     save_onnx(quantized, out)
     seconds = time.perf_counter() - t0
     log.info("wrote %s (int8 Q/DQ, %d layers kept in float) in %.1f s", out, len(excluded), seconds)

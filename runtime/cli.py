@@ -60,6 +60,8 @@ def predict_main(inputs: Tuple[str, ...], model: Path, out: str, with_overlay: b
         summary = predict_files(seg, inputs, out, fmt=fmt, with_overlay=with_overlay, alpha=alpha,
                                 classes=m.classes, palette=m.palette, on_error=report, force=force,
                                 progress=lambda files: tqdm(files, unit="img", file=sys.stderr, disable=None))
+    for note in summary.notes:
+        click.echo(f"fcn-predict: note: {note}", err=True)
     for wanted, used in summary.renamed:
         click.echo(f"fcn-predict: wrote {used} instead of {wanted} (another output of this run has that name)",
                    err=True)

@@ -7,23 +7,28 @@ void (255) pixels as the image.
 
 from __future__ import annotations
 
+import io
 import os
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
+from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin
 
 from ..core.atomic import atomic_path
-from ..core.errors import FcnsegError
+from ..core.errors import FcnsegError, one_line
 from ..core.output_guard import SOFTWARE, check_output, check_output_dir, check_readable, unique_path
 from .artifacts import MASK, OVERLAY
-from .preprocess import to_rgb_uint8
+from .preprocess import pil_to_array, to_rgb_uint8
 from ..core.classes import IGNORE_INDEX, VOC_CLASSES, voc_palette
 
 PathLike = Union[str, "os.PathLike[str]"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+URL_TIMEOUT_S = 30.0            # an image URL that sends nothing for this long is an error
+URL_MAX_BYTES = 256 << 20       # and one larger than this (a stream, or no image) is refused
 VOID_COLOR = (255, 255, 255)
 
 
@@ -35,6 +40,10 @@ def color_table(palette: Optional[Sequence[Sequence[int]]] = None) -> np.ndarray
         table[: len(p)] = np.clip(p, 0, 255)
     table[IGNORE_INDEX] = VOID_COLOR
     return table
+
+
+PNG_COMPRESS_LEVEL = 1   # overlays and frames: speed over the last 15 % of file size
+OVERLAY_BAND_ROWS = 256   # rows blended at a time: bounded memory at any image size
 
 
 def colorize(mask: np.ndarray, palette: Optional[Sequence[Sequence[int]]] = None) -> np.ndarray:
@@ -56,10 +65,15 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5,
     if rgb.shape[:2] != mask.shape:
         raise FcnsegError(f"expected a mask of the image's size {rgb.shape[:2]}, got {mask.shape}; "
                           "try resizing the mask with fcnseg.runtime.preprocess.resize_mask")
-    blended = (1.0 - alpha) * rgb + alpha * color_table(palette)[mask].astype(np.float32)
-    keep = (mask == 0) | (mask == IGNORE_INDEX)
-    out = np.where(keep[..., None], rgb, np.rint(blended).astype(np.uint8))
-    return out.astype(np.uint8)
+    table, out = color_table(palette), rgb.copy()
+    # In bands of rows: a 6000x4000 photo blended at once would hold several full-size float copies (GBs).
+    for top in range(0, mask.shape[0], OVERLAY_BAND_ROWS):
+        rows = slice(top, top + OVERLAY_BAND_ROWS)
+        m = mask[rows]
+        blended = (1.0 - alpha) * rgb[rows] + alpha * table[m].astype(np.float32)
+        paint = (m != 0) & (m != IGNORE_INDEX)
+        out[rows][paint] = np.rint(blended[paint]).astype(np.uint8)
+    return out
 
 
 def legend(classes: Sequence[str], palette: Optional[Sequence[Sequence[int]]], present_ids: Iterable[int],
@@ -116,9 +130,12 @@ def save_mask(path: PathLike, mask: np.ndarray, *, palette: Optional[Sequence[Se
 
 
 def save_image(path: PathLike, image: np.ndarray) -> None:
-    """Write an HxWx3 uint8 image as PNG, atomically."""
+    """Write an HxWx3 uint8 image as PNG, atomically.
+
+    zlib level 1: for a 6000x4000 overlay 1.1 s and 21 MiB instead of 3.2 s and 18 MiB at Pillow's default (6).
+    """
     with atomic_path(path) as tmp:
-        Image.fromarray(image).save(tmp, format="PNG", pnginfo=_png_info())
+        Image.fromarray(image).save(tmp, format="PNG", pnginfo=_png_info(), compress_level=PNG_COMPRESS_LEVEL)
 
 
 def _png_info() -> PngImagePlugin.PngInfo:
@@ -163,15 +180,7 @@ def read_image(path: PathLike) -> np.ndarray:
     RGB, RGBA and L stay as they are, 16-bit grayscale stays uint16, float ("F") TIFFs stay float32 (see
     ``to_rgb_uint8`` for how values above 1 are treated); other modes become RGB(A).
     """
-    img = open_image(path)
-    if img.mode in ("RGB", "RGBA", "L"):
-        return np.asarray(img)
-    if img.mode == "F":
-        return np.asarray(img, dtype=np.float32)
-    if img.mode.startswith("I"):  # 16-bit grayscale (read as "I;16" or 32-bit "I"): keep the depth
-        return np.clip(np.asarray(img), 0, 65535).astype(np.uint16)
-    alpha = "A" in img.getbands() or "transparency" in img.info
-    return np.asarray(img.convert("RGBA" if alpha else "RGB"))
+    return pil_to_array(open_image(path))
 
 
 def _text_width(font: ImageFont.ImageFont, text: str) -> int:
@@ -194,11 +203,65 @@ def _check_mask(mask: np.ndarray) -> np.ndarray:
 
 @dataclass
 class PredictSummary:
-    """What ``predict_files`` did: files written, inputs skipped (path, reason) and renamed outputs (wanted, used)."""
+    """What ``predict_files`` did: files written, inputs skipped (path, reason), renamed outputs (wanted, used)
+    and notes on inputs read only in part (an animated image's first frame)."""
 
     written: List[Path] = field(default_factory=list)
     failed: List[Tuple[Path, str]] = field(default_factory=list)
     renamed: List[Tuple[Path, Path]] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+
+def header_size(path: PathLike) -> Optional[Tuple[int, int]]:
+    """(H, W) of an image file from its header (nothing decoded); None when it cannot be read."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            return int(height), int(width)
+    except (OSError, ValueError):
+        return None
+
+
+def frame_count(path: PathLike) -> int:
+    """How many frames an image file holds (an animated GIF, WebP or multi-page TIFF has several)."""
+    try:
+        with Image.open(path) as img:
+            return int(getattr(img, "n_frames", 1))
+    except (OSError, ValueError):
+        return 1
+
+
+def is_image_url(spec: PathLike) -> bool:
+    """An http(s) URL naming one picture (its path ends in an image suffix), not a video stream."""
+    parts = urlsplit(str(spec))
+    return parts.scheme in ("http", "https") and Path(parts.path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def single_mask_path(url: str, out: PathLike, fmt: str) -> Path:
+    """Where one URL's mask goes: ``--out`` itself when it names a .png/.npy file, else ``OUT/<url name>.<fmt>``."""
+    target = Path(out)
+    if target.suffix.lower() in (".png", ".npy"):
+        return target
+    return target / f"{Path(urlsplit(url).path).stem or 'image'}.{fmt}"
+
+
+def read_image_url(url: str, *, timeout: float = URL_TIMEOUT_S, max_bytes: int = URL_MAX_BYTES) -> np.ndarray:
+    """Download one picture (at most ``max_bytes``) and read it as ``read_image`` reads files."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:   # noqa: S310 (http/https only)
+            data = response.read(max_bytes + 1)
+    except (OSError, ValueError) as e:
+        raise FcnsegError(f"expected to download the image {url!r}, got {one_line(e)}; check the URL") from None
+    if len(data) > max_bytes:
+        raise FcnsegError(f"expected an image of at most {max_bytes >> 20} MiB at {url!r}, got more; try "
+                          "downloading it and passing the file")
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except (OSError, ValueError) as e:
+        raise FcnsegError(f"expected an image at {url!r}, got {len(data)} bytes that are not one ({one_line(e)})") \
+            from None
+    return pil_to_array(ImageOps.exif_transpose(img) or img)
 
 
 def find_images(inputs: Sequence[PathLike], *, exclude: Optional[PathLike] = None) -> List[Tuple[Path, Path]]:
@@ -262,16 +325,35 @@ def predict_files(predict: Callable[[np.ndarray], np.ndarray], inputs: Sequence[
     """
     if fmt not in ("png", "npy"):
         raise FcnsegError(f"expected format png or npy, got {fmt!r}")
+    if len(inputs) == 1 and is_image_url(inputs[0]):   # one picture on a web server: one mask (and overlay)
+        out_file = single_mask_path(str(inputs[0]), out_dir, fmt)
+        fmt = out_file.suffix[1:]
+        targets = [check_output(out_file, MASK, force=force, option="--out")]
+        if with_overlay:
+            targets.append(check_output(out_file.with_name(f"{out_file.stem}_overlay.png"), OVERLAY, force=force,
+                                        option="--out"))
+        image = read_image_url(str(inputs[0]))
+        return PredictSummary(written=_write_outputs(targets, image, predict(image), alpha, classes, palette))
     out = check_output_dir(out_dir, "--out")
     files = find_images(inputs, exclude=out)
     if not files:
         raise FcnsegError(f"expected images ({', '.join(IMAGE_SUFFIXES)}) in {[str(i) for i in inputs]}, got none")
+    check_size = getattr(predict, "check_image_size", None)
+    if check_size is not None:   # from the headers, before the first image is segmented (--size 0)
+        for path, _ in files:
+            size = header_size(path)
+            if size is not None:
+                check_size(size)
     summary = PredictSummary()
     plan = plan_outputs(files, out, fmt, with_overlay, force=force, renamed=summary.renamed)
     for path, targets in (progress(plan) if progress else plan):
         try:
             image = read_image(path)
             mask = predict(image)
+            frames = frame_count(path)
+            if frames > 1:
+                summary.notes.append(f"{path} has {frames} frames; segmented the first (split the frames into "
+                                     "images, or convert it to a video, to segment every one)")
         except FcnsegError as e:
             summary.failed.append((path, str(e)))
             if on_error:

@@ -110,3 +110,20 @@ def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     if mask.shape == (height, width):
         return mask
     return np.asarray(Image.fromarray(mask).resize((width, height), Image.NEAREST))
+
+
+def pil_to_array(img: Image.Image) -> np.ndarray:
+    """A PIL image as an array ``Segmenter`` accepts, by one rule for files and in-memory images alike.
+
+    RGB, RGBA and L stay as they are, 16-bit grayscale stays uint16, float ("F") stays float32 (see
+    ``to_rgb_uint8``); palette, CMYK, YCbCr, 1-bit and the other modes become RGB(A): their raw arrays are
+    palette indices or other channels, which would give silently wrong masks.
+    """
+    if img.mode in ("RGB", "RGBA", "L"):
+        return np.asarray(img)
+    if img.mode == "F":
+        return np.asarray(img, dtype=np.float32)
+    if img.mode.startswith("I"):  # 16-bit grayscale (read as "I;16" or 32-bit "I"): keep the depth
+        return np.clip(np.asarray(img), 0, 65535).astype(np.uint16)
+    alpha = "A" in img.getbands() or "transparency" in img.info
+    return np.asarray(img.convert("RGBA" if alpha else "RGB"))

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from PIL import Image
 
 from .backends.base import Backend
 from ..core.backend_names import BACKEND_NAMES  # noqa: F401 (re-exported)
 from ..core.errors import FcnsegError
 from ..core.output_guard import check_readable
 from ..core.metadata import ModelMetadata
-from .preprocess import preprocess, resize_mask, resize_rgb
+from .preprocess import pil_to_array, preprocess, resize_mask, resize_rgb
 from ..core.sidecar import EngineSidecar
 from .backends.openvino import OpenVinoBackend, openvino_available
 from .backends.onnxruntime import OnnxRuntimeBackend
@@ -92,6 +93,12 @@ class Segmenter:
         return cls(load_backend(path, backend=backend, providers=providers, num_threads=num_threads,
                                 precision_hint=precision_hint), size=size)
 
+    def check_image_size(self, hw: Sequence[int]) -> None:
+        """Refuse an image of this (H, W) before any work when it would be fed at its own size (``size=0``)
+        outside the model's declared range; resized images (the default) always fit."""
+        if self.size is None and self.input_hw is None:
+            _check_native_size(tuple(hw), self.metadata)
+
     @property
     def last_timing(self) -> Dict[str, float]:
         """Seconds per stage of this thread's last call: preprocess, h2d, infer, d2h, postprocess."""
@@ -114,6 +121,8 @@ class Segmenter:
         images, kind = _as_images(image)
         if not images:
             return []
+        for im in images:
+            self.check_image_size(im.shape[:2])
         t0 = time.perf_counter()
         m = self.metadata
         if self._uint8_input:
@@ -183,6 +192,10 @@ def load_backend(path: PathLike, *, backend: Optional[str] = None, providers: Op
     p = Path(path)
     suffix = p.suffix.lower()
     _candidates(p)   # an unknown suffix is refused before the file is looked for
+    if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
+                                    or num_threads < 1):
+        raise FcnsegError(f"expected num_threads >= 1 (or None: the library's default), got {num_threads!r}; "
+                          "try --threads 2")
     if not p.is_file():
         raise FcnsegError(f"expected a model file ({', '.join(SUFFIXES)}), got {str(p)!r} which does not exist; "
                           "check the path")
@@ -311,11 +324,26 @@ def _check_size_range(size: Optional[int], meta: ModelMetadata, static_hw: Optio
                           f"(fcnseg.min_size/max_size), got {size}; try --size {fits or (high or low)}")
 
 
+def _check_native_size(hw: Tuple[int, ...], meta: ModelMetadata) -> None:
+    """Refuse an image fed at its own size (``size=0``) whose shorter side is outside the declared range: a
+    6000x4000 photo would otherwise take gigabytes and a minute on a model declared for 64..2048."""
+    low, high, short = meta.min_size or 1, meta.max_size, min(int(hw[0]), int(hw[1]))
+    if short < low or (high is not None and short > high):
+        raise FcnsegError(f"expected images whose shorter side is within the model's declared input range "
+                          f"{low}..{high or 'any'} when fed at their own size (--size 0), got {hw[0]}x{hw[1]}; "
+                          f"try --size {meta.input_size or high or low} (resize) or leave out --size")
+
+
+def _as_array(image: Any) -> np.ndarray:
+    """An image as an array; a PIL image of any mode goes through the file reader's rule (``pil_to_array``)."""
+    return pil_to_array(image) if isinstance(image, Image.Image) else np.asarray(image)
+
+
 def _as_images(image: Any) -> Tuple[List[np.ndarray], str]:
     """Split the input into a list of image arrays; kind is "single", "list" or "array"."""
     if isinstance(image, (list, tuple)):
-        return [np.asarray(im) for im in image], "list"
-    a = np.asarray(image)
+        return [_as_array(im) for im in image], "list"
+    a = _as_array(image)
     if a.ndim == 4:
         if a.shape[0] == 0:
             raise FcnsegError(f"expected at least one image in the batch, got an array of shape {a.shape}")

@@ -10,6 +10,7 @@ SIGKILL after a timeout.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -18,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -110,6 +112,32 @@ class TritonInstall:
         return where / "backends"
 
 
+def check_port_free(host: str, port: int, option: str) -> None:
+    """Refuse a port another process listens on, naming it (tritonserver itself would only exit with status 1)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # a port in TIME_WAIT is free to listen on
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise FcnsegError(f"expected port {port} on {host} to be free for {option}, got it in use "
+                              f"({e.strerror}); try {option.split()[0]} 0 (a free port) or stop the process "
+                              "listening there") from None
+
+
+def _tee(stream: IO[bytes], log: IO[Any], path: Path) -> None:
+    """Copy the server's output to ``log`` and to the file at ``path`` until it closes."""
+    with open(path, "wb") as keep:
+        for line in iter(stream.readline, b""):
+            keep.write(line)
+            keep.flush()
+            with contextlib.suppress(ValueError, OSError):   # a closed or broken log stream: keep the file
+                if hasattr(log, "buffer"):
+                    log.buffer.write(line)
+                    log.flush()
+                else:
+                    log.write(line.decode(errors="replace"))
+
+
 def free_port(host: str = DEFAULT_HOST) -> int:
     """A TCP port nothing listens on now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -174,12 +202,22 @@ class TritonServer:
         """Start the server (returns at once; see ``wait_ready``)."""
         if not self.repo.is_dir():
             raise FcnsegError(f"expected a model repository folder, got {str(self.repo)!r}; try fcn-export triton")
-        out = self._log if self._log is not None else open(self.log_path, "wb")
-        self.process = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env=self.install.environ(), start_new_session=True)
+        for port, option in ((self.http_port, "--port (HTTP)"), (self.grpc_port, "--grpc-port"),
+                             (self.metrics_port, "--metrics-port")):
+            check_port_free(self.host, port, option)
         if self._log is None:
-            out.close()
+            with open(self.log_path, "wb") as out:
+                self.process = self._popen(out)
+            return self
+        # Shown as it comes (fcn-serve: stderr) and kept in the log file, whose tail goes into error messages.
+        self.process = self._popen(subprocess.PIPE)
+        threading.Thread(target=_tee, args=(self.process.stdout, self._log, self.log_path), daemon=True,
+                         name="tritonserver-log").start()
         return self
+
+    def _popen(self, out: Any) -> subprocess.Popen:
+        return subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=self.install.environ(), start_new_session=True)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
         """Poll ``/v2/health/ready`` until the server and every model are ready.

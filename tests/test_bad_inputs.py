@@ -237,6 +237,25 @@ ROWS += (
         note="was an IndexError"),
 )
 
+
+def _big_image(tmp: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.full((300, 400, 3), 90, np.uint8)).save(tmp / "big.png")   # shorter side 300 > 256 declared
+
+
+ROWS += (
+    # --- faults and foreign inputs (issue 18) -------------------------------------------------------------------
+    Row("fcn-predict", ("{tmp}/big.png", "-m", "{onnx}", "-o", "{tmp}/out", "--size", "0"),
+        "when fed at their own size (--size 0), got 300x400", setup=_big_image,
+        note="--size 0 skipped the declared size range (6.4 GB for a 6000x4000 photo)"),
+    Row("fcn-predict", ("{image}", "-m", "{onnx}", "-o", "{tmp}/out", "--threads", "-3"),
+        "'--threads': -3 is not in the range x>=1", note="reached OpenVINO, whose error blamed the graph"),
+    Row("fcn-eval", ("--model", "{onnx}", "--data-path", "{voc}", "--threads", "-3"),
+        "'--threads': -3 is not in the range x>=1"),
+    Row("fcn-bench", ("--model", "{onnx}", "--threads", "-3"), "'--threads': -3 is not in the range x>=1"),
+)
+
 ARTIFACTS: Dict[str, Path] = {}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..core.cli_args import OneLineCommand, OneLineGroup
 from ..core.errors import cli_errors
 from .config import TrainConfig
 from ..datasets.synth import synthesize
@@ -13,7 +14,7 @@ def _d(name: str):
     return TrainConfig.default(name)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--data-path", required=True, type=click.Path(), help="folder containing VOCdevkit/VOC2012")
 @click.option("--model", default=_d("model"), help="fcn_resnet50, fcn_resnet101, fcn8s_resnet18, fcn8s_resnet34")
 @click.option("--aux-loss", is_flag=True, help="train the auxiliary head on layer3 (weight 0.5)")
@@ -45,7 +46,7 @@ def train_main(skip_data_check: bool, **opts) -> None:
     train(TrainConfig(check_data=not skip_data_check, **opts))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def data_main() -> None:
     """Dataset tools."""
 

@@ -8,6 +8,7 @@ Runs unchanged under ``torchrun`` (see ``distributed.py``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -22,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 from tqdm import tqdm
 
+from ..core.atomic import run_lock
 from ..core.errors import FcnsegError
 from ..core.metrics import ConfusionMatrix
 from ..core.classes import IGNORE_INDEX, MEAN, STD, VOC_CLASSES
@@ -183,7 +185,12 @@ def train(cfg: TrainConfig) -> dict:
         check_checkpoint_file(cfg.pretrained)  # loaded with the model; a wrong path should cost nothing
     dist_info = distributed.init_distributed(device.type)
     try:
-        return _train(cfg, device, dist_info, point)
+        # One run per output folder: a second fcn-train there refuses instead of interleaving checkpoints.
+        # The folder is checked first (a path under /proc or a file gets its own one-line error).
+        prepare_output_dir(Path(cfg.output_dir), resume_epoch=point.start_epoch if point else None, force=cfg.force,
+                           create=False)
+        with run_lock(cfg.output_dir, "fcn-train") if dist_info.is_main else contextlib.nullcontext():
+            return _train(cfg, device, dist_info, point)
     finally:
         distributed.cleanup()
 

@@ -30,36 +30,47 @@ class CudaMemory(Protocol):
     def bind_thread(self) -> None:
         """Make the CUDA context current in the calling thread (a no-op for the runtime API)."""
 
-    def malloc(self, nbytes: int) -> int: ...
+    def malloc(self, nbytes: int) -> int:
+        """Device memory of ``nbytes``; returns its address."""
 
-    def free(self, ptr: int) -> None: ...
+    def free(self, ptr: int) -> None:
+        """Release device memory from ``malloc``."""
 
     def malloc_host(self, nbytes: int) -> np.ndarray:
         """Pinned (page-locked) host memory as a uint8 array of ``nbytes``."""
 
-    def free_host(self, array: np.ndarray) -> None: ...
+    def free_host(self, array: np.ndarray) -> None:
+        """Release pinned host memory from ``malloc_host``."""
 
-    def memcpy_htod_async(self, dst: int, src: np.ndarray, stream: Any) -> None: ...
+    def memcpy_htod_async(self, dst: int, src: np.ndarray, stream: Any) -> None:
+        """Copy a (pinned) host array to device memory on ``stream``."""
 
-    def memcpy_dtoh_async(self, dst: np.ndarray, src: int, stream: Any) -> None: ...
+    def memcpy_dtoh_async(self, dst: np.ndarray, src: int, stream: Any) -> None:
+        """Copy device memory into a (pinned) host array on ``stream``."""
 
     def stream_create(self) -> Any:
         """A new non-default stream (CUDA graphs cannot be captured on the default one)."""
 
-    def stream_handle(self, stream: Any) -> int: ...
+    def stream_handle(self, stream: Any) -> int:
+        """The stream as the integer handle TensorRT's ``execute_async_v3`` takes."""
 
-    def stream_synchronize(self, stream: Any) -> None: ...
+    def stream_synchronize(self, stream: Any) -> None:
+        """Wait until everything queued on ``stream`` has run."""
 
-    def stream_destroy(self, stream: Any) -> None: ...
+    def stream_destroy(self, stream: Any) -> None:
+        """Release a stream from ``stream_create``."""
 
-    def graph_capture_begin(self, stream: Any) -> None: ...
+    def graph_capture_begin(self, stream: Any) -> None:
+        """Start capturing the work queued on ``stream`` into a CUDA graph."""
 
     def graph_capture_end(self, stream: Any) -> Any:
         """End the capture and return an instantiated, launchable graph."""
 
-    def graph_launch(self, graph_exec: Any, stream: Any) -> None: ...
+    def graph_launch(self, graph_exec: Any, stream: Any) -> None:
+        """Replay an instantiated graph on ``stream``."""
 
-    def graph_destroy(self, graph_exec: Any) -> None: ...
+    def graph_destroy(self, graph_exec: Any) -> None:
+        """Release an instantiated graph."""
 
 
 def load_cuda_memory() -> CudaMemory:

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 
 from ...core.errors import FcnsegError, import_optional, one_line
-from ..postprocess import IMAGE_SUFFIXES, read_image
+from ..postprocess import IMAGE_SUFFIXES, is_image_url, read_image
 from ..preprocess import to_rgb_uint8
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -39,6 +39,8 @@ def import_av() -> Any:
 def is_stream_spec(spec: str) -> bool:
     """True for what only the stream loop reads or writes: URLs, cameras, video files, glob patterns."""
     s = str(spec)
+    if is_image_url(s):   # one picture on a web server, not a stream
+        return False
     if "://" in s or s.startswith("/dev/video"):
         return True
     if Path(s).suffix.lower() in VIDEO_SUFFIXES:

@@ -126,6 +126,21 @@ def profile_options(default_help: str = "") -> Callable:
     return decorate
 
 
+def mode_options(fn: Callable) -> Callable:
+    """``--mode resize|slide|whole``, ``--tile`` and ``--stride``, passed as one ``mode`` dict of ``Segmenter``
+    keyword arguments (checked against the model when it loads)."""
+    fn = packed("mode", lambda mode, tile, stride: {"mode": mode, "tile": tile, "stride": stride},
+                ("mode", "tile", "stride"))(fn)
+    fn = click.option("--stride", type=click.IntRange(min=1), default=341, show_default=True,
+                      help="--mode slide: pixels between tiles (a third overlap by default).")(fn)
+    fn = click.option("--tile", type=click.IntRange(min=1), default=512, show_default=True,
+                      help="--mode slide: tile side in pixels.")(fn)
+    return click.option("--mode", type=click.Choice(["resize", "slide", "whole"]), default="resize",
+                        show_default=True, help="resize: the image at the model's size; whole: at its own size "
+                        "(within the model's declared range); slide: at its own size in overlapping tiles, for "
+                        "large images (docs/large-images.md).")(fn)
+
+
 def packed(into: str, build: Callable[..., Any], names: Sequence[str]) -> Callable:
     """Wrap a command so that its options ``names`` reach it as one argument ``into=build(**those options)``
     (an option group becomes one typed object, as Polygraphy's argument groups make their loaders)."""

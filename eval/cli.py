@@ -9,7 +9,8 @@ import click
 
 from ..core import output_guard as outputs
 from ..core.backend_names import PARITY_PRECISION_HINT
-from ..core.cli_args import BackendChoice, OneLineCommand, backend_options, force_option, packed, size_option
+from ..core.cli_args import (BackendChoice, OneLineCommand, backend_options, force_option, mode_options, packed,
+                             size_option)
 from ..core.errors import FcnsegError, cli_errors
 from ..core.jsonio import write_json
 from .evaluate import EVAL_JSON, TOLERANCES, class_delta_table, compare_models, parity_table
@@ -37,13 +38,14 @@ def tolerance_options(fn: Callable) -> Callable:
 @click.option("--split", default="val")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="evaluate only the first N images")
 @size_option()
+@mode_options
 @backend_options(multiple=True, hint_default="f32, for parity")
 @tolerance_options
 @click.option("--json", "json_path", default=None, type=click.Path(), help="write all results as JSON")
 @force_option(FORCE_HELP)
 @cli_errors
-def eval_main(model, compare, more, data_path, split, limit, size, backend: BackendChoice, tolerances: dict,
-              json_path, force) -> None:
+def eval_main(model, compare, more, data_path, split, limit, size, mode: dict, backend: BackendChoice,
+              tolerances: dict, json_path, force) -> None:
     """Evaluate a model's mIoU on a VOC split, or compare several models on the same images.
 
     \b
@@ -59,7 +61,8 @@ def eval_main(model, compare, more, data_path, split, limit, size, backend: Back
         outputs.check_output(json_path, EVAL_JSON, inputs=paths, force=force, option="--json")
     run = BackendChoice(backend.backends, backend.providers, backend.precision_hint or PARITY_PRECISION_HINT,
                         backend.threads)
-    result = compare_models(paths, data_path, split, limit=limit, size=size, tolerances=tolerances, run=run)
+    result = compare_models(paths, data_path, split, limit=limit, size=size, tolerances=tolerances, run=run,
+                            view=mode)
     click.echo(parity_table(result))
     click.echo("\nper-class IoU (%) and deltas (points):")
     click.echo(class_delta_table(result))

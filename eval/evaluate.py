@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -48,6 +48,7 @@ class ModelEval:
     ms_per_image: float = float("nan")
     backend: str = ""
     precision_hint: str = ""      # OpenVINO's inference precision for non-INT8 layers ("" for other backends)
+    mode: str = "resize"          # how images met the network: resize, whole or slide
     classes: list = field(default_factory=list)
     comparison: Optional[MiouComparison] = None
     cm: Optional[ConfusionMatrix] = field(default=None, repr=False)
@@ -64,7 +65,7 @@ class ModelEval:
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("path", "format", "precision", "status", "size_mb", "miou", "global_acc",
-                                           "ms_per_image", "backend", "precision_hint", "verdict")}
+                                           "ms_per_image", "backend", "precision_hint", "mode", "verdict")}
         d["iou"] = [None if np.isnan(x) else float(x) for x in self.iou]
         if self.comparison is not None:
             c = self.comparison
@@ -87,16 +88,17 @@ def model_size_mb(path: "str | Path") -> float:
 
 def evaluate_model(path: str, data_path: str, split: str = "val", *, limit: Optional[int] = None,
                    size: Optional[int] = None, run: BackendChoice = BackendChoice(), progress: bool = True,
-                   num_classes: Optional[int] = None) -> ModelEval:
+                   num_classes: Optional[int] = None, view: Optional[Mapping[str, Any]] = None) -> ModelEval:
     """Evaluate one model file (.pth, .onnx, .plan) through the runtime on a VOC split.
 
     ``num_classes``: the class count the model must have (a comparison's reference), checked before any image.
     ``run``: its one backend, providers, precision hint and threads, as ``Segmenter.load`` takes them (None: the
     fastest backend installed, its default precision; ``compare_models`` and fcn-eval ask for f32).
+    ``view``: how images meet the network: ``mode`` (resize, whole, slide), ``tile``, ``stride`` (``Segmenter``).
     """
     prov = providers_for(path, run.backend, run.providers)
     seg = Segmenter.load(path, backend=run.backend, size=size, providers=prov, precision_hint=run.precision_hint,
-                         num_threads=run.threads)
+                         num_threads=run.threads, **dict(view or {}))
     meta = seg.metadata
     if num_classes is not None and meta.num_classes != num_classes:
         raise _ClassMismatch(f"expected models with the reference's {num_classes} classes, got "
@@ -112,7 +114,7 @@ def evaluate_model(path: str, data_path: str, split: str = "val", *, limit: Opti
                      precision=meta.precision,
                      size_mb=model_size_mb(path), miou=r["miou"], global_acc=r["global_acc"], iou=list(r["iou"]),
                      ms_per_image=elapsed / max(n, 1) * 1e3, backend=seg.backend.name, classes=list(meta.classes),
-                     cm=cm, precision_hint=str(getattr(seg.backend, "precision_hint", "") or ""))
+                     cm=cm, precision_hint=str(getattr(seg.backend, "precision_hint", "") or ""), mode=seg.mode)
 
 
 def _progress(desc: str, total: int):
@@ -124,7 +126,8 @@ def _progress(desc: str, total: int):
 
 def compare_models(paths: Sequence[str], data_path: str, split: str = "val", *, limit: Optional[int] = None,
                    size: Optional[int] = None, tolerances: Optional[dict] = None,
-                   run: BackendChoice = PARITY_RUN, progress: bool = True) -> ParityResult:
+                   run: BackendChoice = PARITY_RUN, progress: bool = True,
+                   view: Optional[Mapping[str, Any]] = None) -> ParityResult:
     """Evaluate every model on the same images; the first is the reference for the deltas.
 
     A model that fails to load or run gets a row with its error as status instead of stopping the table.
@@ -141,7 +144,7 @@ def compare_models(paths: Sequence[str], data_path: str, split: str = "val", *, 
         classes = len(rows[0].classes) if rows and rows[0].classes else None   # the reference's, once known
         try:
             row = evaluate_model(path, data_path, split, limit=limit, size=size, progress=progress,
-                                 num_classes=classes,
+                                 num_classes=classes, view=view,
                                  run=BackendChoice((spec.backend,), run.providers, spec.precision_hint, run.threads))
         except _ClassMismatch:
             raise   # no delta table is meaningful across class lists
@@ -169,6 +172,9 @@ def parity_table(rows: Sequence[ModelEval]) -> str:
         backend = f"{r.backend}/{r.precision_hint}" if r.precision_hint else r.backend
         body.append([r.format, backend, r.precision, r.verdict[:60], r.size_mb, r.miou * 100, c.delta if c else None,
                      c.tolerance if c else None, r.global_acc * 100, r.ms_per_image, Path(r.path).name])
+    if any(r.mode != "resize" for r in rows):   # say how images met the network when it is not the default
+        headers = headers[:3] + ["mode"] + headers[3:]
+        body = [b[:3] + [r.mode] + b[3:] for b, r in zip(body, rows)]
     return format_table(headers, body)
 
 

@@ -25,7 +25,8 @@ from ..core.backend_names import BACKEND_NAMES  # noqa: F401 (re-exported)
 from ..core.errors import FcnsegError
 from ..core.output_guard import check_readable
 from ..core.metadata import ModelMetadata
-from .preprocess import pil_to_array, preprocess, resize_mask, resize_rgb
+from .preprocess import pil_to_array, preprocess, resize_mask, resize_rgb, to_rgb_uint8
+from .tiling import Tiling, check_mode, slide
 from ..core.sidecar import EngineSidecar
 from .backends.openvino import OpenVinoBackend, openvino_available
 from .backends.onnxruntime import OnnxRuntimeBackend
@@ -38,6 +39,7 @@ BACKENDS = {".onnx": ("openvino", "onnxruntime"), ".plan": ("tensorrt",), ".engi
             ".pth": ("pytorch",), ".pt": ("pytorch",)}
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 TIMING_KEYS = ("preprocess", "h2d", "infer", "d2h", "postprocess")
+SLIDE_BATCH = 2   # tiles per call when the backend sets none: on a CPU larger batches cost memory, not time
 BACKEND_ENTRY_POINTS = "fcnseg.backends"   # backends outside the runtime: the PyTorch reference (fcnseg.train)
 
 
@@ -48,6 +50,10 @@ class Segmenter:
         backend: an object following ``fcnseg.runtime.backends.base.Backend``.
         size: shorter side images are resized to before inference; None uses ``metadata.input_size``,
             0 disables resizing (the network then sees the original size).
+        mode: "resize" (the image at ``size``), "whole" (at its own size, within the model's declared range)
+            or "slide" (at its own size in overlapping ``tile`` x ``tile`` tiles every ``stride`` pixels,
+            blended; ``fcnseg.runtime.tiling``), for large images whose detail resizing would lose.
+        tile / stride: the sliding window (``mode="slide"``).
 
     Backends that declare ``thread_safe = True`` (OpenVINO, ONNX Runtime) run concurrently; others (TensorRT,
     PyTorch) are called under a lock. ``last_timing`` is kept per thread. A backend that declares
@@ -58,13 +64,16 @@ class Segmenter:
         >>> mask = seg(image)            # HxW uint8 class ids at the image's size
     """
 
-    def __init__(self, backend: Backend, *, size: Optional[int] = None) -> None:
+    def __init__(self, backend: Backend, *, size: Optional[int] = None, mode: str = "resize",
+                 tile: int = Tiling.tile, stride: int = Tiling.stride) -> None:
         self.backend = backend
         meta = getattr(backend, "metadata", None)
         self.metadata: ModelMetadata = meta if meta is not None else ModelMetadata()
-        self.size = _resolve_size(size, self.metadata.input_size)
+        self.mode = check_mode(mode)
+        self.size = None if mode != "resize" else _resolve_size(size, self.metadata.input_size)
         self.input_hw = _static_hw(self.metadata, backend)   # a static graph: every image resized to this
         _check_size_range(self.size, self.metadata, self.input_hw)
+        self.tiling = _tiling(mode, tile, stride, self.metadata, self.input_hw)
         self._lock: Optional[threading.Lock] = None if getattr(backend, "thread_safe", False) else threading.Lock()
         self._local = threading.local()
         # A backend that normalises inside its graph (OpenVINO) takes the resized uint8 images as they are.
@@ -73,8 +82,8 @@ class Segmenter:
 
     @classmethod
     def load(cls, path: PathLike, *, backend: Optional[str] = None, providers: Optional[Sequence[str]] = None,
-             size: Optional[int] = None, num_threads: Optional[int] = None,
-             precision_hint: Optional[str] = None) -> "Segmenter":
+             num_threads: Optional[int] = None, precision_hint: Optional[str] = None,
+             **options: Any) -> "Segmenter":
         """Open a model file with the fastest backend available for it (or the one named).
 
         Args:
@@ -84,20 +93,20 @@ class Segmenter:
                 ``providers`` are given (then ONNX Runtime).
             providers: ONNX Runtime execution providers (full names or cpu/cuda/tensorrt); default
                 TensorRT/CUDA when available, else CPU. Only for ``.onnx``.
-            size: see the class docstring.
+            options: ``size``, ``mode``, ``tile``, ``stride``: see the class docstring.
             num_threads: CPU threads for OpenVINO, ONNX Runtime (intra-op) or PyTorch.
             precision_hint: OpenVINO's precision for the layers not in INT8: "f32" or "bf16" (faster where the
                 CPU has BF16 instructions); default f32 for FP32/FP16 graphs (parity), OpenVINO's own default
                 for the device for INT8 graphs.
         """
         return cls(load_backend(path, backend=backend, providers=providers, num_threads=num_threads,
-                                precision_hint=precision_hint), size=size)
+                                precision_hint=precision_hint), **options)
 
     def check_image_size(self, hw: Sequence[int]) -> None:
-        """Refuse an image of this (H, W) before any work when it would be fed at its own size (``size=0``)
-        outside the model's declared range; resized images (the default) always fit."""
-        if self.size is None and self.input_hw is None:
-            _check_native_size(tuple(hw), self.metadata)
+        """Refuse an image of this (H, W) before any work when it would be fed at its own size (``size=0``,
+        ``mode="whole"``) outside the model's declared range; resized images and tiles always fit."""
+        if self.size is None and self.input_hw is None and self.tiling is None:
+            _check_native_size(tuple(hw), self.metadata, self.mode)
 
     @property
     def last_timing(self) -> Dict[str, float]:
@@ -123,6 +132,9 @@ class Segmenter:
             return []
         for im in images:
             self.check_image_size(im.shape[:2])
+        if self.tiling is not None:
+            results = self._slide(images, logits)
+            return results[0] if kind == "single" else np.stack(results) if kind == "array" else results
         t0 = time.perf_counter()
         m = self.metadata
         if self._uint8_input:
@@ -138,6 +150,35 @@ class Segmenter:
         if kind == "single":
             return results[0]
         return np.stack(results) if kind == "array" else results
+
+    def _slide(self, images: List[np.ndarray], logits: bool) -> List[np.ndarray]:
+        """Each image's mask from overlapping tiles at its own size (``mode="slide"``)."""
+        if logits:
+            raise FcnsegError("expected logits=True only with mode resize or whole, got mode slide (its scores "
+                              "are blended tile by tile, never held at full size); try mode='whole'")
+        timing = dict.fromkeys(TIMING_KEYS, 0.0)
+        m = self.metadata
+        scores = not m.argmax   # a graph ending in ArgMax gives class ids: tiles vote instead
+
+        def run(tiles: List[np.ndarray]) -> np.ndarray:
+            t0 = time.perf_counter()
+            batch = np.stack([to_rgb_uint8(t) for t in tiles]) if self._uint8_input else \
+                np.concatenate([preprocess(t, mean=m.mean, std=m.std) for t in tiles])
+            timing["preprocess"] += time.perf_counter() - t0
+            out, t = self._run_backend(batch, scores)
+            for k in ("h2d", "infer", "d2h"):
+                timing[k] += float(t.get(k, 0.0))
+            return out["logits"] if scores and "logits" in out else out[_output_key(out, False)]
+
+        masks = []
+        for im in images:
+            t0 = time.perf_counter()
+            masks.append(slide(to_rgb_uint8(im), run, m.num_classes, self.tiling, votes=not scores,
+                               batch=self.backend.max_batch or SLIDE_BATCH))
+            timing["postprocess"] += time.perf_counter() - t0
+        timing["postprocess"] -= sum(timing[k] for k in ("preprocess", "h2d", "infer", "d2h"))
+        self._local.timing = timing
+        return masks
 
     def _infer(self, inputs: List[np.ndarray], logits: bool) -> Tuple[List[np.ndarray], str, Dict[str, float]]:
         """Run inputs in batches of equal shape (sizes may differ); return outputs, their key, summed timings."""
@@ -295,6 +336,18 @@ def _tensorrt_backend(plan: Path) -> Backend:
     return backend
 
 
+def _tiling(mode: str, tile: int, stride: int, meta: ModelMetadata,
+            static_hw: Optional[Tuple[int, int]]) -> Optional[Tiling]:
+    """The sliding window of ``mode="slide"`` (None otherwise), checked against the model."""
+    if mode != "slide":
+        return None
+    if static_hw is not None and tuple(static_hw) != (tile, tile):
+        raise FcnsegError(f"expected a model with dynamic height and width for mode slide, got a static "
+                          f"{static_hw[0]}x{static_hw[1]} input; try --tile {static_hw[0]} with a square static "
+                          "graph, or a graph exported without --static")
+    return Tiling(tile, stride).check(meta.min_size or 1, meta.max_size)
+
+
 def _resolve_size(size: Optional[int], default: Optional[int]) -> Optional[int]:
     if size is None:
         return default
@@ -324,14 +377,17 @@ def _check_size_range(size: Optional[int], meta: ModelMetadata, static_hw: Optio
                           f"(fcnseg.min_size/max_size), got {size}; try --size {fits or (high or low)}")
 
 
-def _check_native_size(hw: Tuple[int, ...], meta: ModelMetadata) -> None:
-    """Refuse an image fed at its own size (``size=0``) whose shorter side is outside the declared range: a
-    6000x4000 photo would otherwise take gigabytes and a minute on a model declared for 64..2048."""
+def _check_native_size(hw: Tuple[int, ...], meta: ModelMetadata, mode: str) -> None:
+    """Refuse an image fed at its own size (``size=0``, ``mode="whole"``) whose shorter side is outside the
+    declared range: a 6000x4000 photo would otherwise take gigabytes and a minute on a model declared for
+    64..2048."""
     low, high, short = meta.min_size or 1, meta.max_size, min(int(hw[0]), int(hw[1]))
     if short < low or (high is not None and short > high):
+        how, hint = ("--mode whole", "--mode slide (tiles) or --mode resize") if mode == "whole" else \
+            ("--size 0", f"--size {meta.input_size or high or low} (resize) or leave out --size")
         raise FcnsegError(f"expected images whose shorter side is within the model's declared input range "
-                          f"{low}..{high or 'any'} when fed at their own size (--size 0), got {hw[0]}x{hw[1]}; "
-                          f"try --size {meta.input_size or high or low} (resize) or leave out --size")
+                          f"{low}..{high or 'any'} when fed at their own size ({how}), got {hw[0]}x{hw[1]}; "
+                          f"try {hint}")
 
 
 def _as_array(image: Any) -> np.ndarray:

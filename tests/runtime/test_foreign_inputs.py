@@ -4,12 +4,9 @@ URLs, animated images, thread counts."""
 from __future__ import annotations
 
 import http.server
-import json
 import threading
-from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -17,17 +14,6 @@ from PIL import Image
 from fcnseg.core.errors import FcnsegError
 from fcnseg.runtime import Segmenter
 from fcnseg.runtime.cli import predict_main
-
-
-@pytest.fixture(scope="module")
-def ranged_onnx(tiny_conv_onnx, tmp_path_factory):
-    """The 4-class 1x1-conv model declaring inputs of 8..256 pixels."""
-    model = onnx.load(str(tiny_conv_onnx))
-    model.metadata_props.add(key="fcnseg.min_size", value=json.dumps(8))
-    model.metadata_props.add(key="fcnseg.max_size", value=json.dumps(256))
-    path = tmp_path_factory.mktemp("ranged") / "ranged.onnx"
-    onnx.save(model, str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +41,13 @@ def test_num_threads_is_checked_by_the_library_too(tiny_conv_onnx):
             Segmenter.load(tiny_conv_onnx, num_threads=bad)
 
 
-def test_size_zero_keeps_to_the_declared_range(ranged_onnx):
+def test_size_zero_keeps_to_the_declared_range(conv3):
     """``size=0`` feeds images at their own size; beyond the declared range it is refused before inference."""
-    with Segmenter.load(ranged_onnx, backend="onnxruntime", size=0) as seg:
+    with Segmenter.load(conv3, backend="onnxruntime", size=0) as seg:
         assert seg(np.zeros((100, 120, 3), np.uint8)).shape == (100, 120)
-        with pytest.raises(FcnsegError, match=r"within the model's declared input range 8..256 .* got 300x400"):
+        with pytest.raises(FcnsegError, match=r"within the model's declared input range 16..256 .* got 300x400"):
             seg(np.zeros((300, 400, 3), np.uint8))
-    with Segmenter.load(ranged_onnx, backend="onnxruntime") as seg:   # resized to the model's size: any image
+    with Segmenter.load(conv3, backend="onnxruntime") as seg:   # resized to the model's size: any image
         assert seg(np.zeros((300, 400, 3), np.uint8)).shape == (300, 400)
 
 

@@ -28,7 +28,7 @@ from ..core.errors import FcnsegError
 from ..core.output_guard import ArtifactKind, read_json
 from ..core.shapes import parse_hw  # noqa: F401  (re-exported for the CLIs)
 from ..eval.model_specs import ModelSpec, backend_note, model_specs  # noqa: F401  (re-exported)
-from ..runtime import Segmenter, preprocess
+from ..runtime import Segmenter, Tiling, preprocess, tile_count
 from ..runtime.backends.onnxruntime import providers_for
 from ..runtime.backends.openvino import _read_metadata, import_openvino
 from ..eval.tables import format_table
@@ -152,13 +152,16 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _runner(spec: ModelSpec, images: np.ndarray, hw: tuple, providers, num_threads) -> _Runner:
+def _runner(spec: ModelSpec, images: np.ndarray, hw: tuple, providers, num_threads,
+            view: Optional[dict] = None) -> _Runner:
     prov = providers_for(spec.path, spec.backend, providers)
     if spec.mode == "model" and spec.backend == "openvino":
         return _native_openvino(spec, images, hw, num_threads)
-    # size = the shorter side makes the runtime's resize a no-op, so the network sees exactly HxW.
-    seg = Segmenter.load(spec.path, backend=spec.backend, size=min(hw), providers=prov, num_threads=num_threads,
-                         precision_hint=spec.precision_hint)
+    # size = the shorter side makes the runtime's resize a no-op, so the network sees exactly HxW; the whole and
+    # slide modes (``view``) feed the image at its own size by themselves.
+    sized = {"size": min(hw)} if not view or view.get("mode", "resize") == "resize" else {}
+    seg = Segmenter.load(spec.path, backend=spec.backend, providers=prov, num_threads=num_threads,
+                         precision_hint=spec.precision_hint, **sized, **(view or {}))
     hint = str(getattr(seg.backend, "precision_hint", "") or "")
     if spec.mode == "e2e":
         batch: Any = images if len(images) > 1 else images[0]
@@ -213,10 +216,12 @@ def _reset_device_peak() -> None:
 
 def bench_shape(specs: Sequence[Union[str, ModelSpec]], hw: tuple, batch: int, *, warmup: int = 5, iters: int = 50,
                 rounds: int = 5, providers=None, num_threads: Optional[int] = None, seed: int = 0,
-                power=None, settle_s: float = SETTLE_S) -> list:
+                power=None, settle_s: float = SETTLE_S, view: Optional[dict] = None) -> list:
     """Benchmark every model at one (H, W, batch), interleaving models in ``rounds`` blocks.
 
     ``power``: a ``power.PowerMonitor``; each result then gets ``extra["power"]`` over the model's own blocks.
+    ``view``: ``Segmenter`` options ``mode``/``tile``/``stride``; with ``mode="slide"`` each result gets
+    ``extra["tiles_per_image"]`` and ``extra["tiles_per_s"]``.
     ``settle_s``: an untimed pause before each block, so that the previous runtime's idle threads have stopped
     spinning (ONNX Runtime's do for tens of ms after a run) before the next one is timed.
     """
@@ -226,7 +231,7 @@ def bench_shape(specs: Sequence[Union[str, ModelSpec]], hw: tuple, batch: int, *
         reset_peak_rss()
         _reset_device_peak()
         r = _runner(spec if isinstance(spec, ModelSpec) else ModelSpec(str(spec)), images, hw, providers,
-                    num_threads)
+                    num_threads, view)
         for _ in range(warmup):
             r.once()
         r.e2e.clear()
@@ -243,6 +248,10 @@ def bench_shape(specs: Sequence[Union[str, ModelSpec]], hw: tuple, batch: int, *
                 r.once()
             w.append((start, time.perf_counter()))
     results = [_result(r, hw, batch, peak) for r, peak in zip(runners, peaks)]
+    if view and view.get("mode") == "slide":
+        tiles = tile_count(hw, Tiling(view.get("tile", Tiling.tile), view.get("stride", Tiling.stride)))
+        for res in results:
+            res.extra.update(tiles_per_image=tiles, tiles_per_s=tiles * batch * 1e3 / res.e2e.median)
     if power is not None:
         for res, w in zip(results, windows):
             res.extra["power"] = power.summarize(w, images=res.iters * batch)
@@ -280,7 +289,7 @@ class BenchRun:
 
 def run_benchmark(paths: Sequence[str], shapes: Sequence[Tuple[int, int]], batches: Sequence[int], *,
                   timing: Timing = Timing(), run: BackendChoice = BackendChoice(), model_only: bool = False,
-                  power_interval_ms: Optional[int] = None) -> BenchRun:
+                  power_interval_ms: Optional[int] = None, view: Optional[dict] = None) -> BenchRun:
     """``fcn-bench``: every model on every backend asked, side by side in one interleaved run.
 
     Args:
@@ -290,6 +299,7 @@ def run_benchmark(paths: Sequence[str], shapes: Sequence[Tuple[int, int]], batch
         run: backends (each .onnx once per backend), ONNX Runtime providers, OpenVINO's hint, CPU threads.
         model_only: also time each library alone on a preprocessed input.
         power_interval_ms: sample a Jetson's board power every this many ms (None: no power).
+        view: ``Segmenter`` options ``mode``/``tile``/``stride`` (large images: ``mode="slide"``).
     """
     if not paths:
         raise FcnsegError("expected --engine PATH or --model PATH, got neither; try fcn-bench -h")
@@ -300,7 +310,8 @@ def run_benchmark(paths: Sequence[str], shapes: Sequence[Tuple[int, int]], batch
     try:
         check_fits_in_memory(shapes, batches)
         results = bench_models(specs, list(shapes), list(batches), warmup=timing.warmup, iters=timing.iters,
-                               rounds=timing.rounds, providers=run.providers, num_threads=run.threads, power=monitor)
+                               rounds=timing.rounds, providers=run.providers, num_threads=run.threads, power=monitor,
+                               view=view)
     finally:
         if monitor is not None:
             monitor.close()

@@ -8,7 +8,8 @@ import click
 from ..core import output_guard as outputs
 from typing import Callable, Optional, Sequence
 
-from ..core.cli_args import BackendChoice, OneLineCommand, backend_options, force_option, packed, shape_option
+from ..core.cli_args import (BackendChoice, OneLineCommand, backend_options, force_option, mode_options, packed,
+                             shape_option)
 from ..core.errors import FcnsegError, cli_errors
 from .bench import BENCH_CSV, BENCH_JSON, Timing, bench_table, run_benchmark, write_csv
 from .triton_bench import TritonLoad, run_triton_cli
@@ -72,6 +73,7 @@ def power_options(fn: Callable) -> Callable:
 @click.option("--batch", "batches", multiple=True, type=click.IntRange(min=1), default=[1], help="repeatable")
 @timing_options
 @backend_options(multiple=True, hint_default="f32 for FP32/FP16 graphs, OpenVINO's own for INT8 graphs")
+@mode_options
 @click.option("--model-only", is_flag=True, help="also time each library alone on a preprocessed input "
               "(OpenVINO compiled with its own defaults)")
 @triton_options
@@ -80,7 +82,7 @@ def power_options(fn: Callable) -> Callable:
 @click.option("--csv", "csv_path", default=None, type=click.Path())
 @force_option(FORCE_HELP)
 @cli_errors
-def bench_main(engines, models, shapes, batches, timing: Timing, backend: BackendChoice, model_only: bool,
+def bench_main(engines, models, shapes, batches, timing: Timing, backend: BackendChoice, mode: dict, model_only: bool,
                triton: Optional[TritonLoad], power_interval_ms: Optional[int], json_path, csv_path, force) -> None:
     """Latency per stage and end to end, for one or several models in one run (ratios side by side)."""
     if triton is not None:
@@ -91,8 +93,10 @@ def bench_main(engines, models, shapes, batches, timing: Timing, backend: Backen
         if path:
             outputs.check_output(path, kind, inputs=paths, force=force, option=option)
     run = run_benchmark(paths, shapes, batches, timing=timing, run=backend, model_only=model_only,
-                        power_interval_ms=power_interval_ms)
-    click.echo("\n".join(filter(None, [bench_table(run.results), run.power_table, run.note])))
+                        power_interval_ms=power_interval_ms, view=mode)
+    tiles = [f"{r.model}: {r.extra['tiles_per_image']} tiles per image, {r.extra['tiles_per_s']:.1f} tiles/s"
+             for r in run.results if "tiles_per_s" in r.extra]
+    click.echo("\n".join(filter(None, [bench_table(run.results), *tiles, run.power_table, run.note])))
     if json_path:
         write_json(json_path, [r.to_dict() for r in run.results])
     if csv_path:
@@ -101,7 +105,7 @@ def bench_main(engines, models, shapes, batches, timing: Timing, backend: Backen
 
 # fcn-bench options that only the in-process benchmark reads: refused next to --triton rather than ignored.
 NOT_WITH_TRITON = ("engines", "batches", "warmup", "iters", "rounds", "threads", "providers", "backend_names",
-                   "precision_hint", "model_only", "power", "power_interval", "csv_path")
+                   "precision_hint", "model_only", "power", "power_interval", "csv_path", "mode", "tile", "stride")
 
 
 def check_triton_options(ctx: click.Context) -> None:

@@ -28,7 +28,7 @@ from ..core.errors import FcnsegError
 from ..core.output_guard import check_output_dir
 from ..core.classes import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES, voc_palette
 
-__all__ = ["ClassStyle", "CLASS_STYLES", "synthesize", "render_sample"]
+__all__ = ["ClassStyle", "CLASS_STYLES", "THIN_CLASSES", "synthesize", "render_sample", "render_thin_sample"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -67,7 +67,7 @@ CLASS_STYLES: tuple[ClassStyle, ...] = _class_styles()
 
 
 def synthesize(root: PathLike, *, num_train: int = 200, num_val: int = 50, size: int = 160, seed: int = 0,
-               progress: bool = True) -> Path:
+               progress: bool = True, thin_structures: bool = False) -> Path:
     """Write a synthetic VOC 2012 segmentation dataset under ``root``.
 
     Images are written first and the split lists last (each file atomically), so an interrupted run never
@@ -80,6 +80,9 @@ def synthesize(root: PathLike, *, num_train: int = 200, num_val: int = 50, size:
         size: approximate image height; widths vary from 0.75x to 1.33x of it.
         seed: random seed.
         progress: show a progress bar.
+        thin_structures: draw only lines 1-4 pixels wide on the cluttered backdrop, the classes of
+            ``THIN_CLASSES`` (cracks, wires, roads), to measure what resizing a large image loses
+            (``mode="slide"``).
 
     Returns:
         ``root`` as a Path: the folder to pass as ``--data-path``.
@@ -94,7 +97,8 @@ def synthesize(root: PathLike, *, num_train: int = 200, num_val: int = 50, size:
     root = Path(root)
     base = root / "VOCdevkit" / "VOC2012"
     _check_root(root, base)
-    write_text(base / MARKER, json.dumps({"num_train": num_train, "num_val": num_val, "size": size, "seed": seed}))
+    write_text(base / MARKER, json.dumps({"num_train": num_train, "num_val": num_val, "size": size, "seed": seed,
+                                          "thin_structures": thin_structures}))
     splits = {"train": [f"synth_{i:06d}" for i in range(1, num_train + 1)],
               "val": [f"synth_{i:06d}" for i in range(num_train + 1, num_train + num_val + 1)]}
     with tqdm(total=num_train + num_val, desc="synthesizing VOC", unit="img", disable=not progress) as bar:
@@ -102,7 +106,8 @@ def synthesize(root: PathLike, *, num_train: int = 200, num_val: int = 50, size:
             classes = _class_schedule(np.random.default_rng([seed, split_index, 0]), len(ids))
             for i, image_id in enumerate(ids):
                 rng = np.random.default_rng([seed, split_index, i + 1])
-                image, label = render_sample(rng, size=size, classes=classes[i])
+                image, label = render_thin_sample(rng, size=size) if thin_structures else \
+                    render_sample(rng, size=size, classes=classes[i])
                 _write_sample(base, image_id, image, label)
                 bar.update(1)
     lists = base / "ImageSets" / "Segmentation"
@@ -159,6 +164,46 @@ def render_sample(rng: np.random.Generator, *, size: int, classes: list) -> tupl
     label = np.asarray(placed, dtype=np.uint8)[owner]
     label[_boundary(owner, 1 if size < 256 else 2)] = IGNORE_INDEX
     return np.clip(image + 0.5, 0, 255).astype(np.uint8), label
+
+
+# Thin structures (label id, what it stands for, width range in pixels, gray level range, count range): dark
+# cracks, bright wires and mid-gray roads, each class by its width and brightness, on the cluttered backdrop.
+THIN_CLASSES = ((1, "crack", (1, 2), (20, 60), (2, 5)), (2, "wire", (2, 3), (215, 250), (1, 4)),
+                (3, "road", (3, 4), (110, 150), (1, 3)))
+
+
+def render_thin_sample(rng: np.random.Generator, *, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one image of thin polylines (``THIN_CLASSES``) on a cluttered backdrop; no void rings (a 1-pixel
+    line would vanish under one).
+
+    Returns:
+        (HxWx3 uint8 image, HxW uint8 label with ids 0..3).
+    """
+    h, w = _image_hw(rng, size)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    image = Image.fromarray(np.clip(_background(rng, h, w, yy, xx) + 0.5, 0, 255).astype(np.uint8))
+    label = Image.new("L", (w, h), 0)
+    draw_image, draw_label = ImageDraw.Draw(image), ImageDraw.Draw(label)
+    for cls, _, widths, grays, counts in THIN_CLASSES:
+        for _ in range(int(rng.integers(counts[0], counts[1] + 1))):
+            points = _polyline(rng, h, w)
+            width = int(rng.integers(widths[0], widths[1] + 1))
+            gray = int(rng.integers(grays[0], grays[1] + 1))
+            draw_image.line(points, fill=(gray, gray, gray), width=width)
+            draw_label.line(points, fill=cls, width=width)
+    noisy = np.asarray(image, np.float32) + rng.normal(0.0, 3.0, size=(h, w, 3)).astype(np.float32)
+    return np.clip(noisy + 0.5, 0, 255).astype(np.uint8), np.asarray(label)
+
+
+def _polyline(rng: np.random.Generator, h: int, w: int) -> list:
+    """A wandering line across the image: 4-8 points, each step at most a third of the image away."""
+    y, x = rng.uniform(0, h), rng.uniform(0, w)
+    points = [(x, y)]
+    for _ in range(int(rng.integers(3, 8))):
+        x = float(np.clip(x + rng.uniform(-w, w) / 3, 0, w - 1))
+        y = float(np.clip(y + rng.uniform(-h, h) / 3, 0, h - 1))
+        points.append((x, y))
+    return points
 
 
 def _image_hw(rng: np.random.Generator, size: int) -> tuple[int, int]:

@@ -81,7 +81,8 @@ class TritonPythonModel:
             from fcnseg.runtime import Segmenter
 
             size = int(params["fcnseg_size"]) if params.get("fcnseg_size") else None
-            self.segmenter = Segmenter.load(here / params["fcnseg_model"], size=size, num_threads=threads)
+            view = json.loads(params.get("fcnseg_view") or "{}")   # mode, tile, stride (large images: slide)
+            self.segmenter = Segmenter.load(here / params["fcnseg_model"], size=size, num_threads=threads, **view)
         elif self.role == "network":
             from fcnseg.runtime import load_backend
 

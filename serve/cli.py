@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, Optional
 
 import click
 
-from ..core.cli_args import OneLineCommand, force_option, packed
+from ..core.cli_args import OneLineCommand, force_option, mode_options, packed
 from ..core.errors import FcnsegError, cli_errors
 from .server import TritonInstall, TritonServer, serve_model
 
@@ -37,13 +37,14 @@ def port_options(fn: Callable) -> Callable:
 @click.option("--max-queue-delay-us", type=int, default=None, help="how long a request waits for a batch "
               "[default: 500]")
 @force_option("replace a model folder of that name in --repo")
+@mode_options
 @click.option("--triton-env", type=click.Path(file_okay=False), help="Python environment with nvidia-pytriton "
               "[default: $FCNSEG_TRITON_ENV, the project's .venv-triton, this Python]")
 @click.option("--timeout", type=float, default=120.0, help="seconds to wait for the server to be ready")
 @cli_errors
 def main(model: Optional[str], repo: Optional[str], name: str, ports: Dict[str, Any], max_batch: Optional[int],
-         instances: int, max_queue_delay_us: Optional[int], force: bool, triton_env: Optional[str],
-         timeout: float) -> None:
+         instances: int, max_queue_delay_us: Optional[int], force: bool, mode: Dict[str, Any],
+         triton_env: Optional[str], timeout: float) -> None:
     """Serve MODEL over HTTP and gRPC with Triton (dynamic batching, Prometheus metrics) until Ctrl-C.
 
     \b
@@ -55,7 +56,7 @@ def main(model: Optional[str], repo: Optional[str], name: str, ports: Dict[str, 
     ports = dict(ports, install=TritonInstall.find(triton_env), log=sys.stderr)
     if model:
         server = serve_model(model, repo=repo, name=name, max_batch=max_batch, instances=instances,
-                             max_queue_delay_us=max_queue_delay_us, force=force, **ports)
+                             max_queue_delay_us=max_queue_delay_us, force=force, view=mode, **ports)
     else:
         server = TritonServer(repo, **ports)
     for signum in (signal.SIGINT, signal.SIGTERM):   # SIGINT too: a shell starts background jobs ignoring it

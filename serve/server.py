@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, List, Optional, Sequence, Union
+from typing import IO, Any, Dict, List, Optional, Sequence, Union
 
 from ..core.errors import FcnsegError
 from ..export.triton import Batching, export_segmenter
@@ -274,18 +274,19 @@ class TritonServer:
 
 def serve_model(model: PathLike, *, repo: Optional[PathLike] = None, name: str = "fcnseg",
                 max_batch: Optional[int] = None, instances: int = 1, max_queue_delay_us: Optional[int] = None,
-                force: bool = False, **server_options: Any) -> TritonServer:
+                force: bool = False, view: Optional[Dict[str, Any]] = None, **server_options: Any) -> TritonServer:
     """Write a repository serving ``model`` through ``Segmenter`` (Python backend) and return its server.
 
     Args:
         model: any file ``Segmenter.load`` opens.
         repo: where to write the repository; None uses a temporary folder removed when the server stops.
-        name, max_batch, instances, max_queue_delay_us, force: see ``fcnseg.export.triton.export_segmenter``.
+        name, max_batch, instances, max_queue_delay_us, force, view: see
+            ``fcnseg.export.triton.export_segmenter``.
         **server_options: ``TritonServer`` arguments (host, ports, install, log).
     """
     batching = Batching(kind="cpu", max_batch=max_batch, instances=instances,
                         **({"max_queue_delay_us": max_queue_delay_us} if max_queue_delay_us is not None else {}))
     install = server_options.pop("install", None) or TritonInstall.find()   # fail before writing anything
     folder = Path(repo) if repo is not None else Path(tempfile.mkdtemp(prefix="fcnseg-repo-"))
-    export_segmenter(model, folder, name=name, batching=batching, force=force)
+    export_segmenter(model, folder, name=name, batching=batching, force=force, view=view)
     return TritonServer(folder, install=install, cleanup=[] if repo is not None else [folder], **server_options)

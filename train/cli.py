@@ -57,8 +57,11 @@ def data_main() -> None:
 @click.option("--num-val", default=100)
 @click.option("--size", default=160, help="approximate image side in pixels")
 @click.option("--seed", default=0)
+@click.option("--thin-structures", is_flag=True, help="only lines 1-4 px wide (cracks, wires, roads: classes 1-3), "
+              "for large images: see docs/large-images.md")
 @cli_errors
-def synth_cmd(root: str, num_train: int, num_val: int, size: int, seed: int) -> None:
+def synth_cmd(root: str, num_train: int, num_val: int, size: int, seed: int, thin_structures: bool) -> None:
     """Write a synthetic dataset in the real VOC 2012 layout under ROOT/VOCdevkit/VOC2012."""
-    path = synthesize(root, num_train=num_train, num_val=num_val, size=size, seed=seed)
+    path = synthesize(root, num_train=num_train, num_val=num_val, size=size, seed=seed,
+                      thin_structures=thin_structures)
     click.echo(f"wrote {num_train} train + {num_val} val images to {path}")

@@ -109,3 +109,15 @@ def test_providers_reach_onnx_models_only(two_models, tmp_path):
     r = CliRunner().invoke(bench_main, ["--model", two_models[0], "--providers", "cpu", "--shape", "16x16",
                                         "--iters", "1", "--warmup", "0", "--rounds", "1"])
     assert r.exit_code == 0, r.output
+
+
+def test_slide_mode_reports_tiles_per_second(tiny_conv_onnx):
+    """fcn-bench --mode slide: images at their own size, in tiles; each row says how many tiles and how fast."""
+    from fcnseg.benchmarks.bench import Timing, run_benchmark
+    from fcnseg.runtime.tiling import Tiling, tile_count
+
+    run = run_benchmark([str(tiny_conv_onnx)], [(200, 300)], [1], timing=Timing(warmup=1, iters=2, rounds=1),
+                        view={"mode": "slide", "tile": 64, "stride": 48})
+    (row,) = run.results
+    assert row.extra["tiles_per_image"] == tile_count((200, 300), Tiling(64, 48)) == 4 * 6
+    assert row.extra["tiles_per_s"] == pytest.approx(24 * 1e3 / row.e2e.median)

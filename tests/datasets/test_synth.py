@@ -140,3 +140,27 @@ def test_writes_again_over_its_own_dataset(tmp_path):
     base = _make(tmp_path, seed=0, num_train=2, num_val=1)
     before = _files(base)
     assert _make(tmp_path, seed=0, num_train=2, num_val=1) == base and _files(base) == before
+
+
+def test_thin_structures_are_lines_of_one_to_four_pixels(tmp_path):
+    """``--thin-structures``: only cracks, wires and roads (classes 1-3) on the backdrop, in the VOC layout."""
+    from PIL import Image
+
+    from fcnseg.datasets.synth import THIN_CLASSES, render_thin_sample
+    from fcnseg.datasets.voc import VOCLayout
+
+    image, label = render_thin_sample(np.random.default_rng(3), size=300)
+    assert image.shape[:2] == label.shape and set(np.unique(label)) <= {0, 1, 2, 3}
+    for cls, _, (_, widest), *_ in THIN_CLASSES:
+        mask = label == cls
+        assert 0 < mask.mean() < 0.05
+        # Thin: almost no pixel of the class has a whole 7x7 square of it around (only where two lines cross).
+        box = np.pad(mask, 1)[:, :].cumsum(0).cumsum(1)
+        k = 7
+        full = box[k:, k:] - box[:-k, k:] - box[k:, :-k] + box[:-k, :-k] == k * k
+        assert widest <= 4 and full.sum() < 0.05 * mask.sum()
+    root = synth.synthesize(tmp_path / "thin", num_train=2, num_val=1, size=96, thin_structures=True,
+                            progress=False)
+    layout = VOCLayout(root, "val")
+    img, mask = layout.load(0)
+    assert set(np.unique(mask)) <= {0, 1, 2, 3} and Image.open(layout.mask_path(0)).mode == "P"

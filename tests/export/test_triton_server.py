@@ -31,6 +31,7 @@ from fcnseg.export.triton_model import postprocess_scores, preprocess_encoded
 from fcnseg.runtime import Segmenter
 
 CLIENTS, REQUESTS = 8, 25
+SLIDE = {"mode": "slide", "tile": 64, "stride": 48}   # large images in tiles (the export declares 64..2048)
 SIZES = [(48, 64), (64, 48), (33, 71), (48, 64)]
 
 
@@ -42,11 +43,13 @@ def server(triton_install, r18_onnx, tmp_path_factory):
     root = tmp_path_factory.mktemp("triton")
     batching = Batching(kind="cpu", max_queue_delay_us=5000)
     repo = export_segmenter(r18_onnx, root / "repo", batching=batching).root
+    slide = export_segmenter(r18_onnx, root / "slide", name="fcnseg_slide", batching=batching, view=SLIDE)
+    shutil.copytree(slide.root / "fcnseg_slide", repo / "fcnseg_slide")
     ensemble = export_triton(r18_onnx, root / "ensemble", with_preprocessing=True, onnx_backend="python",
                              batching=batching)
     for step in ensemble.models:
         shutil.copytree(ensemble.root / step, repo / step)
-    with TritonServer(repo, install=triton_install, models=["fcnseg"] + ensemble.models) as srv:
+    with TritonServer(repo, install=triton_install, models=["fcnseg", "fcnseg_slide"] + ensemble.models) as srv:
         srv.wait_ready(timeout=90)
         yield srv
     assert srv.process.poll() is not None
@@ -64,11 +67,22 @@ def reference(r18_onnx, images):
         return [seg(im) for im in images]
 
 
-def infer(client, module, image: np.ndarray) -> np.ndarray:
+def infer(client, module, image: np.ndarray, model: str = "fcnseg") -> np.ndarray:
     batch = image if image.ndim == 4 else image[None]
     inp = module.InferInput("image", list(batch.shape), "UINT8")
     inp.set_data_from_numpy(batch)
-    return client.infer("fcnseg", [inp]).as_numpy("mask")
+    return client.infer(model, [inp]).as_numpy("mask")
+
+
+def test_slide_mode_is_served_as_the_local_segmenter_slides(server, r18_onnx):
+    """A Segmenter model exported with mode slide: large images in tiles on the server, the same masks."""
+    rng = np.random.default_rng(11)
+    big = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((150, 200), (97, 131))]
+    client = httpclient.InferenceServerClient(server.http_url, network_timeout=120)
+    with Segmenter.load(r18_onnx, **SLIDE) as seg:
+        for image in big:
+            served = infer(client, httpclient, image, model="fcnseg_slide")[0]
+            assert served.shape == image.shape[:2] and (served == seg(image)).all()
 
 
 @pytest.mark.parametrize("module", [httpclient, grpcclient], ids=["http", "grpc"])

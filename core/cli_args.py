@@ -18,6 +18,7 @@ import click
 from .backend_names import BACKEND_NAMES, PRECISION_HINTS, BackendChoice, parse_providers
 from .errors import FcnsegError
 from .shapes import parse_dims
+from .view import MODES, Tiling
 
 FORCE_HELP = "Replace an existing output even when it is not an fcnseg artifact of the same kind (never an input)."
 
@@ -131,11 +132,11 @@ def mode_options(fn: Callable) -> Callable:
     keyword arguments (checked against the model when it loads)."""
     fn = packed("mode", lambda mode, tile, stride: {"mode": mode, "tile": tile, "stride": stride},
                 ("mode", "tile", "stride"))(fn)
-    fn = click.option("--stride", type=click.IntRange(min=1), default=341, show_default=True,
+    fn = click.option("--stride", type=click.IntRange(min=1), default=Tiling.stride, show_default=True,
                       help="--mode slide: pixels between tiles (a third overlap by default).")(fn)
-    fn = click.option("--tile", type=click.IntRange(min=1), default=512, show_default=True,
+    fn = click.option("--tile", type=click.IntRange(min=1), default=Tiling.tile, show_default=True,
                       help="--mode slide: tile side in pixels.")(fn)
-    return click.option("--mode", type=click.Choice(["resize", "slide", "whole"]), default="resize",
+    return click.option("--mode", type=click.Choice(MODES), default=MODES[0],
                         show_default=True, help="resize: the image at the model's size; whole: at its own size "
                         "(within the model's declared range); slide: at its own size in overlapping tiles, for "
                         "large images (docs/large-images.md).")(fn)

@@ -7,38 +7,20 @@ class votes) are multiplied by a separable raised-cosine window, which is highes
 network saw the most context, and lowest at its border, and summed; the mask is the argmax of the sums.
 
 Memory: only one band of rows is held, ``C x tile x W`` float32 sums beside the image and its mask (246 MiB for
-21 classes, 512-pixel tiles and a 6000-pixel-wide image), never a full-resolution score map. Rows are final once no later band reaches them; the band then moves down by the stride.
+21 classes, 512-pixel tiles and a 6000-pixel-wide image), never a full-resolution score map. Rows are final
+once no later band reaches them; the band then moves down by the stride.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Iterator, List, Tuple
 
 import numpy as np
 
 from ..core.errors import FcnsegError
+from ..core.view import MODES, Tiling, check_mode  # noqa: F401 (re-exported)
 
-MODES = ("resize", "slide", "whole")
 WINDOW_FLOOR = 0.05   # a tile's border still counts a little: the image's own border is covered by one tile only
-
-
-@dataclass(frozen=True)
-class Tiling:
-    """The sliding window: square tiles of ``tile`` pixels every ``stride`` pixels (default: a third overlap)."""
-
-    tile: int = 512
-    stride: int = 341
-
-    def check(self, min_size: int = 1, max_size: "int | None" = None) -> "Tiling":
-        """Refuse a stride that leaves gaps, or a tile outside the model's declared input range."""
-        if not 1 <= self.stride <= self.tile:
-            raise FcnsegError(f"expected 1 <= --stride <= --tile (tiles that overlap or touch), got tile "
-                              f"{self.tile}, stride {self.stride}; try --stride {max(1, self.tile * 2 // 3)}")
-        if self.tile < min_size or (max_size is not None and self.tile > max_size):
-            raise FcnsegError(f"expected --tile within the model's declared input range {min_size}.."
-                              f"{max_size or 'any'}, got {self.tile}; try --tile {min(max(512, min_size), max_size or 512)}")
-        return self
 
 
 def tile_starts(length: int, tile: int, stride: int) -> List[int]:
@@ -126,13 +108,6 @@ class _Band:
         self.sums[:, :-rows] = self.sums[:, rows:].copy() if rows < self.sums.shape[1] else 0
         self.sums[:, -rows:] = 0
         return done
-
-
-def check_mode(mode: str) -> str:
-    """One of ``MODES``, or a one-line error."""
-    if mode not in MODES:
-        raise FcnsegError(f"expected a mode in {', '.join(MODES)}, got {mode!r}; try --mode slide")
-    return mode
 
 
 def tile_count(hw: Tuple[int, int], tiling: Tiling) -> int:

@@ -39,8 +39,11 @@ _cleaned: Set[str] = set()
 
 
 @contextlib.contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it is removed."""
+def atomic_path(path: PathLike, *, size: Optional[int] = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it is removed.
+
+    ``size``: the bytes to be written, when known, for the message of a write that finds no room.
+    """
     tmp = temp_path(path)
     try:
         yield tmp
@@ -49,7 +52,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         if is_no_room(e):
-            raise no_room_error(path, e) from None
+            raise no_room_error(path, e, size) from None
         raise
 
 
@@ -71,7 +74,7 @@ def no_room_error(path: PathLike, error: BaseException, needed: Optional[int] = 
         reason = error.strerror
     else:   # torch.save's "unexpected pos 961920 vs 961816": say what it means
         reason = f"a failed write ({str(error).splitlines()[0][-60:].strip()})"
-    need = f", about {needed / 2**20:.1f} MiB needed" if needed else ""
+    need = f", {needed / 2**20:.1f} MiB needed" if needed else ""
     return FcnsegError(f"expected room to write {str(path)!r}, got {reason!r} ({free}{need}); nothing was written; "
                        "try freeing space there or writing to another folder")
 
@@ -185,14 +188,8 @@ def _pid_alive(pid: int) -> bool:
 
 def write_bytes(path: PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (a full disk is one ``FcnsegError`` saying how much was needed)."""
-    try:
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(data)
-    except FcnsegError as e:
-        if "expected room to write" in str(e):
-            raise FcnsegError(str(e).replace(" free there)", f" free there, {len(data) / 2**20:.1f} MiB "
-                                                              "needed)")) from None
-        raise
+    with atomic_path(path, size=len(data)) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_text(path: PathLike, text: str) -> None:

@@ -4,7 +4,8 @@ An existing file is replaced only when it is the same kind of artifact fcnseg wr
 ``--force``. Each stage declares the kinds it writes as ``ArtifactKind`` values next to its code
 (``fcnseg.export.artifacts``: ONNX models, engines, sidecars, calibration caches, INT8 reports, timing caches;
 ``fcnseg.runtime.artifacts``: masks and overlays; ``fcnseg.eval.evaluate.EVAL_JSON``;
-``fcnseg.benchmarks.bench.BENCH_JSON``/``BENCH_CSV``), so this module knows no stage's files; a command never writes over one of its own inputs, force or not.
+``fcnseg.benchmarks.bench.BENCH_JSON``/``BENCH_CSV``), so this module knows no stage's files; a command never
+writes over one of its own inputs, force or not.
 Folders that are files, paths that are folders and unwritable places (``/proc``) are refused up front,
 so no long run dies at its last step.
 """

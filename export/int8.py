@@ -35,7 +35,7 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -171,8 +171,8 @@ def quantize_int8(model_path: PathLike, output: Optional[PathLike] = None, optio
             nothing is written then.
     """
     o = with_fields(options, Int8Options, fields)
-    o.require_root(model_path)
-    _check_args(o.method, o.num_images, o.max_drop, o.eval_images)
+    o = replace(o, calib_root=o.require_root(model_path),
+                method=_check_args(o.method, o.num_images, o.max_drop, o.eval_images))
     if o.target not in TARGETS:
         raise FcnsegError(f"expected an INT8 target in {', '.join(TARGETS)}, got {o.target!r}")
     src = Path(model_path)
@@ -208,7 +208,7 @@ def _library_warnings_summarised() -> Iterator[List[str]]:
 def _quantize(src: Path, out: Path, o: Int8Options) -> Int8Result:
     """``quantize_int8`` once its options are checked: calibrate, quantize within budget, write ``out``."""
     t0 = time.perf_counter()
-    calib_root, method, target = Path(o.calib_root or ""), o.method.lower(), o.target
+    calib_root, method, target = o.calib_root, o.method, o.target
     tgt = TARGETS[target]
     model = load_onnx(src)
     meta, _ = read_metadata(model)

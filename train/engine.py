@@ -198,8 +198,7 @@ def train(cfg: TrainConfig) -> dict:
 def _train(cfg: TrainConfig, device: torch.device, dist_info: distributed.DistInfo,
            point: Optional[ResumePoint]) -> dict:
     out = Path(cfg.output_dir)
-    resume_epoch = point.start_epoch if point else None
-    prepare_output_dir(out, resume_epoch=resume_epoch, force=cfg.force, create=False)  # refuse before the data
+    resume_epoch = point.start_epoch if point else None   # the folder was checked by train(), before the lock
     train_loader, val_loader = make_loaders(cfg, dist_info)
     # created (and an old run moved aside) only once the data has passed its checks
     prepare_output_dir(out, resume_epoch=resume_epoch, force=cfg.force, create=dist_info.is_main, say=tqdm.write)

@@ -212,23 +212,15 @@ class PredictSummary:
     notes: List[str] = field(default_factory=list)
 
 
-def header_size(path: PathLike) -> Optional[Tuple[int, int]]:
-    """(H, W) of an image file from its header (nothing decoded); None when it cannot be read."""
+def image_header(path: PathLike) -> Optional[Tuple[Tuple[int, int], int]]:
+    """((H, W), frames) of an image file from its header, nothing decoded (an animated GIF, WebP or multi-page
+    TIFF has several frames); None when it cannot be read (the read itself then says why)."""
     try:
         with Image.open(path) as img:
             width, height = img.size
-            return int(height), int(width)
+            return (int(height), int(width)), int(getattr(img, "n_frames", 1))
     except (OSError, ValueError):
         return None
-
-
-def frame_count(path: PathLike) -> int:
-    """How many frames an image file holds (an animated GIF, WebP or multi-page TIFF has several)."""
-    try:
-        with Image.open(path) as img:
-            return int(getattr(img, "n_frames", 1))
-    except (OSError, ValueError):
-        return 1
 
 
 def is_image_url(spec: PathLike) -> bool:
@@ -338,19 +330,20 @@ def predict_files(predict: Callable[[np.ndarray], np.ndarray], inputs: Sequence[
     files = find_images(inputs, exclude=out)
     if not files:
         raise FcnsegError(f"expected images ({', '.join(IMAGE_SUFFIXES)}) in {[str(i) for i in inputs]}, got none")
+    # Each file's header once, before the first image is segmented: sizes a Segmenter must refuse (--size 0,
+    # --mode whole) and frame counts (an animated image is segmented on its first frame).
+    headers = {path: image_header(path) for path, _ in files}
     check_size = getattr(predict, "check_image_size", None)
-    if check_size is not None:   # from the headers, before the first image is segmented (--size 0)
-        for path, _ in files:
-            size = header_size(path)
-            if size is not None:
-                check_size(size)
+    if check_size is not None:
+        for hw, _ in filter(None, headers.values()):
+            check_size(hw)
     summary = PredictSummary()
     plan = plan_outputs(files, out, fmt, with_overlay, force=force, renamed=summary.renamed)
     for path, targets in (progress(plan) if progress else plan):
         try:
             image = read_image(path)
             mask = predict(image)
-            frames = frame_count(path)
+            frames = headers[path][1] if headers[path] else 1
             if frames > 1:
                 summary.notes.append(f"{path} has {frames} frames; segmented the first (split the frames into "
                                      "images, or convert it to a video, to segment every one)")

@@ -132,9 +132,13 @@ class Segmenter:
             return []
         for im in images:
             self.check_image_size(im.shape[:2])
-        if self.tiling is not None:
-            results = self._slide(images, logits)
-            return results[0] if kind == "single" else np.stack(results) if kind == "array" else results
+        results = self._slide(images, logits) if self.tiling is not None else self._whole_images(images, logits)
+        if kind == "single":
+            return results[0]
+        return np.stack(results) if kind == "array" else results
+
+    def _whole_images(self, images: List[np.ndarray], logits: bool) -> List[np.ndarray]:
+        """Each image's mask (or scores) from one network input per image (``mode`` resize or whole)."""
         t0 = time.perf_counter()
         m = self.metadata
         if self._uint8_input:
@@ -147,9 +151,7 @@ class Segmenter:
         results = outputs if logits else [_to_mask(o, key, im.shape[:2]) for o, im in zip(outputs, images)]
         t3 = time.perf_counter()
         self._local.timing = {"preprocess": t1 - t0, **timing, "postprocess": t3 - t2}
-        if kind == "single":
-            return results[0]
-        return np.stack(results) if kind == "array" else results
+        return results
 
     def _slide(self, images: List[np.ndarray], logits: bool) -> List[np.ndarray]:
         """Each image's mask from overlapping tiles at its own size (``mode="slide"``)."""

@@ -19,9 +19,11 @@ from typing import Any, Dict, List
 import click
 import numpy as np
 
+from ..core.atomic import write_text
 from ..core.cli_args import OneLineCommand
 from ..core.errors import cli_errors
 from ..core.jsonio import write_json
+from ..core.output_guard import check_output, check_output_dir
 from ..datasets.synth import THIN_CLASSES, synthesize
 from ..datasets.voc import VOCLayout, take
 from ..eval.evaluate import evaluate_model
@@ -29,6 +31,7 @@ from ..eval.tables import format_table
 from ..runtime import Segmenter
 from ..train.config import TrainConfig
 from ..train.engine import train
+from ..export.artifacts import ONNX_MODEL
 from ..export.torch_export import export_onnx
 
 STRIDES = (256, 192, 128)   # no overlap, a quarter, a half: tile 256, the training crop
@@ -43,24 +46,28 @@ def study_views(tile: int = 256) -> Dict[str, Dict[str, Any]]:
 
 def run_study(out: Path, *, size: int = 1024, num_train: int = 48, num_val: int = 4, epochs: int = 40) -> List[dict]:
     """Data, training, export and one evaluation per view; writes ``out/large_images.{json,md}``."""
-    data = synthesize(out / "data", num_train=num_train, num_val=num_val, size=size, seed=0, thin_structures=True,
-                      progress=False)
-    cfg = TrainConfig(data_path=str(data), model="fcn8s_resnet18", epochs=epochs, batch_size=8, lr=0.02, workers=1,
-                      output_dir=str(out / "train"), base_size=size, crop_size=256, force=True, num_classes=21)
+    # Refused before minutes of work: a file as OUT, an OUT/model.onnx that is not fcnseg's, bad training options.
+    check_output(check_output_dir(out, "--out") / "model.onnx", ONNX_MODEL, option="--out")
+    cfg = TrainConfig(data_path=str(out / "data"), model="fcn8s_resnet18", epochs=epochs, batch_size=8, lr=0.02,
+                      workers=1, output_dir=str(out / "train"), base_size=size, crop_size=256, force=True,
+                      num_classes=21)
+    cfg.validate()
+    synthesize(out / "data", num_train=num_train, num_val=num_val, size=size, seed=0, thin_structures=True,
+               progress=False)
     train(cfg)
     onnx_path = export_onnx(out / "train" / "model_best.pth", out / "model.onnx", verify=False).path
     rows = []
     for name, view in study_views().items():
         size_opt = view.pop("size", None)
         start = time.perf_counter()
-        row = evaluate_model(str(onnx_path), str(data), "val", size=size_opt, view=view, progress=False)
+        row = evaluate_model(str(onnx_path), cfg.data_path, "val", size=size_opt, view=view, progress=False)
         rows.append({"view": name, "miou": row.miou * 100, "seconds_per_image": (time.perf_counter() - start) / num_val,
                      **{f"iou_{label}": row.iou[cls] * 100 for cls, label, *_ in THIN_CLASSES}})
-    rows.append({"view": "slide vs whole: pixel agreement %", "miou": _agreement(onnx_path, data)})
-    for backend, agree in _slide_parity(out / "train" / "model_best.pth", onnx_path, data).items():
+    rows.append({"view": "slide vs whole: pixel agreement %", "miou": _agreement(onnx_path, out / "data")})
+    for backend, agree in _slide_parity(out / "train" / "model_best.pth", onnx_path, out / "data").items():
         rows.append({"view": f"slide {backend} vs PyTorch: pixel agreement %", "miou": agree})
     write_json(out / "large_images.json", rows)
-    (out / "large_images.md").write_text(table(rows) + "\n")
+    write_text(out / "large_images.md", table(rows) + "\n")
     return rows
 
 

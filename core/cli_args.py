@@ -132,14 +132,31 @@ def mode_options(fn: Callable) -> Callable:
     keyword arguments (checked against the model when it loads)."""
     fn = packed("mode", lambda mode, tile, stride: {"mode": mode, "tile": tile, "stride": stride},
                 ("mode", "tile", "stride"))(fn)
-    fn = click.option("--stride", type=click.IntRange(min=1), default=Tiling.stride, show_default=True,
-                      help="--mode slide: pixels between tiles (a third overlap by default).")(fn)
-    fn = click.option("--tile", type=click.IntRange(min=1), default=Tiling.tile, show_default=True,
-                      help="--mode slide: tile side in pixels.")(fn)
+    fn = _window_options(fn, "--mode slide: ")
     return click.option("--mode", type=click.Choice(MODES), default=MODES[0],
                         show_default=True, help="resize: the image at the model's size; whole: at its own size "
                         "(within the model's declared range); slide: at its own size in overlapping tiles, for "
                         "large images (docs/large-images.md).")(fn)
+
+
+def tiling_options(fn: Callable) -> Callable:
+    """``--tile`` and ``--stride`` of a sliding window, passed as one ``tiling: Optional[Tiling]`` argument
+    (None when neither is given: the library fits its default window to the model)."""
+    def build(tile: Optional[int], stride: Optional[int]) -> Optional[Tiling]:
+        if tile is None and stride is None:
+            return None
+        tile = tile or Tiling.tile
+        return Tiling(tile, stride or max(1, tile * 2 // 3))
+    fn = packed("tiling", build, ("tile", "stride"))(fn)
+    return _window_options(fn, "", default=False)
+
+
+def _window_options(fn: Callable, prefix: str, default: bool = True) -> Callable:
+    fit = "" if default else f" [default: {Tiling.tile} (at most the model's largest side), stride 2/3 of it]"
+    fn = click.option("--stride", type=click.IntRange(min=1), default=Tiling.stride if default else None,
+                      show_default=default, help=prefix + "pixels between tiles (a third overlap by default).")(fn)
+    return click.option("--tile", type=click.IntRange(min=1), default=Tiling.tile if default else None,
+                        show_default=default, help=prefix + "tile side in pixels." + fit)(fn)
 
 
 def packed(into: str, build: Callable[..., Any], names: Sequence[str]) -> Callable:

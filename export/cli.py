@@ -15,10 +15,11 @@ from typing import Any, Optional
 import click
 
 from ..core import output_guard as outputs
-from ..core.cli_args import HW, OneLineGroup, force_option, packed, profile_options, shape_option
+from ..core.cli_args import HW, OneLineGroup, force_option, packed, profile_options, shape_option, tiling_options
 from ..core.errors import FcnsegError, handle_cli_errors
 from ..core.onnx_names import DEFAULT_OPSET, TRT8_MAX_OPSET
 from ..core.sidecar import sidecar_path
+from ..core.view import Tiling
 from . import artifacts, chain, triton
 from .options import EngineOptions, Int8Options
 from .tensorrt import check_output_path, parse_compute_capabilities
@@ -245,16 +246,18 @@ def inspect_cmd(model: str, as_json: bool, library: str) -> None:
 @click.option("--backend", type=click.Choice(triton.ONNX_BACKENDS), default=triton.ONNX_BACKENDS[0],
               show_default=True, help="Triton backend for an .onnx (openvino, python: --kind cpu; python runs "
               "fcnseg's runtime, for servers without the others).")
-@click.option("--with-preprocessing", is_flag=True, help="Add an ensemble taking encoded images, returning masks.")
+@click.option("--with-preprocessing", is_flag=True, help="Add an ensemble taking encoded images, returning masks "
+              "(NAME_image), and for a graph with dynamic H/W NAME_image_slide (large images in --tile tiles).")
+@tiling_options
 @force_option("Replace model folders that exist.")
 def triton_cmd(model: str, repo_dir: str, name: str, max_batch: Optional[int], instances: int,
                preferred_batch: Optional[str], max_queue_delay_us: int, kind: str, backend: str,
-               with_preprocessing: bool, force: bool) -> None:
+               with_preprocessing: bool, tiling: Tiling, force: bool) -> None:
     """Write a Triton model repository serving MODEL (.onnx or .plan with its sidecar)."""
     batching = triton.Batching(max_batch=max_batch, instances=instances, max_queue_delay_us=max_queue_delay_us,
                                kind=kind, preferred=triton.parse_batch_sizes(preferred_batch))
     repo = triton.export_triton(model, repo_dir, name=name, batching=batching, onnx_backend=backend,
-                                with_preprocessing=with_preprocessing, force=force)
+                                with_preprocessing=with_preprocessing, tiling=tiling, force=force)
     click.echo(repo.root / repo.entry)
 
 

@@ -27,6 +27,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 from ..core.atomic import current_umask, write_text
 from ..core.errors import FcnsegError, import_optional
 from ..core.sidecar import find_sidecar, sidecar_path
+from ..core.view import Tiling
 from .triton_io import ModelIO, TensorSpec, TritonRepository, read_onnx_io, read_plan_io
 from .triton_readme import readme_text
 
@@ -147,8 +148,10 @@ def python_config(name: str, role: str, inputs: Sequence[TensorSpec], outputs: S
                         backend="python", parameters={"fcnseg_role": role, **(parameters or {})})
 
 
-def ensemble_configs(name: str, io: ModelIO, max_batch: int, batching: Batching) -> Dict[str, Any]:
-    """Preprocess (encoded image -> input), the network ``name``, postprocess (-> mask at the image's size)."""
+def ensemble_configs(name: str, io: ModelIO, max_batch: int, batching: Batching,
+                     slide: bool = False, tiling: Optional[Tiling] = None) -> Dict[str, Any]:
+    """Preprocess (encoded image -> input), the network ``name``, postprocess (-> mask at the image's size);
+    with ``slide`` (a graph with dynamic H/W), also ``<name>_image_slide``: see ``slide_config``."""
     image, size, mask = TensorSpec("image", "bytes", (1,)), TensorSpec("size", "int32", (2,)), \
         TensorSpec("mask", "uint8", (-1, -1))
     net_in, net_out = io.inputs[0], io.result
@@ -166,25 +169,74 @@ def ensemble_configs(name: str, io: ModelIO, max_batch: int, batching: Batching)
         step = ens.ensemble_scheduling.step.add(model_name=model_name, model_version=-1)
         step.input_map.update(inputs)
         step.output_map.update(outputs)
-    return {pre.name: pre, post.name: post, ens.name: ens}
+    configs = {pre.name: pre, post.name: post, ens.name: ens}
+    if slide:
+        config = slide_config(name, io, max_batch, batching, tiling)
+        configs[config.name] = config
+    return configs
+
+
+def slide_config(name: str, io: ModelIO, max_batch: int, batching: Batching, tiling: Optional[Tiling]) -> Any:
+    """``<name>_image_slide``: encoded image in, mask at its size out, segmented in overlapping tiles at its own
+    resolution, each batch of tiles sent to the network ``name`` through BLS (``triton_model.TritonNetwork``).
+
+    ``tiling`` None: the default window, its tile shrunk to the largest the network takes.
+
+    Raises:
+        FcnsegError: a tile or stride the graph's declared size range (an engine: its profile) does not take.
+    """
+    meta = io.metadata
+    low, high = _size_range(io)
+    tiling = tiling.check(low, high) if tiling is not None else _fitted(low, high)
+    net_in, net_out = io.inputs[0], io.result
+    network = {"model": name, "input": net_in.name, "input_dtype": net_in.dtype, "output": net_out.name,
+               "max_batch": max_batch}
+    view = {"mode": "slide", "tile": tiling.tile, "stride": tiling.stride}
+    return python_config(f"{name}_image_slide", "image_slide", [TensorSpec("image", "bytes", (1,))],
+                         [TensorSpec("mask", "uint8", (-1, -1))], max_batch=max_batch, batching=batching,
+                         parameters={"fcnseg_metadata": json.dumps(meta.to_dict()),
+                                     "fcnseg_network": json.dumps(network), "fcnseg_view": json.dumps(view)})
+
+
+def _size_range(io: ModelIO) -> Tuple[int, Optional[int]]:
+    """Sides the network takes: the declared range, narrowed to an engine profile's H/W."""
+    low, high = io.metadata.min_size or 1, io.metadata.max_size
+    if io.profile:
+        low = max(low, *(int(d) for d in io.profile["min"][2:]))
+        high = min(high or 1 << 30, *(int(d) for d in io.profile["max"][2:]))
+    return low, high
+
+
+def _fitted(low: int, high: Optional[int]) -> Tiling:
+    tile = max(low, min(Tiling.tile, high or Tiling.tile))
+    return Tiling(tile, Tiling.stride if tile == Tiling.tile else max(1, tile * 2 // 3))
+
+
+def _dynamic_hw(io: ModelIO) -> bool:
+    """The network takes any height and width (its input's H and W are symbolic)."""
+    dims = io.inputs[0].dims
+    return len(dims) >= 2 and dims[-1] == -1 and dims[-2] == -1 and not io.metadata.input_hw
 
 
 # ---------------------------------------------------------------- writing the repository
 
 def export_triton(model: PathLike, repo: PathLike, *, name: str = DEFAULT_NAME, batching: Batching = Batching(),
                   onnx_backend: str = "onnxruntime", with_preprocessing: bool = False,
-                  force: bool = False) -> TritonRepository:
+                  tiling: Optional[Tiling] = None, force: bool = False) -> TritonRepository:
     """Write a Triton model repository serving ``model`` (an fcnseg ``.onnx`` or ``.plan``).
 
     Args:
         model: the network; a ``.plan`` needs its sidecar ``<plan>.json`` (profile, tensors, metadata).
         repo: the repository folder (created; other models in it are left alone).
         name: the network's model name; with preprocessing, also ``<name>_preprocess``,
-            ``<name>_postprocess`` and the ensemble ``<name>_image`` that clients call with image bytes.
+            ``<name>_postprocess`` and the ensemble ``<name>_image`` that clients call with image bytes, and for
+            a graph with dynamic H/W ``<name>_image_slide`` (image bytes in, the mask of ``mode="slide"`` out).
         batching: max batch, preferred sizes, queue delay, instances and their kind.
         onnx_backend: for an ``.onnx``: "onnxruntime", "openvino" (CPU), or "python" (fcnseg's runtime on
             Triton's Python backend, CPU: for a server without those backends, e.g. pytriton's).
         with_preprocessing: add the ensemble (encoded image in, mask at the image's size out).
+        tiling: the sliding window of ``<name>_image_slide`` (large images); None: ``Tiling()``, its tile
+            shrunk to the largest the network takes.
         force: replace model folders (and the README) that already exist.
 
     Raises:
@@ -199,7 +251,7 @@ def export_triton(model: PathLike, repo: PathLike, *, name: str = DEFAULT_NAME, 
     configs: Dict[str, Any] = {name: net}
     files = {name: _network_files(net, path)}
     if with_preprocessing:
-        extra = ensemble_configs(name, io, net.max_batch_size, batching)
+        extra = ensemble_configs(name, io, net.max_batch_size, batching, _dynamic_hw(io), tiling)
         configs.update(extra)
         files.update({n: {"model.py": PYTHON_MODEL} for n, c in extra.items() if c.backend == "python"})
         files[f"{name}_image"] = {}

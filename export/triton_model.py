@@ -9,7 +9,11 @@ One file serves three roles, chosen by the config parameter ``fcnseg_role``:
   by ``fcnseg.runtime.preprocess.preprocess`` with the model's metadata) and ``size`` (INT32, the image's HxW);
 - ``postprocess``: ``scores`` (FP32 logits Cxhxw, or the in-graph UINT8 mask hxw) and ``size`` -> ``mask``;
 - ``network``: the network alone (its own input and outputs), run by the fcnseg backend for the model file
-  next to this one: the ensemble's middle step where Triton has no backend of its own for that file.
+  next to this one: the ensemble's middle step where Triton has no backend of its own for that file;
+- ``image_slide``: ``image`` (BYTES, encoded) -> ``mask`` at the image's size, segmented at its own resolution
+  in overlapping tiles (``Segmenter(mode="slide")``), each batch of tiles run by the served network through
+  Triton's BLS (``pb_utils.InferenceRequest``): an ensemble's fixed steps cannot loop over a varying number of
+  tiles, so this step calls the network the way Triton documents for loops.
 
 It runs inside Triton's Python backend stub, whose interpreter must have ``fcnseg`` (runtime only: numpy,
 pillow and, for ``segmenter``, the model's inference library) installed. ``triton_python_backend_utils``
@@ -28,8 +32,9 @@ import numpy as np
 from fcnseg.core.errors import FcnsegError, one_line
 from fcnseg.core.metadata import ModelMetadata
 from fcnseg.runtime import preprocess, resize_mask
+from fcnseg.runtime.backends.base import BaseBackend
 
-ROLES = ("segmenter", "preprocess", "postprocess", "network")
+ROLES = ("segmenter", "preprocess", "postprocess", "network", "image_slide")
 
 
 def config_parameters(model_config: Dict[str, Any]) -> Dict[str, str]:
@@ -92,6 +97,11 @@ class TritonPythonModel:
             model = here / params["fcnseg_model"]
             self.backend = load_backend(model, num_threads=threads,
                                         backend="onnxruntime" if model.suffix == ".onnx" else None)
+        elif self.role == "image_slide":
+            from fcnseg.runtime import Segmenter
+
+            network = TritonNetwork(json.loads(params["fcnseg_network"]), self.metadata)
+            self.segmenter = Segmenter(network, **json.loads(params.get("fcnseg_view") or "{}"))
 
     def execute(self, requests: List[Any]) -> List[Any]:
         import triton_python_backend_utils as pb_utils
@@ -100,7 +110,8 @@ class TritonPythonModel:
             return self._segment(requests, pb_utils)
         if self.role == "network":
             return self._network(requests, pb_utils)
-        handle = self._preprocess if self.role == "preprocess" else self._postprocess
+        handle = {"preprocess": self._preprocess, "postprocess": self._postprocess,
+                  "image_slide": self._image_slide}[self.role]
         return [_respond(pb_utils, handle, request) for request in requests]
 
     def _segment(self, requests: List[Any], pb_utils: Any) -> List[Any]:
@@ -159,10 +170,48 @@ class TritonPythonModel:
             raise FcnsegError("expected images of one size per request, got several; try one image per request")
         return [("mask", np.stack(masks))]
 
+    def _image_slide(self, request: Any) -> List[Tuple[str, np.ndarray]]:
+        import triton_python_backend_utils as pb_utils
+
+        data = pb_utils.get_input_tensor_by_name(request, "image").as_numpy().reshape(-1)
+        masks = [self.segmenter(decode_image(bytes(d))) for d in data]
+        if len({m.shape for m in masks}) > 1:
+            raise FcnsegError("expected images of one size per request, got several; try one image per request")
+        return [("mask", np.stack(masks))]
+
     def finalize(self) -> None:
         for attr in ("segmenter", "backend"):
             if getattr(self, attr, None) is not None:
                 getattr(self, attr).close()
+
+
+class TritonNetwork(BaseBackend):
+    """The served network as a ``Backend``: each batch goes to the model ``network["model"]`` through BLS.
+
+    ``network`` holds the model's name, its input name and dtype, its result's name and its max batch, as
+    ``fcnseg.export.triton`` records them in the ``fcnseg_network`` parameter.
+    """
+
+    name = "triton"
+
+    def __init__(self, network: Dict[str, Any], metadata: ModelMetadata) -> None:
+        super().__init__()
+        self.network = network
+        self.max_batch = int(network["max_batch"]) or None
+        self.metadata = metadata
+
+    def _infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
+        import triton_python_backend_utils as pb_utils
+
+        net = self.network
+        x = pb_utils.Tensor(net["input"], batch.astype(net["input_dtype"], copy=False))
+        response = pb_utils.InferenceRequest(model_name=net["model"], inputs=[x],
+                                             requested_output_names=[net["output"]]).exec()
+        if response.has_error():
+            raise FcnsegError(f"expected the network {net['model']!r} to answer a batch of tiles, got "
+                              f"{response.error().message()}; check the server's log")
+        out = pb_utils.get_output_tensor_by_name(response, net["output"]).as_numpy()
+        return {"mask" if self.metadata.argmax else "logits": out}
 
 
 def _response(pb_utils: Any, outputs: List[Tuple[str, np.ndarray]]) -> Any:

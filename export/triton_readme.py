@@ -75,6 +75,16 @@ def _profile(repo: TritonRepository) -> List[str]:
             f"(optimised for {shapes.get('opt')}); images are resized before they reach it.", ""]
 
 
+def _slide_note(repo: TritonRepository) -> List[str]:
+    params = {n: repo.configs[n].parameters for n in repo.models}
+    slide = [n for n, p in params.items() if "fcnseg_role" in p and p["fcnseg_role"].string_value == "image_slide"]
+    if not slide:
+        return []
+    return [f"Large images: call **{slide[0]}** the same way. It segments the image at its own size in "
+            "overlapping tiles (the tile and stride are in its config's `fcnseg_view`), each batch of tiles run "
+            "by the network through BLS, and returns the mask at the image's size.", ""]
+
+
 def readme_text(repo: TritonRepository) -> str:
     """Markdown: what the repository holds, how to start Triton on it, and how to call the entry model."""
     python_models = [n for n in repo.models if repo.configs[n].backend == "python"]
@@ -90,6 +100,7 @@ def readme_text(repo: TritonRepository) -> str:
         f"# or, with fcnseg's bundled server (Python-backend models):  fcn-serve --repo {repo.root.resolve()}",
         "curl -sf 127.0.0.1:8000/v2/health/ready && echo ready", "```", "",
         "## Call it (HTTP; `tritonclient.grpc` on port 8001 works the same)", "", _client(repo), "",
+        *_slide_note(repo),
         "Throughput and p50/p90/p99 latency at 1, 4 and 16 concurrent clients:", "", "```bash",
         f"fcn-bench --triton 127.0.0.1:8000 --triton-model {repo.entry}", "```", "",
     ])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 
 import numpy as np
 import onnxruntime as ort
@@ -19,6 +20,8 @@ from google.protobuf import text_format
 from PIL import Image
 from tritonclient.grpc import model_config_pb2 as pb
 
+from fcnseg.core.metadata import ModelMetadata
+from fcnseg.core.view import Tiling
 from fcnseg.export.cli import main as export_cli
 from fcnseg.export.triton import Batching, export_segmenter, export_triton
 from fcnseg.export.triton_model import postprocess_scores, preprocess_encoded
@@ -76,7 +79,8 @@ def rtx_plan(r18_argmax_onnx, export_dir):
 
 def test_plan_repository_with_ensemble(rtx_plan, tmp_path):
     repo = export_triton(rtx_plan, tmp_path / "repo", with_preprocessing=True)
-    assert repo.models == ["fcn", "fcn_preprocess", "fcn_postprocess", "fcn_image"] and repo.entry == "fcn_image"
+    assert repo.models == ["fcn", "fcn_preprocess", "fcn_postprocess", "fcn_image", "fcn_image_slide"]
+    assert repo.entry == "fcn_image"
     net = parse(repo.config_path("fcn"))
     assert (net.platform, net.default_model_filename, net.max_batch_size) == ("tensorrt_plan", "model.plan", 4)
     assert list(net.dynamic_batching.preferred_batch_size) == [4]        # the profile's max batch caps 4,8
@@ -95,6 +99,29 @@ def test_plan_repository_with_ensemble(rtx_plan, tmp_path):
     assert (tmp_path / "repo/fcn_preprocess/1/model.py").is_file() and (tmp_path / "repo/fcn_image/1").is_dir()
     with pytest.raises(FcnsegError, match="between 1 and 4"):
         export_triton(rtx_plan, tmp_path / "other", batching=Batching(max_batch=8))
+
+
+def test_slide_model_fits_the_engine_profile(rtx_plan, tmp_path):
+    """fcn_image_slide sends tiles to the network through BLS: its window fits the profile's 64..128 sides, the
+    default shrunk to 128 (stride 85); a tile the profile does not take is refused before anything is written."""
+    repo = export_triton(rtx_plan, tmp_path / "repo", with_preprocessing=True)
+    slide = parse(repo.config_path("fcn_image_slide"))
+    assert "Large images: call **fcn_image_slide**" in repo.readme.read_text()
+    params = {k: v.string_value for k, v in slide.parameters.items()}
+    assert (slide.backend, params["fcnseg_role"], slide.input[0].data_type) == ("python", "image_slide", pb.TYPE_STRING)
+    assert json.loads(params["fcnseg_view"]) == {"mode": "slide", "tile": 128, "stride": 85}
+    assert json.loads(params["fcnseg_network"]) == {"model": "fcn", "input": "input", "input_dtype": "float32",
+                                                     "output": "mask", "max_batch": 4}
+    with pytest.raises(FcnsegError, match=r"--tile within the model's declared input range 64\.\.128"):
+        export_triton(rtx_plan, tmp_path / "other", with_preprocessing=True, tiling=Tiling(512, 341))
+    assert not (tmp_path / "other").exists()
+
+
+def test_static_graph_has_no_slide_model(tmp_path, conv_onnx_factory):
+    """A graph with a fixed H/W cannot take tiles: the ensemble comes without fcn_image_slide."""
+    static = conv_onnx_factory(tmp_path / "static.onnx", ModelMetadata(num_classes=3, input_hw=[64, 64]))
+    repo = export_triton(static, tmp_path / "repo", with_preprocessing=True, batching=Batching(kind="cpu"))
+    assert "fcn_image_slide" not in repo.models and "fcn_image" in repo.models
 
 
 def test_plan_without_sidecar(rtx_plan, tmp_path):

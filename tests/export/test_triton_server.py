@@ -28,6 +28,7 @@ from tritonclient.utils import InferenceServerException
 
 from fcnseg.export.triton import Batching, export_segmenter, export_triton
 from fcnseg.export.triton_model import postprocess_scores, preprocess_encoded
+from fcnseg.core.view import Tiling
 from fcnseg.runtime import Segmenter
 
 CLIENTS, REQUESTS = 8, 25
@@ -46,7 +47,7 @@ def server(triton_install, r18_onnx, tmp_path_factory):
     slide = export_segmenter(r18_onnx, root / "slide", name="fcnseg_slide", batching=batching, view=SLIDE)
     shutil.copytree(slide.root / "fcnseg_slide", repo / "fcnseg_slide")
     ensemble = export_triton(r18_onnx, root / "ensemble", with_preprocessing=True, onnx_backend="python",
-                             batching=batching)
+                             batching=batching, tiling=Tiling(SLIDE["tile"], SLIDE["stride"]))
     for step in ensemble.models:
         shutil.copytree(ensemble.root / step, repo / step)
     with TritonServer(repo, install=triton_install, models=["fcnseg", "fcnseg_slide"] + ensemble.models) as srv:
@@ -182,6 +183,30 @@ def _segment(server, image: np.ndarray) -> np.ndarray:
         return infer(client, httpclient, image)[0]
     finally:
         client.close()
+
+
+def test_image_slide_bytes_to_the_segmenters_slide_mask(server, r18_onnx):
+    """fcn_image_slide: PNG bytes of an image larger than a tile in, the mask of Segmenter(mode="slide") with
+    the same window out (tiles batched to the served network through BLS), at the image's size."""
+    rng = np.random.default_rng(11)
+    image = rng.integers(0, 256, (150, 203, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    with Segmenter.load(r18_onnx, backend="onnxruntime", **SLIDE) as seg:
+        ref = seg(image)
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        inp = httpclient.InferInput("image", [1, 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[buf.getvalue()]], dtype=object))
+        mask = client.infer("fcn_image_slide", [inp]).as_numpy("mask")
+        bad = httpclient.InferInput("image", [1, 1], "BYTES")
+        bad.set_data_from_numpy(np.array([[b"not an image"]], dtype=object))
+        with pytest.raises(InferenceServerException, match="could not decode"):
+            client.infer("fcn_image_slide", [bad])
+    finally:
+        client.close()
+    assert mask.shape == (1, 150, 203) and len(np.unique(ref)) > 1
+    assert int((mask[0] != ref).sum()) == 0
 
 
 def test_ensemble_python_steps_on_server(server, r18_onnx, images):

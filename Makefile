@@ -12,7 +12,7 @@ DEMO_OUT ?= demo_out
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,rtx,openvino,video,triton,report]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test,rtx,openvino,video,triton,report,datasets]"
 	# Type stubs for checking the TensorRT layer; --no-deps because its dependency is the uninstallable stub package.
 	$(BIN)/python -m pip install -q --no-deps tensorrt-stubs==10.13.0.35.1
 	touch $(STAMP)

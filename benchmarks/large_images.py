@@ -25,7 +25,7 @@ from ..core.errors import cli_errors
 from ..core.jsonio import write_json
 from ..core.output_guard import check_output, check_output_dir
 from ..datasets.synth import THIN_CLASSES, synthesize
-from ..datasets.voc import VOCLayout, take
+from ..datasets import open_dataset, take
 from ..eval.evaluate import evaluate_model
 from ..eval.tables import format_table
 from ..runtime import Segmenter
@@ -72,7 +72,7 @@ def run_study(out: Path, *, size: int = 1024, num_train: int = 48, num_val: int 
 
 
 def _agreement(onnx_path: Path, data: Path) -> float:
-    layout = VOCLayout(data, "val")
+    layout = open_dataset(data, "val")
     with Segmenter.load(onnx_path, mode="whole") as whole, \
             Segmenter.load(onnx_path, mode="slide", tile=256, stride=STRIDES[-1]) as slide:
         return float(np.mean([(whole(img) == slide(img)).mean() for img, _ in take(layout, 3)]) * 100)
@@ -81,7 +81,7 @@ def _agreement(onnx_path: Path, data: Path) -> float:
 def _slide_parity(ckpt: Path, onnx_path: Path, data: Path) -> Dict[str, float]:
     """Slide masks of two val images on ONNX Runtime and OpenVINO against the PyTorch checkpoint's."""
     view = {"mode": "slide", "tile": 256, "stride": STRIDES[1]}
-    images = [img for img, _ in take(VOCLayout(data, "val"), 2)]
+    images = [img for img, _ in take(open_dataset(data, "val"), 2)]
     with Segmenter.load(ckpt, **view) as ref:
         reference = [ref(img) for img in images]
     agreement = {}

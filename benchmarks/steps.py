@@ -18,7 +18,7 @@ from .pipeline import (INT8_TARGETS, Artifacts, PipelineConfig, checkpoint_for, 
                        onnx_from_checkpoint, synthetic_voc)
 from .report import Report, SkipStage, need, write_json
 from ..eval.tables import format_table
-from ..datasets.voc import VOCLayout
+from ..datasets import open_dataset
 from ..train.rundir import read_metrics
 from ..runtime.backends.tensorrt import import_tensorrt
 from ..eval.evaluate import class_delta_table, compare_models, parity_table
@@ -36,11 +36,11 @@ def step_data(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
 
 
 def split_sizes(root: Any, splits: Sequence[str] = ("train", "val")) -> Dict[str, int]:
-    """Images per split, for the splits ``VOCLayout`` finds under ``root`` (ROOT or ROOT/VOCdevkit/VOC2012)."""
+    """Images per split, for the splits ``open_dataset`` finds under ``root`` (ROOT or ROOT/VOCdevkit/VOC2012)."""
     sizes = {}
     for split in splits:
         try:
-            sizes[split] = len(VOCLayout(root, split))
+            sizes[split] = len(open_dataset(root, split))
         except FcnsegError:   # no such (or an empty) split list, or no VOC layout at all: nothing to count
             continue
     return sizes
@@ -188,7 +188,7 @@ def step_overlays(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
     """Overlays of the first validation images through the INT8 CPU-layout model (else the best one exported)."""
     key, model = art.showcase_model()
     seg = Segmenter.load(model)
-    layout, meta, images = VOCLayout(need(art.data, "a dataset"), "val"), seg.metadata, []
+    layout, meta, images = open_dataset(need(art.data, "a dataset"), "val"), seg.metadata, []
     for i in range(min(cfg.overlay_images, len(layout))):
         image, _ = layout.load(i)
         vis = overlay_with_legend(image, seg(image), alpha=0.5, classes=meta.classes, palette=meta.palette)

@@ -9,7 +9,7 @@ from typing import Any
 from .report import need
 from ..runtime import Segmenter, save_image
 from ..runtime.video import read_video, segment_stream, write_video
-from ..datasets.voc import VOCLayout
+from ..datasets import open_dataset
 
 VIDEO_FRAMES = 24        # val images made into the input video (cycled when there are fewer)
 VIDEO_FPS = 8.0
@@ -19,7 +19,7 @@ PNG_FRAMES = 2           # first output frames saved as PNG for the report
 def video_section(cfg: Any, art: Any, report: Any) -> None:
     """Write ``video_in.mp4``, segment it into ``video_out.mp4`` (side by side), save frames and FPS."""
     key, model = art.showcase_model()
-    layout = VOCLayout(need(art.data, "a dataset"), "val")
+    layout = open_dataset(need(art.data, "a dataset"), "val")
     n = len(need(layout.ids, "val images"))
     frames = [layout.load(i % n)[0] for i in range(VIDEO_FRAMES)]
     src, dst = write_video(frames, cfg.out / "video_in.mp4", fps=VIDEO_FPS), cfg.out / "video_out.mp4"

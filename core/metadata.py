@@ -7,10 +7,11 @@ runtime can read it back without guessing.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Mapping, Optional
 
 from .errors import FcnsegError, one_line
+from .class_map import ClassMap
 from .classes import BASE_SIZE, MEAN, STD, VOC_CLASSES, voc_palette
 
 PREFIX = "fcnseg."
@@ -52,11 +53,34 @@ class ModelMetadata:
     input_hw: Optional[list] = None
 
     def __post_init__(self) -> None:
-        # Defaults describe VOC's 21 classes; another class count gets generic names and a longer palette.
+        # Defaults describe VOC's 21 classes; another class count gets generic names and distinct colours.
         if len(self.classes) != self.num_classes:
-            self.classes = [f"class_{i}" for i in range(self.num_classes)]
+            self.classes = list(ClassMap.generic(self.num_classes).names)
         if len(self.palette) < self.num_classes:
-            self.palette = voc_palette(self.num_classes).tolist()
+            self.palette = ClassMap(tuple(self.classes), tuple(tuple(c) for c in self.palette)).palette().tolist()
+
+    @classmethod
+    def for_classes(cls, class_map: ClassMap, **fields_: object) -> "ModelMetadata":
+        """Metadata carrying ``class_map``'s names and colours (other fields as given)."""
+        return cls(num_classes=class_map.num_classes, classes=list(class_map.names),  # type: ignore[arg-type]
+                   palette=[list(c) for c in class_map.colours], **fields_)
+
+    def class_map(self) -> ClassMap:
+        """The model's classes as a ``ClassMap`` (names and colours)."""
+        return ClassMap(tuple(self.classes), tuple(tuple(int(v) for v in c) for c in self.palette[:self.num_classes]),
+                        source=f"the model ({self.arch})")
+
+    def with_classes(self, class_map: ClassMap) -> "ModelMetadata":
+        """This metadata with ``class_map``'s names and colours (``--classes FILE`` on a loaded model).
+
+        Raises:
+            FcnsegError: the map's class count differs from the model's.
+        """
+        if class_map.num_classes != self.num_classes:
+            raise FcnsegError(f"expected a class file with the model's {self.num_classes} classes, got "
+                              f"{class_map.num_classes} in {class_map.source}; try a file with "
+                              f"{self.num_classes} names")
+        return replace(self, classes=list(class_map.names), palette=[list(c) for c in class_map.colours])
 
     def to_props(self) -> dict[str, str]:
         """Encode as string key/value pairs for ONNX ``metadata_props``."""

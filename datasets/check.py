@@ -1,6 +1,6 @@
 """Check a dataset before long work: every image/label pair of the splits a run reads, with a progress bar.
 
-Each pair is checked by ``VOCLayout.check_pair`` (files exist and open, label palette or "L" with values in
+Each pair is checked by ``PairDataset.check_pair`` (files exist and open, label palette or "L" with values in
 ``0..num_classes-1`` or 255, image and label of one size); images are not decoded, only their headers read.
 """
 
@@ -12,14 +12,14 @@ from typing import Iterable, List, Optional
 from tqdm import tqdm
 
 from ..core.errors import FcnsegError
-from .voc import VOCLayout
+from .layouts import PairDataset
 
 __all__ = ["scan_splits"]
 
 SKIP_HINT = "--skip-data-check"
 
 
-def scan_splits(layouts: Iterable[VOCLayout], *, threads: int = 1, show: bool = True) -> int:
+def scan_splits(layouts: Iterable[PairDataset], *, threads: int = 1, show: bool = True) -> int:
     """Check every pair of ``layouts``; returns how many pairs were checked.
 
     Args:

@@ -22,7 +22,7 @@ from ..core.metrics import ConfusionMatrix
 from .model_specs import model_specs
 from .parity import MiouComparison, ParityResult, compare_miou, evaluate
 from .tables import format_table
-from ..datasets.voc import VOCLayout, take
+from ..datasets import for_model, take
 
 # Allowed |mIoU delta| against the reference, in points, by precision.
 TOLERANCES = {"fp32": 0.05, "fp16": 0.2, "int8": 1.0}
@@ -103,7 +103,7 @@ def evaluate_model(path: str, data_path: str, split: str = "val", *, limit: Opti
     if num_classes is not None and meta.num_classes != num_classes:
         raise _ClassMismatch(f"expected models with the reference's {num_classes} classes, got "
                              f"{meta.num_classes} in {path}; try --compare with models of the same class list")
-    layout = VOCLayout(data_path, split, num_classes=meta.num_classes)
+    layout = for_model(data_path, split, meta.num_classes)
     n = len(layout) if limit is None else min(limit, len(layout))
     bar = _progress(f"eval {Path(path).name}", n) if progress else None
     start = time.perf_counter()

@@ -145,7 +145,7 @@ def evaluate(predict: Callable[[np.ndarray], np.ndarray], samples: Iterable[tupl
 
     Args:
         predict: maps an HxWx3 uint8 image to an HxW class mask at the image's size (a ``Segmenter`` does).
-        samples: (image, target mask) pairs, e.g. a ``VOCLayout``.
+        samples: (image, target mask) pairs, e.g. a ``PairDataset``.
         num_classes: number of classes.
         progress: optional wrapper such as ``tqdm`` for a progress bar.
     """

@@ -21,7 +21,7 @@ import onnx
 from ..core.errors import FcnsegError
 from ..core.metadata import ModelMetadata
 from ..runtime import open_image, preprocess
-from ..datasets.voc import VOCLayout
+from ..datasets import PairDataset, for_model
 from .onnx_graph import PathLike
 
 try:  # the base class gives ORT's reader protocol (get_next, iteration); fall back to a plain object
@@ -47,7 +47,7 @@ class VOCCalibrationReader(CalibrationDataReader):  # type: ignore[misc,valid-ty
         progress: show a tqdm bar.
     """
 
-    def __init__(self, layout: VOCLayout, metadata: ModelMetadata, *, num_images: int = 500,
+    def __init__(self, layout: PairDataset, metadata: ModelMetadata, *, num_images: int = 500,
                  input_name: str = "input", progress: bool = True) -> None:
         from tqdm import tqdm
 
@@ -91,7 +91,7 @@ class _OneShot(CalibrationDataReader):  # type: ignore[misc,valid-type]
         return feed
 
 def split_layouts(root: PathLike, calib_split: str, eval_split: str, num_images: int, eval_images: Optional[int],
-                  num_classes: int) -> Tuple[VOCLayout, VOCLayout]:
+                  num_classes: int) -> Tuple[PairDataset, PairDataset]:
     """(calibration images, evaluation images) as layouts, each split read once: never the same image in both.
 
     With one split for both, its ids are shuffled with a fixed seed (the same list gives the same parts);
@@ -99,8 +99,8 @@ def split_layouts(root: PathLike, calib_split: str, eval_split: str, num_images:
     ``eval_images`` of the rest when given). With two splits, any id of the evaluation split that is also
     in the calibration part is left out of the evaluation.
     """
-    calib_layout = VOCLayout(root, calib_split, num_classes=num_classes)
-    eval_layout = VOCLayout(root, eval_split, num_classes=num_classes) if eval_split != calib_split else calib_layout
+    calib_layout = for_model(root, calib_split, num_classes)
+    eval_layout = for_model(root, eval_split, num_classes) if eval_split != calib_split else calib_layout
     calib, evaluation = calib_layout.ids, eval_layout.ids if eval_layout is not calib_layout else None
     if evaluation is None:
         order = [calib[i] for i in np.random.RandomState(0).permutation(len(calib))]

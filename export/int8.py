@@ -48,7 +48,7 @@ from ..core.metadata import PREFIX, ModelMetadata
 from ..core.metrics import ConfusionMatrix
 from ..eval.parity import MiouComparison, compare_miou, evaluate
 from ..runtime import Segmenter, preprocess
-from ..datasets.voc import VOCLayout, take
+from ..datasets import PairDataset, take
 from .calibration import (METHODS, QUANT_OP_TYPES, Ranges, VOCCalibrationReader, cached_ranges, calibrate,
                           split_layouts)
 from .check import check_trt_ready
@@ -320,7 +320,7 @@ def _check_ready(model: onnx.ModelProto) -> None:
 class _Evaluator:
     """mIoU of candidate graphs on the evaluation split, and their outputs on a few of its images."""
 
-    def __init__(self, layout: VOCLayout, limit: Optional[int], meta: ModelMetadata, progress: bool) -> None:
+    def __init__(self, layout: PairDataset, limit: Optional[int], meta: ModelMetadata, progress: bool) -> None:
         self.layout = layout
         self.limit, self.meta, self.progress = limit, meta, progress
 

@@ -311,7 +311,8 @@ def _entry(command: str):
     from fcnseg.eval.cli import eval_main
     from fcnseg.export.cli import main as export_main
     from fcnseg.runtime.cli import predict_main
-    from fcnseg.train.cli import data_main, train_main
+    from fcnseg.datasets.cli import main as data_main
+    from fcnseg.train.cli import train_main
 
     head, _, sub = command.partition(" ")
     entry = {"fcn-export": export_main, "fcn-eval": eval_main, "fcn-bench": bench_main, "fcn-predict": predict_main,

@@ -66,7 +66,7 @@ class _Preset:
     def __call__(self, image: Image.Image, mask: MaskLike) -> tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(image, Image.Image):
             raise FcnsegError(f"expected a PIL image, got {type(image).__name__}; "
-                              "try VOCLayout.load_pil or PIL.Image.open(...).convert('RGB')")
+                              "try PairDataset.load_pil or PIL.Image.open(...).convert('RGB')")
         img, target = self.transforms(image, tv_tensors.Mask(mask))
         return img, target.reshape(target.shape[-2:])
 

@@ -12,7 +12,8 @@ from fcnseg.eval.cli import eval_main
 from fcnseg.export.cli import main as export_main
 from fcnseg.runtime.cli import predict_main
 from fcnseg.serve.cli import main as serve_main
-from fcnseg.train.cli import data_main, train_main
+from fcnseg.datasets.cli import main as data_main
+from fcnseg.train.cli import train_main
 
 COMMANDS = {"fcn-predict": predict_main, "fcn-eval": eval_main, "fcn-bench": bench_main, "fcn-export": export_main,
             "fcn-serve": serve_main, "fcn-train": train_main, "fcn-data": data_main}

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from fcnseg.core.errors import FcnsegError
-from fcnseg.datasets.voc import VOCLayout
+from fcnseg.datasets import open_dataset as VOCLayout
 from fcnseg.train.config import TrainConfig
 from fcnseg.datasets.check import scan_splits
 from fcnseg.train.engine import train

@@ -6,7 +6,7 @@ from PIL import Image
 
 from fcnseg.core.errors import FcnsegError
 from fcnseg.core.classes import voc_palette
-from fcnseg.datasets.voc import VOCLayout
+from fcnseg.datasets import open_dataset as VOCLayout
 from fcnseg.datasets import synth
 from fcnseg.datasets.synth import CLASS_STYLES, synthesize
 
@@ -147,7 +147,7 @@ def test_thin_structures_are_lines_of_one_to_four_pixels(tmp_path):
     from PIL import Image
 
     from fcnseg.datasets.synth import THIN_CLASSES, render_thin_sample
-    from fcnseg.datasets.voc import VOCLayout
+    from fcnseg.datasets import open_dataset as VOCLayout
 
     image, label = render_thin_sample(np.random.default_rng(3), size=300)
     assert image.shape[:2] == label.shape and set(np.unique(label)) <= {0, 1, 2, 3}

@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from fcnseg.datasets.voc import VOCLayout
+from fcnseg.datasets import open_dataset as VOCLayout
 from fcnseg.export import calibration as C
 from fcnseg.export import int8 as I
 from fcnseg.export.check import check_trt_ready

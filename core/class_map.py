@@ -41,12 +41,12 @@ def distinct_colours(n: int, used: Iterable[Sequence[int]] = ()) -> List[Colour]
     taken = {tuple(int(v) for v in c) for c in used}
     out: List[Colour] = []
     for c in voc_palette(256)[1:]:          # entry 0 (black) is the usual background colour
+        if len(out) >= n:
+            return out
         colour = (int(c[0]), int(c[1]), int(c[2]))
         if colour not in taken and colour != VOID_COLOUR:
             out.append(colour)
             taken.add(colour)
-        if len(out) == n:
-            return out
     i = 0
     while len(out) < n:                     # past 255 new colours: walk the hues by the golden ratio
         h = (i * 0.618033988749895) % 1.0

@@ -16,6 +16,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import click
 
 from .backend_names import BACKEND_NAMES, PRECISION_HINTS, BackendChoice, parse_providers
+from .data_source import LAYOUTS, DataSource
 from .errors import FcnsegError
 from .shapes import parse_dims
 from .view import MODES, Tiling
@@ -157,6 +158,28 @@ def _window_options(fn: Callable, prefix: str, default: bool = True) -> Callable
                       show_default=default, help=prefix + "pixels between tiles (a third overlap by default).")(fn)
     return click.option("--tile", type=click.IntRange(min=1), default=Tiling.tile if default else None,
                         show_default=default, help=prefix + "tile side in pixels." + fit)(fn)
+
+
+def classes_option(help: str = "Class file (JSON, YAML, labelmap.txt or one name per line) whose names and "
+                   "colours replace the model's (a model without fcnseg metadata has generic names).") -> Callable:
+    """``--classes FILE``."""
+    return click.option("--classes", default=None, type=click.Path(dir_okay=False), help=help)
+
+
+def dataset_options(decl: str = "--data-path", dest: str = "data", *, required: bool = True,
+                    help: str = "The dataset folder (VOC, CVAT, Cityscapes, ADE20K, images/ + masks/: "
+                    "docs/datasets.md).") -> Callable:
+    """``--data-path`` (or ``decl``), ``--layout`` and ``--classes``, passed as one ``DataSource`` argument
+    ``dest`` (None when the folder is not given); ``--classes`` names the dataset's classes and the model's."""
+    def decorate(fn: Callable) -> Callable:
+        fn = packed(dest, lambda path, layout, classes: DataSource(path, layout, classes) if path else None,
+                    ("path", "layout", "classes"))(fn)
+        fn = classes_option("Class file of the dataset and the model (JSON, YAML, labelmap.txt or one name per "
+                            "line) [default: the layout's own, e.g. VOC's 21, CVAT's labelmap.txt].")(fn)
+        fn = click.option("--layout", type=click.Choice(LAYOUTS), default=None,
+                          help="The dataset's layout [default: detected].")(fn)
+        return click.option(decl, "path", required=required, type=click.Path(), help=help)(fn)
+    return decorate
 
 
 def packed(into: str, build: Callable[..., Any], names: Sequence[str]) -> Callable:

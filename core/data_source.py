@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 
+# The dataset layouts fcnseg reads (fcnseg.datasets.layouts; docs/datasets.md): cvat is VOC with a labelmap.
+LAYOUTS = ("voc", "cvat", "cityscapes", "ade20k", "folder")
+
+
 @dataclass(frozen=True)
 class DataSource:
     """A dataset folder; ``layout`` None: detected; ``classes`` None: the layout's own class map."""

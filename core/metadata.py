@@ -7,6 +7,7 @@ runtime can read it back without guessing.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Mapping, Optional
 
@@ -106,13 +107,36 @@ class ModelMetadata:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def metadata_from_props(props: Mapping[str, str], source: str) -> ModelMetadata:
+def metadata_from_props(props: Mapping[str, str], source: str, channels: object = None) -> ModelMetadata:
     """``ModelMetadata.from_props`` for a model file's props; unreadable values become one ``FcnsegError``.
 
-    Shared by the ONNX Runtime and OpenVINO backends (``source`` names the file in the message).
+    Shared by the ONNX Runtime and OpenVINO backends (``source`` names the file in the message). A model
+    without fcnseg metadata (exported by another tool) takes its class count from its output ``channels``
+    (when that is a number), with generic names: see ``without_metadata``.
     """
+    if not any(k.startswith(PREFIX) for k in props):
+        return without_metadata(source, channels)
     try:
         return ModelMetadata.from_props(props)
     except (ValueError, TypeError) as e:
         raise FcnsegError(f"expected fcnseg.* metadata_props holding JSON in {source!r}, got unreadable values "
                           f"({one_line(e, 300)}); try re-exporting with fcn-export") from None
+
+
+def without_metadata(source: str, channels: object = None) -> ModelMetadata:
+    """Defaults for a model that carries no fcnseg metadata, its class count taken from its output channels.
+
+    One line on stderr says what was assumed (``--classes FILE`` gives the names).
+    """
+    n = channels if isinstance(channels, int) and not isinstance(channels, bool) and 0 < channels <= 255 else None
+    meta = ModelMetadata(num_classes=n) if n is not None else ModelMetadata()
+    how = f"{meta.num_classes} classes from its output channels" if n is not None else \
+        f"{meta.num_classes} VOC classes (its output has no class dimension)"
+    warnings.warn(f"{source}: no fcnseg metadata; assuming {how}, ImageNet mean/std and size {meta.input_size}; "
+                  "pass --classes FILE for the class names, or export with fcn-export to record them",
+                  NoMetadataWarning, stacklevel=3)
+    return meta
+
+
+class NoMetadataWarning(UserWarning):
+    """A model file without fcnseg metadata was loaded with assumed classes and normalisation."""

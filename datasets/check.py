@@ -1,18 +1,17 @@
 """Check a dataset before long work: every image/label pair of the splits a run reads, with a progress bar.
 
-Each pair is checked by ``PairDataset.check_pair`` (files exist and open, label palette or "L" with values in
-``0..num_classes-1`` or 255, image and label of one size); images are not decoded, only their headers read.
+The scan is ``datasets.report``'s, the one scanner (``fcn-data check`` prints its full report): files exist and
+open (images by their header only), labels hold class ids (palette or "L") or the class map's colours, with values
+in the class map, each label the size of its image. Every bad pair is found, and the first problem is raised in
+one line with a count of the others.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, List, Optional
+from typing import Iterable
 
-from tqdm import tqdm
-
-from ..core.errors import FcnsegError
 from .layouts import PairDataset
+from .report import scan_datasets
 
 __all__ = ["scan_splits"]
 
@@ -28,26 +27,8 @@ def scan_splits(layouts: Iterable[PairDataset], *, threads: int = 1, show: bool 
         show: show a progress bar.
 
     Raises:
-        FcnsegError: one line naming the number of bad pairs and the first problem.
+        FcnsegError: one line naming the first problem and the number of the others.
     """
-    jobs = [(layout, i) for layout in layouts for i in range(len(layout))]
-    errors: List[str] = []
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool, \
-            tqdm(total=len(jobs), desc="checking data", unit="pair", disable=not show, leave=False) as bar:
-        for error in pool.map(_check, jobs):
-            bar.update(1)
-            if error is not None:
-                errors.append(error)
-    if errors:
-        more = f" (and {len(errors) - 1} more bad pairs)" if len(errors) > 1 else ""
-        raise FcnsegError(f"{errors[0]}{more}; fix the dataset before training, or skip this check with {SKIP_HINT}")
-    return len(jobs)
-
-
-def _check(job: tuple) -> Optional[str]:
-    layout, i = job
-    try:
-        layout.check_pair(i)
-    except FcnsegError as e:
-        return f"{e} ({layout.split} split)"
-    return None
+    report = scan_datasets(list(layouts), threads=threads, progress=show)
+    report.raise_for_problems(f"fix the dataset before training, or skip this check with {SKIP_HINT}")
+    return report.total.images

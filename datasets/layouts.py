@@ -30,12 +30,11 @@ from PIL import Image
 
 from ..core.class_map import CLASS_FILE_SUFFIXES, ClassMap
 from ..core.classes import IGNORE_INDEX
-from ..core.data_source import SourceLike, as_source
+from ..core.data_source import LAYOUTS, SourceLike, as_source
 from ..core.errors import FcnsegError, import_optional
 from ..runtime import open_image
 
 PathLike = Union[str, Path]
-LAYOUTS = ("voc", "cvat", "cityscapes", "ade20k", "folder")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SPLIT_ALIASES = {"ade20k": {"train": "training", "val": "validation"}}
 

@@ -9,8 +9,9 @@ import click
 
 from ..core import output_guard as outputs
 from ..core.backend_names import PARITY_PRECISION_HINT
-from ..core.cli_args import (BackendChoice, OneLineCommand, backend_options, force_option, mode_options, packed,
-                             size_option)
+from ..core.cli_args import (BackendChoice, OneLineCommand, backend_options, dataset_options, force_option,
+                             mode_options, packed, size_option)
+from ..core.data_source import DataSource
 from ..core.errors import FcnsegError, cli_errors
 from ..core.jsonio import write_json
 from .evaluate import EVAL_JSON, TOLERANCES, class_delta_table, compare_models, parity_table
@@ -34,7 +35,7 @@ def tolerance_options(fn: Callable) -> Callable:
 @click.option("--compare", "compare", multiple=True, help="models to compare; the first is the reference "
               "(repeat, or list them after --compare)")
 @click.argument("more", nargs=-1)
-@click.option("--data-path", required=True, type=click.Path(), help="folder containing VOCdevkit/VOC2012")
+@dataset_options()
 @click.option("--split", default="val")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="evaluate only the first N images")
 @size_option()
@@ -44,9 +45,9 @@ def tolerance_options(fn: Callable) -> Callable:
 @click.option("--json", "json_path", default=None, type=click.Path(), help="write all results as JSON")
 @force_option(FORCE_HELP)
 @cli_errors
-def eval_main(model, compare, more, data_path, split, limit, size, mode: dict, backend: BackendChoice,
+def eval_main(model, compare, more, data: DataSource, split, limit, size, mode: dict, backend: BackendChoice,
               tolerances: dict, json_path, force) -> None:
-    """Evaluate a model's mIoU on a VOC split, or compare several models on the same images.
+    """Evaluate a model's mIoU on a dataset split (any layout), or compare several models on the same images.
 
     \b
     fcn-eval --model runs/fcn/model_best.pth --data-path data/voc
@@ -61,8 +62,8 @@ def eval_main(model, compare, more, data_path, split, limit, size, mode: dict, b
         outputs.check_output(json_path, EVAL_JSON, inputs=paths, force=force, option="--json")
     run = BackendChoice(backend.backends, backend.providers, backend.precision_hint or PARITY_PRECISION_HINT,
                         backend.threads)
-    result = compare_models(paths, data_path, split, limit=limit, size=size, tolerances=tolerances, run=run,
-                            view=mode)
+    view = {**mode, "classes": data.classes} if data.classes else mode   # the dataset's names for the models too
+    result = compare_models(paths, data, split, limit=limit, size=size, tolerances=tolerances, run=run, view=view)
     click.echo(parity_table(result))
     click.echo("\nper-class IoU (%) and deltas (points):")
     click.echo(class_delta_table(result))

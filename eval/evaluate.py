@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from ..core.backend_names import PARITY_PRECISION_HINT, BackendChoice
+from ..core.data_source import SourceLike
 from ..runtime.backends.onnxruntime import providers_for
 from ..runtime import Segmenter
 from ..core.errors import FcnsegError
@@ -86,15 +87,17 @@ def model_size_mb(path: "str | Path") -> float:
     return (total + (data.stat().st_size if data.exists() else 0)) / 1e6
 
 
-def evaluate_model(path: str, data_path: str, split: str = "val", *, limit: Optional[int] = None,
+def evaluate_model(path: str, data_path: "SourceLike", split: str = "val", *, limit: Optional[int] = None,
                    size: Optional[int] = None, run: BackendChoice = BackendChoice(), progress: bool = True,
                    num_classes: Optional[int] = None, view: Optional[Mapping[str, Any]] = None) -> ModelEval:
-    """Evaluate one model file (.pth, .onnx, .plan) through the runtime on a VOC split.
+    """Evaluate one model file (.pth, .onnx, .plan) through the runtime on a dataset split (any layout:
+    ``data_path`` is a folder or a ``DataSource``; its class count must be the model's).
 
     ``num_classes``: the class count the model must have (a comparison's reference), checked before any image.
     ``run``: its one backend, providers, precision hint and threads, as ``Segmenter.load`` takes them (None: the
     fastest backend installed, its default precision; ``compare_models`` and fcn-eval ask for f32).
-    ``view``: how images meet the network: ``mode`` (resize, whole, slide), ``tile``, ``stride`` (``Segmenter``).
+    ``view``: how images meet the network: ``mode`` (resize, whole, slide), ``tile``, ``stride``, and ``classes``
+    (a class file naming the model's classes) as ``Segmenter`` takes them.
     """
     prov = providers_for(path, run.backend, run.providers)
     seg = Segmenter.load(path, backend=run.backend, size=size, providers=prov, precision_hint=run.precision_hint,
@@ -124,7 +127,7 @@ def _progress(desc: str, total: int):
     return lambda it: tqdm(it, desc=desc, total=total, leave=False, dynamic_ncols=True, disable=None)
 
 
-def compare_models(paths: Sequence[str], data_path: str, split: str = "val", *, limit: Optional[int] = None,
+def compare_models(paths: Sequence[str], data_path: "SourceLike", split: str = "val", *, limit: Optional[int] = None,
                    size: Optional[int] = None, tolerances: Optional[dict] = None,
                    run: BackendChoice = PARITY_RUN, progress: bool = True,
                    view: Optional[Mapping[str, Any]] = None) -> ParityResult:

@@ -38,6 +38,7 @@ from .tensorrt import EngineSpec, Profile, engine_spec, profile_sidecar
 PathLike = Union[str, "os.PathLike[str]"]
 TEMPLATES = Path(__file__).with_name("templates")
 SCRIPTS = ("build_engine.sh", "run.py", "README.md")
+LABELS_FILE = "labels.txt"
 log = logging.getLogger("fcnseg.export")
 
 
@@ -117,7 +118,9 @@ def make_bundle(model: PathLike, out: PathLike, *, engine: EngineOptions = Engin
         wheel = _copy_or_build_wheel(runtime_wheel, stage / "wheels")
         context = _template_values(spec, profile, graphs, wheel, engine.dla_core, engine.gpu_fallback, Path(model))
         scripts = [_render(name, stage, context) for name in SCRIPTS]
-        files = list(graphs.values()) + [wheel] + scripts
+        labels = stage / LABELS_FILE   # the class names, one per line (index = class id), for the app over run.py
+        write_text(labels, "".join(f"{n}\n" for n in spec.metadata.classes))
+        files = list(graphs.values()) + [wheel] + scripts + [labels]
         sidecars = {p: _sidecar_template(spec, profile, p, g.name, engine.dla_core, engine.gpu_fallback)
                     for p, g in graphs.items()}
         _write_manifest(stage, spec, profile, graphs, sidecars, files)
@@ -199,7 +202,8 @@ def _template_values(spec: EngineSpec, profile: Profile, graphs: Dict[str, Path]
         "DLA_FLAGS_TRTEXEC": f", `--useDLACore={dla_core}`" + (" --allowGPUFallback" if gpu_fallback else "")
         if dla else "",
         "TREE": "\n".join(sorted([g.name for g in graphs.values()] + [f"wheels/{wheel.name}", "bundle.json",
-                                                                      *SCRIPTS])),
+                                                                      LABELS_FILE, *SCRIPTS])),
+        "CLASSES": ", ".join(f"{i} {n}" for i, n in enumerate(spec.metadata.classes)),
     }
 
 

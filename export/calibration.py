@@ -18,6 +18,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 import onnx
 
+from ..core.data_source import SourceLike
 from ..core.errors import FcnsegError
 from ..core.metadata import ModelMetadata
 from ..runtime import open_image, preprocess
@@ -90,7 +91,7 @@ class _OneShot(CalibrationDataReader):  # type: ignore[misc,valid-type]
         feed, self.feed = self.feed, None
         return feed
 
-def split_layouts(root: PathLike, calib_split: str, eval_split: str, num_images: int, eval_images: Optional[int],
+def split_layouts(root: SourceLike, calib_split: str, eval_split: str, num_images: int, eval_images: Optional[int],
                   num_classes: int) -> Tuple[PairDataset, PairDataset]:
     """(calibration images, evaluation images) as layouts, each split read once: never the same image in both.
 

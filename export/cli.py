@@ -18,6 +18,7 @@ from ..core import output_guard as outputs
 from ..core.cli_args import HW, OneLineGroup, force_option, packed, profile_options, shape_option, tiling_options
 from ..core.errors import FcnsegError, handle_cli_errors
 from ..core.onnx_names import DEFAULT_OPSET, TRT8_MAX_OPSET
+from ..core.data_source import LAYOUTS
 from ..core.sidecar import sidecar_path
 from ..core.view import Tiling
 from . import artifacts, chain, triton
@@ -71,7 +72,7 @@ def _int8_options(calib_root: Optional[str], calib_split: str, num_images: int, 
                        num_images=num_images, progress=progress, **more)
 
 
-CALIB_FIELDS = ("calib_root", "calib_split", "num_images")
+CALIB_FIELDS = ("calib_root", "calib_layout", "calib_classes", "calib_split", "num_images")
 INT8_FIELDS = CALIB_FIELDS + ("method", "eval_split", "eval_images", "max_drop", "target", "no_progress")
 
 
@@ -102,8 +103,13 @@ def calib_options(*, required: bool = False, full: bool = False) -> Any:
                           help="Calibration images.")(fn)
         fn = click.option("--calib-split", default=defaults.calib_split, show_default=True,
                           help="Split to calibrate on.")(fn)
+        fn = click.option("--classes", "calib_classes", default=None, type=click.Path(dir_okay=False),
+                          help="Class file of the calibration dataset, also naming the model's classes [default: "
+                          "the layout's own].")(fn)
+        fn = click.option("--layout", "calib_layout", type=click.Choice(LAYOUTS), default=None,
+                          help="Layout of --calib-data [default: detected].")(fn)
         return click.option("--calib-data", "calib_root", required=required, type=click.Path(file_okay=False),
-                            help="Dataset root to calibrate on (the folder holding VOCdevkit/)"
+                            help="Dataset folder to calibrate on (VOC, CVAT, Cityscapes, ADE20K, images/ + masks/)"
                             + ("." if required else "; needed to quantize an FP32 graph."))(fn)
     return decorate
 

@@ -42,6 +42,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import onnx
 
+from ..core.class_map import ClassMap
 from ..core.atomic import work_dir, write_text
 from ..core.errors import FcnsegError
 from ..core.metadata import PREFIX, ModelMetadata
@@ -211,11 +212,13 @@ def _quantize(src: Path, out: Path, o: Int8Options) -> Int8Result:
     calib_root, method, target = o.calib_root, o.method, o.target
     tgt = TARGETS[target]
     model = load_onnx(src)
-    meta, _ = read_metadata(model)
+    meta, _ = read_metadata(model, str(src))
+    if o.calib_classes:   # the dataset's class file names the model's classes (e.g. a graph without metadata)
+        meta = meta.with_classes(ClassMap.read(o.calib_classes))
     _check_quantizable(model, meta, src)
     subpixel = subpixel_upsampling(model) if tgt.subpixel else []
     base = onnx.shape_inference.infer_shapes(model)
-    calib_set, eval_set = split_layouts(calib_root, o.calib_split, o.eval_split, o.num_images, o.eval_images,
+    calib_set, eval_set = split_layouts(o.source(), o.calib_split, o.eval_split, o.num_images, o.eval_images,
                                         meta.num_classes)
     calib_ids, eval_ids = calib_set.ids, eval_set.ids
     key = {"format": CACHE_FORMAT, "model_sha256": hashlib.sha256(src.read_bytes()).hexdigest(),

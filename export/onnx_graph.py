@@ -20,7 +20,7 @@ from ..core.errors import FcnsegError, one_line
 from ..core.output_guard import check_readable
 from ..core.onnx_names import LOGITS_NAME, MASK_NAME, QDQ_OPS
 from ..core.shapes import parse_dims
-from ..core.metadata import PREFIX, ModelMetadata
+from ..core.metadata import PREFIX, ModelMetadata, without_metadata
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -112,9 +112,14 @@ def set_metadata(model: onnx.ModelProto, meta: ModelMetadata, extra: Optional[Di
     model.producer_version = _version()
 
 
-def read_metadata(model: onnx.ModelProto) -> Tuple[ModelMetadata, Dict[str, Any]]:
-    """The model's ``ModelMetadata`` and all its ``fcnseg.*`` props decoded from JSON."""
+def read_metadata(model: onnx.ModelProto, source: str = "") -> Tuple[ModelMetadata, Dict[str, Any]]:
+    """The model's ``ModelMetadata`` and all its ``fcnseg.*`` props decoded from JSON.
+
+    A graph without fcnseg metadata gets its class count from its first output's channels (``without_metadata``).
+    """
     props = {p.key: p.value for p in model.metadata_props}
+    if not any(k.startswith(PREFIX) for k in props):
+        return without_metadata(source or f"the ONNX graph {model.graph.name!r}", _output_channels(model)), {}
     decoded = {}
     for k, v in props.items():
         if k.startswith(PREFIX):
@@ -123,6 +128,14 @@ def read_metadata(model: onnx.ModelProto) -> Tuple[ModelMetadata, Dict[str, Any]
             except ValueError:
                 decoded[k] = v
     return ModelMetadata.from_props({k: v for k, v in props.items() if k.startswith(PREFIX)}), decoded
+
+
+def _output_channels(model: onnx.ModelProto) -> Optional[int]:
+    """C of the first output when it is a fixed NxCxHxW dimension."""
+    if not model.graph.output:
+        return None
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    return int(dims[1].dim_value) if len(dims) == 4 and dims[1].HasField("dim_value") else None
 
 
 def _version() -> str:

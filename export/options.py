@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Tuple, Union
 
+from ..core.data_source import DataSource
 from ..core.errors import FcnsegError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -23,7 +24,9 @@ class Int8Options:
     """How ``quantize_int8`` calibrates and checks an INT8 graph.
 
     Attributes:
-        calib_root: the dataset root to calibrate and evaluate on (the folder holding ``VOCdevkit/``).
+        calib_root: the dataset folder to calibrate and evaluate on (any layout ``fcnseg.datasets`` reads).
+        calib_layout / calib_classes: its layout (None: detected) and class file (None: the layout's own); the
+            class file also names the model's classes in the INT8 graph's metadata.
         calib_split: split to calibrate on (``val`` is NVIDIA's advice for calibration).
         num_images: calibration images (NVIDIA suggests about 500).
         method: "entropy", "minmax" or "percentile".
@@ -39,6 +42,8 @@ class Int8Options:
     """
 
     calib_root: Optional[Path] = None
+    calib_layout: Optional[str] = None
+    calib_classes: Optional[str] = None
     calib_split: str = "val"
     num_images: int = 500
     method: str = "entropy"
@@ -55,8 +60,12 @@ class Int8Options:
         """The calibration root, or a one-line error naming the graph that needs it."""
         if self.calib_root is None:
             raise FcnsegError(f"expected --calib-data ROOT to quantize the FP32 graph {str(model)!r} to INT8, got "
-                              "none; try --calib-data with a VOC root, or pass an INT8 graph from `fcn-export int8`")
+                              "none; try --calib-data with a dataset folder, or pass an INT8 graph from `fcn-export int8`")
         return Path(self.calib_root)
+
+    def source(self) -> DataSource:
+        """The calibration dataset as ``fcnseg.datasets.open_dataset`` takes it."""
+        return DataSource(str(self.calib_root), self.calib_layout, self.calib_classes)
 
 
 @dataclass(frozen=True)

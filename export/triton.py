@@ -40,6 +40,8 @@ DEFAULT_PREFERRED = (4, 8)
 KINDS = ("gpu", "cpu")
 ONNX_BACKENDS = ("onnxruntime", "openvino", "python")
 PYTHON_MODEL = Path(__file__).with_name("triton_model.py")
+LABELS_FILE = "labels.txt"
+CLASS_OUTPUTS = ("mask", "logits")
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8",
                 "int32": "TYPE_INT32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL", "bytes": "TYPE_STRING"}
 
@@ -257,7 +259,7 @@ def export_triton(model: PathLike, repo: PathLike, *, name: str = DEFAULT_NAME, 
         files[f"{name}_image"] = {}
     entry = f"{name}_image" if with_preprocessing else name
     return write_repository(Path(repo), configs, files, entry=entry, force=force, profile=io.profile,
-                            input_size=io.metadata.input_size)
+                            input_size=io.metadata.input_size, labels=io.metadata.classes)
 
 
 def _network_files(net: Any, path: Path) -> Dict[str, Path]:
@@ -295,7 +297,15 @@ def export_segmenter(model: PathLike, repo: PathLike, *, name: str = "fcnseg",
     sidecar = sidecar_path(path)
     if sidecar.is_file():
         files[sidecar_path(params["fcnseg_model"]).name] = sidecar
-    return write_repository(Path(repo), {name: config}, {name: files}, entry=name, force=force)
+    return write_repository(Path(repo), {name: config}, {name: files}, entry=name, force=force,
+                            labels=_model_classes(path))
+
+
+def _model_classes(path: Path) -> Optional[Sequence[str]]:
+    """The class names of an .onnx or .plan (None for a checkpoint: no labels file)."""
+    if path.suffix in (".plan", ".engine"):
+        return read_plan_io(path).metadata.classes
+    return read_onnx_io(path).metadata.classes if path.suffix == ".onnx" else None
 
 
 def check_model_name(name: str) -> str:
@@ -336,8 +346,12 @@ def _check_choices(batching: Batching, onnx_backend: str, model: Path) -> None:
 
 def write_repository(repo: Path, configs: Mapping[str, Any], files: Mapping[str, Mapping[str, Path]], *,
                      entry: str, force: bool = False, profile: Optional[Dict[str, Any]] = None,
-                     input_size: Optional[int] = None) -> TritonRepository:
-    """Write each model folder (``config.pbtxt``, ``1/<files>``) and the README, each folder atomically."""
+                     input_size: Optional[int] = None, labels: Optional[Sequence[str]] = None) -> TritonRepository:
+    """Write each model folder (``config.pbtxt``, ``1/<files>``) and the README, each folder atomically.
+
+    ``labels``: the class names, written as ``labels.txt`` (one per line, index = class id) in each model folder
+    with a ``mask`` or ``logits`` output, which names it through ``label_filename`` (Triton's labels file).
+    """
     readme = repo / "README.md"
     taken = [str(repo / n) for n in configs if (repo / n).exists()] + ([str(readme)] if readme.exists() else [])
     if taken and not force:
@@ -345,7 +359,8 @@ def write_repository(repo: Path, configs: Mapping[str, Any], files: Mapping[str,
                           "try --force to replace them, or another --repo or --name")
     repo.mkdir(parents=True, exist_ok=True)
     for name, config in configs.items():
-        _write_model_dir(repo / name, config_text(config), files.get(name, {}))
+        extra = {LABELS_FILE: "".join(f"{n}\n" for n in labels)} if labels and _label_outputs(config) else {}
+        _write_model_dir(repo / name, config_text(config), files.get(name, {}), extra)
 
     result = TritonRepository(repo, list(configs), entry, readme, dict(configs), profile, input_size)
     write_text(readme, readme_text(result))
@@ -353,12 +368,24 @@ def write_repository(repo: Path, configs: Mapping[str, Any], files: Mapping[str,
     return result
 
 
-def _write_model_dir(target: Path, config: str, files: Mapping[str, Path]) -> None:
-    """Fill a temporary folder next to ``target``, then swap it in (the old one, if any, is removed after)."""
+def _label_outputs(config: Any) -> bool:
+    """Point the class outputs (``mask``, ``logits``) of ``config`` at the labels file; True if it has any."""
+    outputs = [o for o in config.output if o.name in CLASS_OUTPUTS]
+    for o in outputs:
+        o.label_filename = LABELS_FILE
+    return bool(outputs)
+
+
+def _write_model_dir(target: Path, config: str, files: Mapping[str, Path],
+                     texts: Optional[Mapping[str, str]] = None) -> None:
+    """Fill a temporary folder next to ``target``, then swap it in (the old one, if any, is removed after);
+    ``texts`` are written beside ``config.pbtxt`` (the labels file)."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     tmp.chmod(0o777 & ~current_umask())   # mkdtemp's 0700 would keep a server running as another user out
     try:
         (tmp / "config.pbtxt").write_text(config)
+        for dest, text in (texts or {}).items():
+            (tmp / dest).write_text(text)
         (tmp / "1").mkdir()
         for dest, source in files.items():
             shutil.copyfile(source, tmp / "1" / dest)

@@ -12,7 +12,8 @@ from typing import Optional, Tuple
 
 import click
 
-from ..core.cli_args import BackendChoice, OneLineCommand, backend_options, force_option, mode_options, size_option
+from ..core.cli_args import (BackendChoice, OneLineCommand, backend_options, classes_option, force_option, mode_options,
+                             size_option)
 from ..core.errors import cli_errors
 from .postprocess import predict_files
 from .segmenter import Segmenter
@@ -33,12 +34,14 @@ from .video.app import StreamOptions, run_stream, stream_options
 @size_option("Shorter side fed to the network [default: the model's metadata; 0: no resizing, each image's "
              "shorter side within the model's declared range].", no_resize=True)
 @mode_options
+@classes_option()
 @backend_options()
 @force_option("Replace files in --out that fcnseg did not write (never an input).")
 @stream_options
 @cli_errors
 def predict_main(inputs: Tuple[str, ...], model: Path, out: str, with_overlay: bool, alpha: float, fmt: str,
-                 size: Optional[int], mode: dict, backend: BackendChoice, force: bool, stream: StreamOptions) -> None:
+                 size: Optional[int], mode: dict, classes: Optional[str], backend: BackendChoice, force: bool,
+                 stream: StreamOptions) -> None:
     """Segment INPUTS (images, or folders walked for .jpg/.jpeg/.png/.bmp/.webp/.tif) and write masks to --out.
 
     Streams, as jetson-inference's segnet: INPUTS may be one video file, V4L2 camera (/dev/video0), Jetson CSI
@@ -54,7 +57,8 @@ def predict_main(inputs: Tuple[str, ...], model: Path, out: str, with_overlay: b
         tqdm.write(f"fcn-predict: skipped {path}: {reason}", file=sys.stderr)
 
     with Segmenter.load(model, backend=backend.backend, providers=backend.providers, size=size,
-                        num_threads=backend.threads, precision_hint=backend.precision_hint, **mode) as seg:
+                        num_threads=backend.threads, precision_hint=backend.precision_hint, classes=classes,
+                        **mode) as seg:
         if stream.applies(inputs, out):   # video, camera, network: the frame loop of fcnseg.runtime.video.loop
             sys.exit(run_stream(seg, inputs, out, stream, alpha=alpha, fmt=fmt, force=force))
         m = seg.metadata

@@ -22,6 +22,7 @@ from PIL import Image
 
 from .backends.base import Backend
 from ..core.backend_names import BACKEND_NAMES  # noqa: F401 (re-exported)
+from ..core.class_map import ClassMap
 from ..core.errors import FcnsegError
 from ..core.output_guard import check_readable
 from ..core.metadata import ModelMetadata
@@ -54,6 +55,8 @@ class Segmenter:
             or "slide" (at its own size in overlapping ``tile`` x ``tile`` tiles every ``stride`` pixels,
             blended; ``fcnseg.runtime.tiling``), for large images whose detail resizing would lose.
         tile / stride: the sliding window (``mode="slide"``).
+        classes: a class file (JSON, YAML, labelmap.txt, one name per line) whose names and colours replace the
+            model's in ``metadata`` (legends, overlays, stats); it must have the model's class count.
 
     Backends that declare ``thread_safe = True`` (OpenVINO, ONNX Runtime) run concurrently; others (TensorRT,
     PyTorch) are called under a lock. ``last_timing`` is kept per thread. A backend that declares
@@ -65,10 +68,12 @@ class Segmenter:
     """
 
     def __init__(self, backend: Backend, *, size: Optional[int] = None, mode: str = "resize",
-                 tile: int = Tiling.tile, stride: int = Tiling.stride) -> None:
+                 tile: int = Tiling.tile, stride: int = Tiling.stride, classes: Optional[PathLike] = None) -> None:
         self.backend = backend
         meta = getattr(backend, "metadata", None)
         self.metadata: ModelMetadata = meta if meta is not None else ModelMetadata()
+        if classes is not None:   # the user's names and colours over the model's own (or its generic ones)
+            self.metadata = self.metadata.with_classes(ClassMap.read(classes))
         self.mode = check_mode(mode)
         self.size = None if mode != "resize" else _resolve_size(size, self.metadata.input_size)
         self.input_hw = _static_hw(self.metadata, backend)   # a static graph: every image resized to this
@@ -93,7 +98,7 @@ class Segmenter:
                 ``providers`` are given (then ONNX Runtime).
             providers: ONNX Runtime execution providers (full names or cpu/cuda/tensorrt); default
                 TensorRT/CUDA when available, else CPU. Only for ``.onnx``.
-            options: ``size``, ``mode``, ``tile``, ``stride``: see the class docstring.
+            options: ``size``, ``mode``, ``tile``, ``stride``, ``classes``: see the class docstring.
             num_threads: CPU threads for OpenVINO, ONNX Runtime (intra-op) or PyTorch.
             precision_hint: OpenVINO's precision for the layers not in INT8: "f32" or "bf16" (faster where the
                 CPU has BF16 instructions); default f32 for FP32/FP16 graphs (parity), OpenVINO's own default

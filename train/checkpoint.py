@@ -1,7 +1,7 @@
 """Checkpoints: torchvision-reference format plus what deployment needs, saved atomically, loaded safely.
 
 Format: ``{"model", "optimizer", "lr_scheduler", "epoch", "args"}`` as torchvision's reference writes,
-plus ``num_classes``, ``arch``, ``classes``, ``mean``, ``std``, ``base_size`` and ``miou``. ``args`` is a
+plus ``num_classes``, ``arch``, ``classes``, ``palette``, ``mean``, ``std``, ``base_size`` and ``miou``. ``args`` is a
 plain dict; torchvision's own checkpoints (``args`` an ``argparse.Namespace``) are read too (see ``weights``).
 """
 
@@ -60,8 +60,9 @@ class LoadedCheckpoint:
         d = {"arch": self.arch or "unknown", "num_classes": self.num_classes or len(VOC_CLASSES),
              "mean": list(i.get("mean", MEAN)), "std": list(i.get("std", STD)),
              "input_size": i.get("base_size", BASE_SIZE), "miou": i.get("miou")}
-        if i.get("classes"):
-            d["classes"] = list(i["classes"])
+        for key in ("classes", "palette"):   # the dataset's class names and colours (fcn-train writes both)
+            if i.get(key):
+                d[key] = list(i[key])
         return ModelMetadata.from_dict(d)
 
 

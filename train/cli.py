@@ -6,6 +6,7 @@ import click
 
 from ..core.cli_args import OneLineCommand
 from ..core.errors import cli_errors
+from ..datasets.layouts import LAYOUTS
 from .config import TrainConfig
 
 
@@ -14,7 +15,11 @@ def _d(name: str):
 
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--data-path", required=True, type=click.Path(), help="folder containing VOCdevkit/VOC2012")
+@click.option("--data-path", required=True, type=click.Path(), help="the dataset folder (VOC, CVAT, Cityscapes, "
+              "ADE20K or images/ + masks/: docs/datasets.md)")
+@click.option("--layout", type=click.Choice(LAYOUTS), default=None, help="the dataset's layout [default: detected]")
+@click.option("--classes", default=None, type=click.Path(dir_okay=False),
+              help="class file (JSON, YAML, labelmap.txt, names) [default: the layout's own]")
 @click.option("--model", default=_d("model"), help="fcn_resnet50, fcn_resnet101, fcn8s_resnet18, fcn8s_resnet34")
 @click.option("--aux-loss", is_flag=True, help="train the auxiliary head on layer3 (weight 0.5)")
 @click.option("--epochs", default=_d("epochs"))
@@ -31,15 +36,19 @@ def _d(name: str):
 @click.option("--amp", is_flag=True, help="mixed precision (CUDA)")
 @click.option("--base-size", default=_d("base_size"))
 @click.option("--crop-size", default=_d("crop_size"))
-@click.option("--pretrained", default=None, type=click.Path(), help="local weights file (torchvision FCN or ResNet)")
-@click.option("--num-classes", default=_d("num_classes"))
+@click.option("--pretrained", default=None, type=click.Path(), help="local weights file (our or torchvision's FCN "
+              "checkpoint, or an ImageNet ResNet); another class count fine-tunes: the class layers start anew")
+@click.option("--freeze-backbone", is_flag=True, help="with --pretrained: train the heads only")
+@click.option("--num-classes", type=int, default=None, help="checked against the dataset [default: its class count]")
+@click.option("--class-weights", default=_d("class_weights"), metavar="auto|none|FILE",
+              help="loss weight per class: auto = median-frequency balancing over the train split")
 @click.option("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
 @click.option("--sync-bn", is_flag=True, help="SyncBatchNorm under torchrun")
 @click.option("--seed", default=_d("seed"))
 @click.option("--val-split", default=_d("val_split"))
 @cli_errors
 def train_main(skip_data_check: bool, **opts) -> None:
-    """Train an FCN on a VOC-layout dataset (torchvision reference recipe; works under torchrun)."""
+    """Train an FCN on a dataset in any supported layout (torchvision reference recipe; works under torchrun)."""
     from .engine import train
 
     train(TrainConfig(check_data=not skip_data_check, **opts))

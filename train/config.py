@@ -24,10 +24,17 @@ class TrainConfig:
     """Options of ``fcn-train``; names follow torchvision's reference train.py.
 
     ``force`` starts over in an ``output_dir`` that holds a previous run (moving that run aside);
-    ``check_data`` scans every image/label pair of both splits before the first epoch.
+    ``check_data`` scans every image/label pair of both splits before the first epoch. ``layout`` and
+    ``classes`` say how to read ``data_path`` (None: detected, the layout's class map); ``num_classes`` None
+    takes the dataset's class count. ``pretrained`` with another class count fine-tunes: every tensor whose
+    shape fits is loaded, the class layers start anew (``freeze_backbone`` keeps the backbone fixed).
+    ``class_weights``: "none", "auto" (median-frequency balancing over the train split) or a JSON file with
+    one weight per class.
     """
 
     data_path: str
+    layout: Optional[str] = None
+    classes: Optional[str] = None
     model: str = "fcn_resnet50"
     aux_loss: bool = False
     epochs: int = 30
@@ -46,7 +53,9 @@ class TrainConfig:
     base_size: int = BASE_SIZE
     crop_size: int = CROP_SIZE
     pretrained: Optional[str] = None
-    num_classes: int = NUM_CLASSES
+    freeze_backbone: bool = False
+    num_classes: Optional[int] = None
+    class_weights: str = "none"
     device: Optional[str] = None
     sync_bn: bool = False
     seed: int = 0
@@ -69,7 +78,11 @@ class TrainConfig:
         _at_least("-j/--workers", self.workers, 0, "try -j 0 to load data in the main process")
         _at_least("--base-size", self.base_size, 1, f"try --base-size {BASE_SIZE}")
         _at_least("--crop-size", self.crop_size, 1, f"try --crop-size {CROP_SIZE}")
-        _at_least("--num-classes", self.num_classes, 1, f"try --num-classes {NUM_CLASSES}")
+        if self.num_classes is not None:
+            _at_least("--num-classes", self.num_classes, 1, f"try --num-classes {NUM_CLASSES}")
+        if self.class_weights not in ("none", "auto") and not os.path.isfile(self.class_weights):
+            raise FcnsegError(f"expected --class-weights auto, none or a JSON file of weights, got "
+                              f"{self.class_weights!r}; try --class-weights auto")
         _at_least("--lr-warmup-epochs", self.lr_warmup_epochs, 0, "try 1")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise FcnsegError(f"expected --lr > 0, got {self.lr}; try --lr 0.01")

@@ -13,7 +13,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Optional
 
@@ -26,13 +26,16 @@ from tqdm import tqdm
 from ..core.atomic import run_lock
 from ..core.errors import FcnsegError
 from ..core.metrics import ConfusionMatrix
+from ..core.class_map import ClassMap
 from ..core.classes import IGNORE_INDEX, MEAN, STD, VOC_CLASSES
+from ..core.data_source import DataSource
 from . import distributed
 from .checkpoint import link_or_copy, save_checkpoint
+from .class_weights import class_weights
 from .config import TrainConfig, resolve_device
-from .data import collate_fn, get_dataset
+from .data import SegmentationDataset, collate_fn, get_dataset
 from ..datasets.check import scan_splits
-from .models import get_model
+from .models import get_model, load_pretrained
 from .resume import ResumePoint, read_resume
 from .rundir import append_metrics, prepare_output_dir
 from .schedule import LRPlan, make_scheduler, plan_lr
@@ -43,9 +46,10 @@ __all__ = ["TrainConfig", "criterion", "make_optimizer", "make_scheduler", "trai
            "make_loaders", "build_model", "seed_epoch", "checkpoint_dict", "train"]
 
 
-def criterion(outputs: dict, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on "out" plus 0.5 x the "aux" loss, ignoring void (255) pixels."""
-    losses = {name: nn.functional.cross_entropy(x, target, ignore_index=IGNORE_INDEX) for name, x in outputs.items()}
+def criterion(outputs: dict, target: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Cross-entropy on "out" plus 0.5 x the "aux" loss, ignoring void (255) pixels; ``weight``: per class."""
+    losses = {name: nn.functional.cross_entropy(x, target, weight=weight, ignore_index=IGNORE_INDEX)
+              for name, x in outputs.items()}
     return losses["out"] + 0.5 * losses["aux"] if "aux" in losses else losses["out"]
 
 
@@ -58,7 +62,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def train_one_epoch(model, optimizer, scheduler, loader, device, epoch: int, scaler=None, *,
-                    show: bool = True) -> dict:
+                    show: bool = True, weight: Optional[torch.Tensor] = None) -> dict:
     """One pass over ``loader``; returns mean loss, final lr and images/s."""
     model.train()
     total, count, start = 0.0, 0, time.perf_counter()
@@ -66,7 +70,7 @@ def train_one_epoch(model, optimizer, scheduler, loader, device, epoch: int, sca
     for image, target in bar:
         image, target = image.to(device, non_blocking=True), target.to(device, non_blocking=True)
         with torch.autocast(device_type=device.type, enabled=scaler is not None):
-            loss = criterion(model(image), target)
+            loss = criterion(model(image), target, weight)
         if not math.isfinite(loss.item()):
             raise FcnsegError(f"expected a finite loss, got {loss.item()} at epoch {epoch}; try a lower --lr")
         optimizer.zero_grad(set_to_none=True)
@@ -106,9 +110,10 @@ def make_loaders(cfg: TrainConfig, dist_info: distributed.DistInfo) -> tuple[Dat
     With ``cfg.check_data`` every image/label pair of both splits is checked first (see ``datacheck``).
     The train sampler's generator is reseeded every epoch by :func:`seed_epoch`.
     """
-    train_ds, _ = get_dataset(cfg.data_path, "train", train=True, base_size=cfg.base_size, crop_size=cfg.crop_size,
+    source = data_source(cfg)
+    train_ds, _ = get_dataset(source, "train", train=True, base_size=cfg.base_size, crop_size=cfg.crop_size,
                               num_classes=cfg.num_classes)
-    val_ds, _ = get_dataset(cfg.data_path, cfg.val_split, train=False, base_size=cfg.base_size,
+    val_ds, _ = get_dataset(source, cfg.val_split, train=False, base_size=cfg.base_size,
                             crop_size=cfg.crop_size, num_classes=cfg.num_classes)
     if len(train_ds) < cfg.batch_size * dist_info.world_size:
         raise FcnsegError(f"expected at least {cfg.batch_size * dist_info.world_size} training images for batch size "
@@ -129,9 +134,32 @@ def make_loaders(cfg: TrainConfig, dist_info: distributed.DistInfo) -> tuple[Dat
     return train, val
 
 
+def data_source(cfg: TrainConfig) -> DataSource:
+    """Where the run reads its dataset: ``--data-path``, ``--layout``, ``--classes``."""
+    return DataSource(cfg.data_path, cfg.layout, cfg.classes)
+
+
+def dataset_classes(cfg: TrainConfig) -> ClassMap:
+    """The class map of the run's dataset (its train split), checked against ``--num-classes`` when given."""
+    dataset = SegmentationDataset(data_source(cfg), "train", num_classes=cfg.num_classes)
+    return dataset.class_map
+
+
 def build_model(cfg: TrainConfig, device: torch.device, dist_info: distributed.DistInfo) -> tuple[nn.Module, nn.Module]:
-    """The model on its device, and the module to call (DDP-wrapped when distributed)."""
-    model = get_model(cfg.model, num_classes=cfg.num_classes, aux_loss=cfg.aux_loss, pretrained=cfg.pretrained)
+    """The model on its device, and the module to call (DDP-wrapped when distributed).
+
+    With ``--pretrained``, every tensor of the file whose shape fits is loaded and one line says what was
+    loaded and what starts anew (the class layers, for another class count); ``--freeze-backbone`` then
+    keeps the backbone's weights and batch-norm statistics fixed.
+    """
+    assert cfg.num_classes is not None, "train() sets the class count from the dataset"
+    model = get_model(cfg.model, num_classes=cfg.num_classes, aux_loss=cfg.aux_loss)
+    if cfg.pretrained:
+        report = load_pretrained(model, cfg.pretrained)
+        if dist_info.is_main:
+            tqdm.write(report.line())
+    if cfg.freeze_backbone:
+        freeze_backbone(model)
     if dist_info.enabled and cfg.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
@@ -139,6 +167,22 @@ def build_model(cfg: TrainConfig, device: torch.device, dist_info: distributed.D
         return model, model
     ids = [dist_info.local_rank] if device.type == "cuda" else None
     return model, nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def freeze_backbone(model: nn.Module) -> None:
+    """Keep the backbone as loaded: no gradients, and batch norms frozen (torchvision's ``FrozenBatchNorm2d``,
+    as its detection models freeze theirs), so that train mode does not move their statistics."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    backbone = model.get_submodule("backbone")
+    for name, module in list(backbone.named_modules()):
+        if isinstance(module, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
+            frozen.load_state_dict({k: v for k, v in module.state_dict().items() if k != "num_batches_tracked"})
+            parent, _, child = name.rpartition(".")
+            setattr(backbone.get_submodule(parent) if parent else backbone, child, frozen)
+    for p in backbone.parameters():
+        p.requires_grad_(False)
 
 
 def seed_epoch(cfg: TrainConfig, epoch: int, rank: int, loader: DataLoader) -> None:
@@ -159,12 +203,14 @@ def seed_epoch(cfg: TrainConfig, epoch: int, rank: int, loader: DataLoader) -> N
 
 
 def checkpoint_dict(cfg: TrainConfig, model, optimizer, scheduler, scaler, epoch: int, miou: float,
-                    best: float, *, plan: Optional[LRPlan] = None) -> dict:
-    """The torchvision-reference checkpoint plus what export, the runtime and ``--resume`` need."""
-    classes = list(VOC_CLASSES) if cfg.num_classes == len(VOC_CLASSES) else [f"class_{i}" for i in range(cfg.num_classes)]
+                    best: float, *, plan: Optional[LRPlan] = None, class_map: Optional[ClassMap] = None) -> dict:
+    """The torchvision-reference checkpoint plus what export, the runtime and ``--resume`` need (the dataset's
+    class names and colours among them)."""
+    class_map = class_map or ClassMap.generic(cfg.num_classes or len(VOC_CLASSES))
     ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": scheduler.state_dict(),
-            "epoch": epoch, "args": asdict(cfg), "arch": cfg.model, "num_classes": cfg.num_classes,
-            "classes": classes, "mean": list(MEAN), "std": list(STD), "base_size": cfg.base_size,
+            "epoch": epoch, "args": asdict(cfg), "arch": cfg.model, "num_classes": class_map.num_classes,
+            "classes": list(class_map.names), "palette": [list(c) for c in class_map.colours],
+            "mean": list(MEAN), "std": list(STD), "base_size": cfg.base_size,
             "miou": miou, "best_miou": best, "iteration": int(scheduler.last_epoch)}
     if plan is not None:
         ckpt["lr_plan"] = plan.to_dict()
@@ -189,17 +235,31 @@ def train(cfg: TrainConfig) -> dict:
         # The folder is checked first (a path under /proc or a file gets its own one-line error).
         prepare_output_dir(Path(cfg.output_dir), resume_epoch=point.start_epoch if point else None, force=cfg.force,
                            create=False)
+        class_map = _dataset_classes(cfg, point)     # the layout, split and class file
+        cfg = replace(cfg, num_classes=class_map.num_classes)
         with run_lock(cfg.output_dir, "fcn-train") if dist_info.is_main else contextlib.nullcontext():
-            return _train(cfg, device, dist_info, point)
+            return _train(cfg, device, dist_info, point, class_map)
     finally:
         distributed.cleanup()
 
 
+def _dataset_classes(cfg: TrainConfig, point: Optional[ResumePoint]) -> ClassMap:
+    """The dataset's class map; a resumed run must have been trained on as many classes."""
+    class_map = dataset_classes(cfg)
+    saved = point.full.get("num_classes") if point else None
+    if point is not None and saved not in (None, class_map.num_classes):
+        raise FcnsegError(f"expected a checkpoint with the dataset's {class_map.num_classes} classes to resume, got "
+                          f"{saved} in {point.path}; try --pretrained {point.path} to fine-tune from it instead")
+    return class_map
+
+
 def _train(cfg: TrainConfig, device: torch.device, dist_info: distributed.DistInfo,
-           point: Optional[ResumePoint]) -> dict:
+           point: Optional[ResumePoint], class_map: ClassMap) -> dict:
     out = Path(cfg.output_dir)
     resume_epoch = point.start_epoch if point else None   # the folder was checked by train(), before the lock
     train_loader, val_loader = make_loaders(cfg, dist_info)
+    weight = class_weights(cfg.class_weights, data_source(cfg), class_map, device,
+                           say=tqdm.write if dist_info.is_main else None)
     # created (and an old run moved aside) only once the data has passed its checks
     prepare_output_dir(out, resume_epoch=resume_epoch, force=cfg.force, create=dist_info.is_main, say=tqdm.write)
     torch.manual_seed(cfg.seed)  # the same initial weights in every run (and every process) with this seed
@@ -219,12 +279,14 @@ def _train(cfg: TrainConfig, device: torch.device, dist_info: distributed.DistIn
     for epoch in range(start, cfg.epochs):
         seed_epoch(cfg, epoch, dist_info.rank, train_loader)
         t0 = time.perf_counter()
-        log = train_one_epoch(runner, optimizer, scheduler, train_loader, device, epoch, scaler, show=dist_info.is_main)
+        log = train_one_epoch(runner, optimizer, scheduler, train_loader, device, epoch, scaler, show=dist_info.is_main,
+                              weight=weight)
         result = evaluate(runner, val_loader, device, cfg.num_classes, show=dist_info.is_main).compute()
         best = max(best, result["miou"])
         log.update(epoch=epoch, miou=result["miou"], global_acc=result["global_acc"], epoch_s=time.perf_counter() - t0)
         if dist_info.is_main:
-            ckpt = checkpoint_dict(cfg, model, optimizer, scheduler, scaler, epoch, result["miou"], best, plan=plan)
+            ckpt = checkpoint_dict(cfg, model, optimizer, scheduler, scaler, epoch, result["miou"], best, plan=plan,
+                                   class_map=class_map)
             _save_epoch(out, ckpt, log, is_best=result["miou"] >= best)
     if dist_info.is_main and cfg.plot and (out / "metrics.jsonl").exists():
         plot_metrics(out / "metrics.jsonl", out / "metrics.png")

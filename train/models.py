@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Callable, Dict, Mapping, Optional, Union
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +34,7 @@ from .weights import classes_from_state, read_checkpoint, state_dict_of
 PathLike = Union[str, "os.PathLike[str]"]
 
 __all__ = ["FCN8s", "TorchvisionFCN", "MODELS", "get_model", "fcn_resnet50", "fcn_resnet101",
-           "fcn8s_resnet18", "fcn8s_resnet34", "bilinear_kernel", "load_pretrained"]
+           "fcn8s_resnet18", "fcn8s_resnet34", "bilinear_kernel", "load_pretrained", "LoadReport"]
 
 
 class TorchvisionFCN(FCN):
@@ -41,6 +42,13 @@ class TorchvisionFCN(FCN):
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:  # noqa: D102
         return dict(super().forward(x))
+
+
+def _warn_reinitialised(report: "LoadReport") -> None:
+    if report.reinitialised:
+        warnings.warn(f"{report.path!r}: kept the initial values of {len(report.reinitialised)} tensors that do not "
+                      f"fit {report.classes} classes (file has {report.file_classes}) or that the file lacks: "
+                      f"{report.reinitialised[:6]}", UserWarning, stacklevel=3)
 
 
 def bilinear_kernel(factor: int) -> Tensor:
@@ -132,7 +140,7 @@ def _torchvision_fcn(build: Callable[..., FCN], num_classes: int, aux_loss: bool
     tv = build(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=aux_loss)
     model = TorchvisionFCN(tv.backbone, tv.classifier, tv.aux_classifier)
     if pretrained is not None:
-        load_pretrained(model, pretrained)
+        _warn_reinitialised(load_pretrained(model, pretrained))
     return model
 
 
@@ -143,7 +151,7 @@ def _fcn8s(build: Callable[..., nn.Module], num_classes: int, aux_loss: bool,
     backbone = IntermediateLayerGetter(build(weights=None), return_layers=layers)
     model = FCN8s(backbone, channels=(128, 256, 512), num_classes=num_classes, aux_loss=aux_loss)
     if pretrained is not None:
-        load_pretrained(model, pretrained)
+        _warn_reinitialised(load_pretrained(model, pretrained))
     return model
 
 
@@ -201,14 +209,46 @@ def get_model(name: str, *, num_classes: int = 21, aux_loss: bool = False,
     return MODELS[name](num_classes=num_classes, aux_loss=aux_loss, pretrained=pretrained)
 
 
-def load_pretrained(model: nn.Module, path: PathLike) -> list[str]:
-    """Load a local weights file into ``model`` (a model of this module) and return the skipped keys.
+@dataclass
+class LoadReport:
+    """What ``load_pretrained`` loaded into a model, and what kept its initial values.
+
+    Attributes:
+        path: the weights file.
+        loaded: tensors loaded from the file.
+        total: tensors of the model (``num_batches_tracked`` not counted).
+        reinitialised: the class layers that do not fit the model's class count (kept at their init: random
+            score convolutions, bilinear upsampling), and aux-head tensors the file lacks.
+        file_classes / classes: the file's and the model's class counts (None: an ImageNet backbone file).
+    """
+
+    path: str
+    loaded: int
+    total: int
+    reinitialised: List[str] = field(default_factory=list)
+    file_classes: Optional[int] = None
+    classes: Optional[int] = None
+
+    def line(self) -> str:
+        """One line for the training log."""
+        if self.file_classes is None:
+            return (f"pretrained {self.path}: loaded the backbone ({self.loaded} of {self.total} tensors); the "
+                    "heads start from their initial values")
+        if not self.reinitialised:
+            return f"pretrained {self.path}: loaded all {self.loaded} tensors"
+        names = ", ".join(sorted({k.rsplit(".", 1)[0] for k in self.reinitialised})[:6])
+        return (f"fine-tuning from {self.path}: loaded {self.loaded} of {self.total} tensors, reinitialised "
+                f"{len(self.reinitialised)} ({names}) for {self.classes} classes (the file has {self.file_classes})")
+
+
+def load_pretrained(model: nn.Module, path: PathLike) -> LoadReport:
+    """Load a local weights file into ``model`` (a model of this module); say what was loaded.
 
     Two kinds of file are accepted (a torchvision-reference checkpoint's ``"model"`` is unwrapped):
 
     * a full segmentation state dict (keys ``backbone.*``): loaded strictly, except that ``aux_classifier.*``
       may be present or absent on either side and, when the file's class count differs from the model's,
-      the class-dependent head tensors are skipped (kept at their init) with a warning;
+      the class-dependent head tensors are skipped (kept at their init): fine-tuning to new classes;
     * an ImageNet ResNet state dict (keys ``conv1.weight``, ``layer1.*``; ``fc.*`` ignored): loaded strictly
       into the backbone; the heads keep their init.
 
@@ -216,17 +256,18 @@ def load_pretrained(model: nn.Module, path: PathLike) -> list[str]:
         FcnsegError: unreadable file, or weights of another architecture; nothing is loaded then.
     """
     sd = state_dict_of(read_checkpoint(path), path)
+    total = sum(1 for k in model.state_dict() if not k.endswith("num_batches_tracked"))
     if any(k.startswith("backbone.") for k in sd):
-        return _load_full(model, dict(sd), path)
+        return _load_full(model, dict(sd), path, total)
     if "conv1.weight" in sd and any(k.startswith("layer1.") for k in sd):
         backbone = {k: v for k, v in sd.items() if not k.startswith("fc.")}
         _load_strict(model.get_submodule("backbone"), backbone, path, "an ImageNet ResNet state dict for this backbone")
-        return []
+        return LoadReport(str(path), sum(1 for k in backbone if not k.endswith("num_batches_tracked")), total)
     raise FcnsegError(f"expected a segmentation state dict (keys 'backbone.*') or an ImageNet ResNet state dict "
                       f"(keys 'conv1.weight', 'layer1.*') in {str(path)!r}, got keys {list(sd)[:3]}")
 
 
-def _load_full(model: nn.Module, sd: dict, path: PathLike) -> list[str]:
+def _load_full(model: nn.Module, sd: dict, path: PathLike, total: int) -> LoadReport:
     own = model.state_dict()
     has_aux = any(k.startswith("aux_classifier.") for k in own)
     if not has_aux:
@@ -242,11 +283,8 @@ def _load_full(model: nn.Module, sd: dict, path: PathLike) -> list[str]:
     absent_aux = [k for k in missing if k.startswith("aux_classifier.")]
     _load_strict(model, sd, path, f"a state dict of this architecture ({want} classes)",
                  allowed_missing=set(skipped) | set(absent_aux))
-    if skipped or absent_aux:
-        warnings.warn(f"{str(path)!r}: kept the initial values of {len(skipped)} head tensors that do not fit "
-                      f"{want} classes (file has {got}) and of {len(absent_aux)} aux_classifier tensors the file "
-                      f"lacks: {(skipped + absent_aux)[:6]}", UserWarning, stacklevel=3)
-    return skipped + absent_aux
+    loaded = sum(1 for k in sd if k in own and not k.endswith("num_batches_tracked"))
+    return LoadReport(str(path), loaded, total, skipped + absent_aux, got, want)
 
 
 def _load_strict(module: nn.Module, sd: Mapping[str, Tensor], path: PathLike, expected: str,

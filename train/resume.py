@@ -72,8 +72,8 @@ def read_resume(cfg: TrainConfig) -> ResumePoint:
     path = str(cfg.resume)
     full = read_checkpoint(path)
     ckpt = parse_checkpoint(full, path)
-    if ckpt.arch not in (None, cfg.model) or ckpt.num_classes not in (None, cfg.num_classes):
-        raise FcnsegError(f"expected a {cfg.model} checkpoint with {cfg.num_classes} classes to resume, got "
+    if ckpt.arch not in (None, cfg.model) or ckpt.num_classes not in (None, cfg.num_classes or ckpt.num_classes):
+        raise FcnsegError(f"expected a {cfg.model} checkpoint with {cfg.num_classes or ckpt.num_classes} classes to resume, got "
                           f"{ckpt.arch} with {ckpt.num_classes} in {path}; try --model {ckpt.arch} "
                           f"--num-classes {ckpt.num_classes}")
     if not all(k in full for k in ("optimizer", "epoch")):

@@ -133,7 +133,9 @@ class OnnxRuntimeBackend(BaseBackend):
 
 
 def _read_metadata(session: Any, path: str) -> ModelMetadata:
-    return metadata_from_props(session.get_modelmeta().custom_metadata_map, path)
+    outputs = session.get_outputs()
+    channels = outputs[0].shape[1] if outputs and len(outputs[0].shape) == 4 else None
+    return metadata_from_props(session.get_modelmeta().custom_metadata_map, path, channels)
 
 
 def _output_names(session: Any, path: str) -> Dict[str, str]:

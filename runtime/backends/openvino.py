@@ -291,7 +291,9 @@ def _read_metadata(model: Any, path: str) -> ModelMetadata:
     props: Dict[str, str] = {}
     if model.has_rt_info(["framework"]):
         props = {str(k): str(v) for k, v in model.get_rt_info(["framework"]).value.items()}
-    return metadata_from_props(props, path)
+    shape = model.outputs[0].get_partial_shape()
+    channels = shape[1].get_length() if shape.rank.is_static and len(shape) == 4 and shape[1].is_static else None
+    return metadata_from_props(props, path, channels)
 
 
 def _output_names(model: Any, path: str) -> Dict[str, str]:

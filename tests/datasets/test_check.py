@@ -28,7 +28,8 @@ def test_an_rgb_val_label_is_found_before_the_first_epoch(voc, tmp_path):
         label.convert("RGB").save(base / "SegmentationClass" / f"{last}.png")
     cfg = TrainConfig(data_path=str(voc), model="fcn8s_resnet18", epochs=1, batch_size=2, workers=0, device="cpu",
                       output_dir=str(tmp_path / "run"), base_size=48, crop_size=40)
-    with pytest.raises(FcnsegError, match=rf"got mode 'RGB' in .*{last}.png; .* \(val split\); .*--skip-data-check"):
+    with pytest.raises(FcnsegError, match=rf"got mode 'RGB' in 1 file of the val split \(.*{last}.png\); "
+                                          r".*--skip-data-check$"):
         train(cfg)
     assert not (tmp_path / "run").exists()  # not even the output folder: nothing ran
 
@@ -42,8 +43,10 @@ def test_every_bad_pair_is_counted_and_the_first_named(voc):
     (base / "JPEGImages" / f"{train_ids[1]}.jpg").write_bytes(b"not a jpeg")
     Image.fromarray(np.full((9, 9), 3, np.uint8), mode="L").save(base / "SegmentationClass" / f"{val_ids[0]}.png")
     Image.fromarray(np.full((48, 48), 30, np.uint8), mode="L").save(base / "SegmentationClass" / f"{val_ids[1]}.png")
-    with pytest.raises(FcnsegError, match=rf"expected the file .*{train_ids[0]}.jpg, which does not exist .*"
-                                          r"\(train split\) \(and 3 more bad pairs\)"):
+    with pytest.raises(FcnsegError, match=rf"expected the files the split lists, got 1 file of the train split "
+                                          rf"\(.*{train_ids[0]}.jpg\) missing; .* \(and 3 more problems\); "
+                                          r"fix the dataset before training, or skip this check with "
+                                          r"--skip-data-check$"):
         scan_splits(layouts, threads=2, show=False)
     with pytest.raises(FcnsegError, match="could not read"):
         layouts[0].check_pair(1)

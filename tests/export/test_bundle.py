@@ -59,13 +59,15 @@ def sha256(path: Path) -> str:
 def test_bundle_is_complete(bundle, graphs, wheel):
     d = bundle.path
     names = sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
-    assert names == ["README.md", "build_engine.sh", "bundle.json", "fcn_fp16.onnx", "fcn_int8.onnx", "run.py",
-                     f"wheels/{wheel.name}"]
+    assert names == ["README.md", "build_engine.sh", "bundle.json", "fcn_fp16.onnx", "fcn_int8.onnx", "labels.txt",
+                     "run.py", f"wheels/{wheel.name}"]
     manifest = json.loads((d / "bundle.json").read_text())
     assert manifest["files"] == {n: sha256(d / n) for n in names if n != "bundle.json"}
     assert manifest["profile"] == {k: list(getattr(SHAPES, f"{k}_shape")) for k in ("min", "opt", "max")}
     assert precision_of_onnx(d / "fcn_fp16.onnx") == "fp16" and precision_of_onnx(d / "fcn_int8.onnx") == "int8"
     source = read_onnx_metadata(graphs["fp32"])
+    assert (d / "labels.txt").read_text().splitlines() == list(source.classes)
+    assert f"0 {source.classes[0]}, 1 {source.classes[1]}" in (d / "README.md").read_text()
     for precision in ("fp16", "int8"):
         assert read_onnx_metadata(d / f"fcn_{precision}.onnx").classes == source.classes
         sidecar = EngineSidecar.from_dict(manifest["graphs"][precision]["sidecar"])

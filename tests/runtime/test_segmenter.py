@@ -12,6 +12,8 @@ import types
 import numpy as np
 import onnx
 import pytest
+
+from fcnseg.core.metadata import NoMetadataWarning
 from onnx import TensorProto, helper, numpy_helper
 
 from fcnseg.runtime import FcnsegError, ModelMetadata, Segmenter
@@ -144,10 +146,23 @@ def test_metadata_read_back_and_size_override(models, segs):
         Segmenter.load(models["logits"], size=-3)
 
 
-def test_model_without_metadata_uses_voc_defaults_and_unnamed_output(tmp_path):
-    seg = Segmenter.load(tiny_onnx(tmp_path / "plain.onnx", argmax=False, output_name="out", meta=False))
-    assert seg.metadata.num_classes == 21 and seg.size == 520 and seg.backend.outputs == {"logits": "out"}
-    assert seg(random_image(8, 8)).shape == (8, 8)
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_model_without_metadata_takes_its_class_count_from_its_output(tmp_path, backend):
+    """A graph from another tool: C classes from its output channels (was: VOC's 21 whatever C), generic names,
+    one warning line; --classes FILE names them, and a file of another class count is refused in one line."""
+    plain = tiny_onnx(tmp_path / "plain.onnx", argmax=False, output_name="out", meta=False)
+    with pytest.warns(NoMetadataWarning, match=f"assuming {C} classes from its output channels"):
+        seg = Segmenter.load(plain, backend=backend)
+    assert seg.metadata.num_classes == C and seg.metadata.classes == [f"class_{i}" for i in range(C)]
+    assert seg.size == 520 and seg(random_image(8, 8)).shape == (8, 8)
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"thing{i}\n" for i in range(C)))
+    with pytest.warns(NoMetadataWarning):
+        named = Segmenter.load(plain, backend=backend, classes=names)
+    assert named.metadata.classes == [f"thing{i}" for i in range(C)] and len(named.metadata.palette) == C
+    names.write_text("a\nb\n")
+    with pytest.warns(NoMetadataWarning), pytest.raises(FcnsegError, match=f"expected a class file with the model's {C} classes, got 2"):
+        Segmenter.load(plain, backend=backend, classes=names)
 
 
 def test_timing_recorded_per_call(segs):

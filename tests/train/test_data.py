@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from fcnseg.core.data_source import DataSource
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
@@ -99,8 +101,15 @@ def test_rgb_label_names_the_file(voc):
         ds[2]
 
 
-def test_num_classes_is_checked_against_labels(voc):
-    ds = VOCSegmentationDataset(voc, "val", num_classes=2)
+def test_num_classes_is_checked_against_the_class_map(voc):
+    with pytest.raises(FcnsegError, match="expected --num-classes to match the dataset's 21 classes .*got 2"):
+        VOCSegmentationDataset(voc, "val", num_classes=2)
+
+
+def test_labels_are_checked_against_a_class_file(voc, tmp_path):
+    names = tmp_path / "two.txt"
+    names.write_text("background\naeroplane\n")
+    ds = VOCSegmentationDataset(DataSource(str(voc), classes=str(names)), "val", num_classes=2)
     labels = [set(np.unique(np.asarray(_read(ds.layout.mask_path(i)))).tolist()) for i in range(len(ds))]
     bad = next(i for i, values in enumerate(labels) if values - {0, 1, 255})
     with pytest.raises(FcnsegError, match="expected label values in 0..1"):

@@ -24,11 +24,11 @@ def scan_splits(layouts: Iterable[PairDataset], *, threads: int = 1, show: bool 
     Args:
         layouts: the splits to check (e.g. train and val).
         threads: reader threads (Pillow's decoders release the GIL).
-        show: show a progress bar.
+        show: show a progress bar (on a terminal only: a log or a pipe gets the one error line alone).
 
     Raises:
         FcnsegError: one line naming the first problem and the number of the others.
     """
-    report = scan_datasets(list(layouts), threads=threads, progress=show)
+    report = scan_datasets(list(layouts), threads=threads, progress=None if show else False)
     report.raise_for_problems(f"fix the dataset before training, or skip this check with {SKIP_HINT}")
     return report.total.images

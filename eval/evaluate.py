@@ -68,6 +68,7 @@ class ModelEval:
         d = {k: getattr(self, k) for k in ("path", "format", "precision", "status", "size_mb", "miou", "global_acc",
                                            "ms_per_image", "backend", "precision_hint", "mode", "verdict")}
         d["iou"] = [None if np.isnan(x) else float(x) for x in self.iou]
+        d["classes"] = list(self.classes)   # names of the iou entries, index = class id
         if self.comparison is not None:
             c = self.comparison
             d.update(delta_points=c.delta, tolerance_points=c.tolerance, passed=bool(c),

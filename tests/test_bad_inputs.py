@@ -157,7 +157,7 @@ def _has_cuda() -> bool:
 _TRAIN = ("--data-path", "{voc}", "--model", "fcn8s_resnet18", "-j", "0", "--output-dir", "{tmp}/run")
 ROWS += (
     # --- fcn-train / fcn-data: refused before data loading, nothing created ------------------------------------
-    Row("fcn-train", _TRAIN + ("--data-path", "{tmp}/nowhere"), "expected a VOC layout"),
+    Row("fcn-train", _TRAIN + ("--data-path", "{tmp}/nowhere"), "expected a dataset folder"),
     Row("fcn-train", _TRAIN + ("--model", "fcn_nope"), "expected --model to be one of fcn_resnet50"),
     Row("fcn-train", _TRAIN + ("-b", "0"), "expected -b/--batch-size to be an integer >= 1, got 0; try -b 8"),
     Row("fcn-train", _TRAIN + ("--lr", "-1"), "expected --lr > 0, got -1.0; try --lr 0.01"),
@@ -192,6 +192,84 @@ def _other_model(tmp: Path) -> None:
 
 def _truncated(key: str, name: str) -> Callable[[Path], None]:
     return lambda tmp: (tmp / name).write_bytes(ARTIFACTS[key].read_bytes()[:40])
+
+
+def _dataset(layout: str, damage: Callable[[Path], None] = lambda root: None, **kw) -> Callable[[Path], None]:
+    """Setup: a tiny synthetic dataset in ``layout`` at ``tmp/data``, then ``damage(root)``."""
+    def setup(tmp: Path) -> None:
+        from fcnseg.datasets.synth import synthesize
+
+        damage(synthesize(tmp / "data", num_train=2, num_val=2, size=32, seed=0, progress=False, layout=layout,
+                          **kw))
+    return setup
+
+
+def _labels(root: Path) -> list:
+    return sorted(p for p in root.rglob("*.png") if "SegmentationClass" in p.parts or "masks" in p.parts)
+
+
+def _paint(colour: Tuple[int, int, int], count: int) -> Callable[[Path], None]:
+    """Damage: one pixel of ``colour`` (an id for index labels) in the first ``count`` labels."""
+    def damage(root: Path) -> None:
+        from PIL import Image
+
+        for path in _labels(root)[:count]:
+            im = Image.open(path)
+            arr = np.array(im)
+            arr[0, 0] = colour if arr.ndim == 3 else colour[0]
+            out = Image.fromarray(arr, im.mode)
+            if im.mode == "P":
+                out.putpalette(im.getpalette())
+            out.save(path)
+    return damage
+
+
+def _shrink_label(root: Path) -> None:
+    from PIL import Image
+
+    path = _labels(root)[0]
+    Image.open(path).resize((20, 20)).save(path)
+
+
+def _empty_val(root: Path) -> None:
+    (root / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt").write_text("")
+
+
+def _second_layout(root: Path) -> None:
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+
+
+def _r18_weights(tmp: Path) -> None:
+    import torch
+
+    from fcnseg.train.models import fcn8s_resnet18
+
+    torch.save({"model": fcn8s_resnet18(num_classes=3).state_dict()}, tmp / "r18.pth")
+
+
+_DATA = ("--model", "fcn8s_resnet18", "-j", "0", "-b", "2", "--output-dir", "{tmp}/run", "--data-path", "{tmp}/data")
+ROWS += (
+    # --- your own datasets and classes: one line, nothing written ------------------------------------------------
+    Row("fcn-data check", ("{tmp}/data",), "got colour (1,2,3) in 2 files of the train split",
+        setup=_dataset("cvat", _paint((1, 2, 3), 2), classes=3), note="a colour not in the labelmap"),
+    Row("fcn-data check", ("{tmp}/data",), "got class id 30 in 1 file", setup=_dataset("voc", _paint((30, 0, 0), 1)),
+        note="a class id >= N"),
+    Row("fcn-train", _DATA, "expected each label the size of its image", setup=_dataset("voc", _shrink_label),
+        note="a mask of another size than its image (before training)"),
+    Row("fcn-train", _DATA + ("--val-split", "nosuch"), "expected the split list",
+        setup=_dataset("voc"), note="a missing split"),
+    Row("fcn-train", _DATA, "expected image ids in", setup=_dataset("voc", _empty_val), note="an empty split"),
+    Row("fcn-data check", ("{tmp}/data",), "expected one dataset layout", setup=_dataset("voc", _second_layout),
+        note="two layouts in one root"),
+    Row("fcn-train", _TRAIN + ("--classes", "{tmp}/dup.txt"), "expected distinct class names",
+        setup=_text("dup.txt", "sky\nroad\nsky\n"), note="a class file with duplicate names"),
+    Row("fcn-train", _TRAIN + ("--classes", "{tmp}/labelmap.txt"), "expected distinct class colours",
+        setup=_text("labelmap.txt", "sky:1,2,3::\nroad:1,2,3::\n"), note="a class file with duplicate colours"),
+    Row("fcn-train", _TRAIN + ("--model", "fcn8s_resnet34", "--pretrained", "{tmp}/r18.pth"),
+        "expected --pretrained weights of fcn8s_resnet34, got fcn8s_resnet18", setup=_r18_weights,
+        note="--pretrained of another architecture"),
+)
 
 
 _TRITON = ("{onnx}", "--repo", "{tmp}/repo", "--kind", "cpu")

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from fcnseg.core.class_map import ClassMap
+from fcnseg.core.class_map import VOID_COLOUR, ClassMap
 from fcnseg.datasets import open_dataset
 from fcnseg.datasets.cli import main as data_cli
 from fcnseg.eval.cli import eval_main
@@ -72,7 +72,7 @@ def test_own_dataset_through_every_stage(layout, tmp_path):
     report = run(data_cli, ["check", data, "--json", tmp_path / "check.json", *classes])
     assert report.startswith(f"layout: {LAYOUTS[layout]}")
     checked = json.loads((tmp_path / "check.json").read_text())
-    assert [c["name"] for c in checked["classes"]] == names
+    assert checked["classes"]["names"] == names and checked["ok"]
     assert Image.open(tmp_path / "check.png").format == "PNG"
 
     run(train_main, ["--data-path", data, *classes, "--model", "fcn8s_resnet18", "--epochs", 1, "-b", 2,
@@ -98,7 +98,7 @@ def test_own_dataset_through_every_stage(layout, tmp_path):
     assert set(shares) <= set(names) | {"void"} and abs(sum(shares.values()) - 1) < 1e-3
 
     run(eval_main, ["--model", int8, "--data-path", data, *classes, "--json", tmp_path / "eval.json"])
-    rows = json.loads((tmp_path / "eval.json").read_text())["rows"]
+    rows = json.loads((tmp_path / "eval.json").read_text())["models"]
     assert rows[0]["classes"] == names and len(rows[0]["iou"]) == len(names)
 
 
@@ -120,7 +120,7 @@ def test_fine_tuning_from_voc_to_three_classes(tmp_path):
     result = CliRunner().invoke(train_main, ["--data-path", str(three), *map(str, common), "--model",
                                              "fcn8s_resnet34", "--output-dir", str(tmp_path / "bad"),
                                              "--pretrained", str(tmp_path / "voc_run/model_best.pth")])
-    assert result.exit_code != 0 and "try the weights of the same architecture" in result.output
+    assert result.exit_code != 0 and "expected --pretrained weights of fcn8s_resnet34, got fcn8s_resnet18" in result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
 
 
@@ -142,11 +142,13 @@ def test_thirty_class_onnx_without_metadata(tmp_path, conv_onnx_factory):
     masks = sorted((tmp_path / "data/masks").rglob("*.png"))
     for m in masks:   # recolour into the 30-class map: ids 0..19 stay, colours are the new map's
         ids = open_dataset(tmp_path / "data", m.parent.name).class_map.lookup_colours(np.asarray(Image.open(m)))[0]
-        Image.fromarray(thirty.palette()[np.minimum(ids, 29)] * (ids[..., None] != 255)).save(m)
+        rgb = thirty.palette()[np.minimum(ids, 29)]
+        rgb[ids == 255] = VOID_COLOUR
+        Image.fromarray(rgb).save(m)
     classes = ["--classes", tmp_path / "classes30.json"]
     out = run(eval_main, ["--model", model, "--data-path", tmp_path / "data", *classes, "--json",
                           tmp_path / "e.json"])
-    assert json.loads((tmp_path / "e.json").read_text())["rows"][0]["classes"] == list(thirty.names), out
+    assert json.loads((tmp_path / "e.json").read_text())["models"][0]["classes"] == list(thirty.names), out
     run(export_cli, ["int8", model, "--calib-data", tmp_path / "data", *classes, "--num-images", 1,
                      "--eval-images", 1, "--max-drop", 100, "--no-progress", "-o", tmp_path / "m30_int8.onnx"])
     with Segmenter.load(tmp_path / "m30_int8.onnx") as seg:

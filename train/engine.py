@@ -39,7 +39,7 @@ from .models import get_model, load_pretrained
 from .resume import ResumePoint, read_resume
 from .rundir import append_metrics, prepare_output_dir
 from .schedule import LRPlan, make_scheduler, plan_lr
-from .weights import check_checkpoint_file
+from .weights import check_pretrained
 from .plot import plot_metrics
 
 __all__ = ["TrainConfig", "criterion", "make_optimizer", "make_scheduler", "train_one_epoch", "evaluate",
@@ -227,8 +227,8 @@ def train(cfg: TrainConfig) -> dict:
     cfg.validate()
     device = resolve_device(cfg.device)
     point = read_resume(cfg) if cfg.resume else None
-    if cfg.pretrained:
-        check_checkpoint_file(cfg.pretrained)  # loaded with the model; a wrong path should cost nothing
+    if cfg.pretrained:   # loaded with the model; a wrong path or architecture should cost nothing
+        check_pretrained(cfg.pretrained, cfg.model)
     dist_info = distributed.init_distributed(device.type)
     try:
         # One run per output folder: a second fcn-train there refuses instead of interleaving checkpoints.

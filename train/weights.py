@@ -17,7 +17,7 @@ import torch
 
 from ..core.errors import FcnsegError, one_line
 
-__all__ = ["read_checkpoint", "check_checkpoint_file", "state_dict_of", "classes_from_state", "arch_from_state", "args_dict"]
+__all__ = ["read_checkpoint", "check_checkpoint_file", "check_pretrained", "state_dict_of", "classes_from_state", "arch_from_state", "args_dict"]
 
 # Files fcnseg's other commands take, and the command that takes them.
 _OTHER_FORMATS = {".onnx": ("an ONNX model", "fcn-eval --model / fcn-predict run it; fcn-export fp16, int8 or trt "
@@ -58,6 +58,20 @@ def check_checkpoint_file(path: "str | os.PathLike[str]") -> Path:
         raise FcnsegError(f"expected a readable checkpoint, got {str(p)!r}: permission denied; try chmod a+r")
     _refuse_other_format(p)
     return p
+
+
+def check_pretrained(path: "str | os.PathLike[str]", model: str) -> None:
+    """``--pretrained``: a readable checkpoint whose weights are those of ``model`` (told from its keys, as
+    ``arch_from_state``; an ImageNet ResNet file is checked when it loads).
+
+    Raises:
+        FcnsegError: what ``check_checkpoint_file`` raises, or weights of another architecture.
+    """
+    sd = state_dict_of(read_checkpoint(path), path)   # read_checkpoint checks the file first
+    arch = arch_from_state(sd)
+    if arch is not None and arch != model:
+        raise FcnsegError(f"expected --pretrained weights of {model}, got {arch} weights in {str(path)!r}; try "
+                          f"--model {arch}, or the weights of the same architecture")
 
 
 def _load(path: Path) -> Any:

@@ -215,6 +215,7 @@ def _quantize(src: Path, out: Path, o: Int8Options) -> Int8Result:
     meta, _ = read_metadata(model, str(src))
     if o.calib_classes:   # the dataset's class file names the model's classes (e.g. a graph without metadata)
         meta = meta.with_classes(ClassMap.read(o.calib_classes))
+    set_metadata(model, meta)   # every graph made from it (candidates, the result) carries what was read
     _check_quantizable(model, meta, src)
     subpixel = subpixel_upsampling(model) if tgt.subpixel else []
     base = onnx.shape_inference.infer_shapes(model)

@@ -117,6 +117,14 @@ def test_fine_tuning_from_voc_to_three_classes(tmp_path):
     line = next(ln for ln in out.splitlines() if ln.startswith("fine-tuning from"))
     assert "reinitialised 9 (score_fr, score_pool3, score_pool4, upscore2.up, upscore8.up, upscore_pool4.up) for " \
            "3 classes (the file has 21)" in line
+    import torch
+
+    before = torch.load(tmp_path / "voc_run/model_best.pth", weights_only=True)["model"]
+    after = torch.load(tmp_path / "ft/model_best.pth", weights_only=True)["model"]
+    backbone = [k for k in after if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(after[k], before[k]) for k in backbone)   # --freeze-backbone kept them
+    assert after["score_fr.weight"].shape[0] == 3 and not torch.equal(after["score_pool4.weight"][:3],
+                                                                       before["score_pool4.weight"][:3])
     result = CliRunner().invoke(train_main, ["--data-path", str(three), *map(str, common), "--model",
                                              "fcn8s_resnet34", "--output-dir", str(tmp_path / "bad"),
                                              "--pretrained", str(tmp_path / "voc_run/model_best.pth")])

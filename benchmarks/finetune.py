@@ -40,13 +40,14 @@ def run_study(out: Path, *, voc_epochs: int = 8, epochs: int = 3, size: int = 12
                progress=False)
     train(TrainConfig(data_path=str(out / "voc"), epochs=voc_epochs, output_dir=str(out / "voc_run"), **COMMON))
     runs: Dict[str, Any] = {}
-    for name, extra in (("fine-tuned from VOC", {"pretrained": str(out / "voc_run" / "model_best.pth")}),
-                        ("from scratch", {})):
+    for name, folder, extra in (("fine-tuned from VOC", "finetuned", {"pretrained": str(out / "voc_run" /
+                                                                                         "model_best.pth")}),
+                                ("from scratch", "scratch", {})):
         log = io.StringIO()
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             train(TrainConfig(data_path=str(out / "three"), epochs=epochs, seed=1,
-                              output_dir=str(out / name.split()[0]), **COMMON, **extra))
-        lines = (out / name.split()[0] / "metrics.jsonl").read_text().splitlines()
+                              output_dir=str(out / folder), **COMMON, **extra))
+        lines = (out / folder / "metrics.jsonl").read_text().splitlines()
         runs[name] = {"miou": [json.loads(ln)["miou"] for ln in lines],
                       "report": next((ln for ln in log.getvalue().splitlines() if ln.startswith("fine-tuning")), "")}
     result = {"epochs": epochs, "voc_epochs": voc_epochs, "runs": runs}
@@ -56,7 +57,7 @@ def run_study(out: Path, *, voc_epochs: int = 8, epochs: int = 3, size: int = 12
 
 
 def _markdown(result: Dict[str, Any]) -> str:
-    rows = [[name, *(f"{m:.2f}" for m in r["miou"])] for name, r in result["runs"].items()]
+    rows = [[name, *(f"{100 * m:.1f}" for m in r["miou"])] for name, r in result["runs"].items()]
     header = ["run", *(f"epoch {i + 1} mIoU" for i in range(result["epochs"]))]
     report = result["runs"]["fine-tuned from VOC"]["report"]
     return (f"FCN-8s/ResNet-18, 3-class folder-pair set, {result['epochs']} epochs each (the VOC checkpoint: "

@@ -33,10 +33,17 @@ class BackendChoice:
     providers: Optional[List[str]] = None
     precision_hint: Optional[str] = None
     threads: Optional[int] = None
+    rebuild: str = "never"          # a TensorRT engine that does not fit this GPU: "auto" rebuilds it once
+    onnx: Optional[str] = None      # ... from this ONNX (default: the one its sidecar names)
 
     def one(self, backend: Optional[str]) -> "BackendChoice":
         """The same choice for one of its backends (a row of a comparison)."""
-        return BackendChoice((backend,), self.providers, self.precision_hint, self.threads)
+        return BackendChoice((backend,), self.providers, self.precision_hint, self.threads, self.rebuild, self.onnx)
+
+    def load_options(self) -> dict:
+        """The keyword arguments of ``Segmenter.load`` this choice sets (besides the backend)."""
+        return {"providers": self.providers, "num_threads": self.threads, "precision_hint": self.precision_hint,
+                "rebuild": self.rebuild, "onnx": self.onnx}
 
     @property
     def backend(self) -> Optional[str]:

@@ -199,12 +199,19 @@ def backend_options(*, multiple: bool = False, hint_default: str = "f32 for FP32
     """``--backend`` (repeatable where ``multiple``), ``--providers``, ``--precision-hint`` and ``--threads``,
     passed to the command as one ``backend: BackendChoice`` argument."""
     def choice(backend_names: Any, providers: Sequence[str], precision_hint: Optional[str],
-               threads: Optional[int]) -> BackendChoice:
+               threads: Optional[int], rebuild: str, onnx: Optional[str]) -> BackendChoice:
         names = tuple(backend_names) if multiple else (backend_names,)
-        return BackendChoice(names or (None,), parse_providers(providers), precision_hint, threads)
+        return BackendChoice(names or (None,), parse_providers(providers), precision_hint, threads, rebuild, onnx)
 
     def decorate(fn: Callable) -> Callable:
-        wrapper = packed("backend", choice, ("backend_names", "providers", "precision_hint", "threads"))(fn)
+        wrapper = packed("backend", choice, ("backend_names", "providers", "precision_hint", "threads", "rebuild",
+                                             "onnx"))(fn)
+        wrapper = click.option("--onnx", default=None, type=click.Path(dir_okay=False),
+                               help="--rebuild auto: the ONNX to rebuild the engine from [default: the one its "
+                                    "sidecar names, beside it].")(wrapper)
+        wrapper = click.option("--rebuild", type=click.Choice(("never", "auto")), default="never", show_default=True,
+                               help="A TensorRT engine built for another GPU or TensorRT version: auto rebuilds it "
+                                    "once from its ONNX and caches it beside the engine.")(wrapper)
         wrapper = threads_option()(wrapper)
         wrapper = click.option("--precision-hint", type=click.Choice(PRECISION_HINTS), default=None,
                                help=f"OpenVINO precision for non-INT8 layers; bf16 is faster on CPUs with BF16 "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from typing import Callable
 
 import click
@@ -60,8 +61,7 @@ def eval_main(model, compare, more, data: DataSource, split, limit, size, mode: 
         raise FcnsegError("expected --model PATH or --compare PATH..., got no model; try fcn-eval -h")
     if json_path:
         outputs.check_output(json_path, EVAL_JSON, inputs=paths, force=force, option="--json")
-    run = BackendChoice(backend.backends, backend.providers, backend.precision_hint or PARITY_PRECISION_HINT,
-                        backend.threads)
+    run = replace(backend, precision_hint=backend.precision_hint or PARITY_PRECISION_HINT)
     view = {**mode, "classes": data.classes} if data.classes else mode   # the dataset's names for the models too
     result = compare_models(paths, data, split, limit=limit, size=size, tolerances=tolerances, run=run, view=view)
     click.echo(parity_table(result))

@@ -7,7 +7,7 @@ preprocessing, so a delta in the table is the model's, not the harness's.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -101,8 +101,8 @@ def evaluate_model(path: str, data_path: "SourceLike", split: str = "val", *, li
     (a class file naming the model's classes) as ``Segmenter`` takes them.
     """
     prov = providers_for(path, run.backend, run.providers)
-    seg = Segmenter.load(path, backend=run.backend, size=size, providers=prov, precision_hint=run.precision_hint,
-                         num_threads=run.threads, **dict(view or {}))
+    seg = Segmenter.load(path, backend=run.backend, size=size, **{**run.load_options(), "providers": prov},
+                         **dict(view or {}))
     meta = seg.metadata
     if num_classes is not None and meta.num_classes != num_classes:
         raise _ClassMismatch(f"expected models with the reference's {num_classes} classes, got "
@@ -149,7 +149,7 @@ def compare_models(paths: Sequence[str], data_path: "SourceLike", split: str = "
         try:
             row = evaluate_model(path, data_path, split, limit=limit, size=size, progress=progress,
                                  num_classes=classes, view=view,
-                                 run=BackendChoice((spec.backend,), run.providers, spec.precision_hint, run.threads))
+                                 run=replace(run.one(spec.backend), precision_hint=spec.precision_hint))
         except _ClassMismatch:
             raise   # no delta table is meaningful across class lists
         except FcnsegError as e:

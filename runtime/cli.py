@@ -56,8 +56,7 @@ def predict_main(inputs: Tuple[str, ...], model: Path, out: str, with_overlay: b
     def report(path: Path, reason: str) -> None:
         tqdm.write(f"fcn-predict: skipped {path}: {reason}", file=sys.stderr)
 
-    with Segmenter.load(model, backend=backend.backend, providers=backend.providers, size=size,
-                        num_threads=backend.threads, precision_hint=backend.precision_hint, classes=classes,
+    with Segmenter.load(model, backend=backend.backend, size=size, classes=classes, **backend.load_options(),
                         **mode) as seg:
         if stream.applies(inputs, out):   # video, camera, network: the frame loop of fcnseg.runtime.video.loop
             sys.exit(run_stream(seg, inputs, out, stream, alpha=alpha, fmt=fmt, force=force))

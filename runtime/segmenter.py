@@ -27,6 +27,7 @@ from ..core.errors import FcnsegError
 from ..core.output_guard import check_readable
 from ..core.metadata import ModelMetadata
 from .preprocess import pil_to_array, preprocess, resize_mask, resize_rgb, to_rgb_uint8
+from .rebuild import engine_for_gpu
 from .tiling import Tiling, check_mode, slide
 from ..core.sidecar import EngineSidecar
 from .backends.openvino import OpenVinoBackend, openvino_available
@@ -87,8 +88,8 @@ class Segmenter:
 
     @classmethod
     def load(cls, path: PathLike, *, backend: Optional[str] = None, providers: Optional[Sequence[str]] = None,
-             num_threads: Optional[int] = None, precision_hint: Optional[str] = None,
-             **options: Any) -> "Segmenter":
+             num_threads: Optional[int] = None, precision_hint: Optional[str] = None, rebuild: str = "never",
+             onnx: Optional[PathLike] = None, **options: Any) -> "Segmenter":
         """Open a model file with the fastest backend available for it (or the one named).
 
         Args:
@@ -98,6 +99,9 @@ class Segmenter:
                 ``providers`` are given (then ONNX Runtime).
             providers: ONNX Runtime execution providers (full names or cpu/cuda/tensorrt); default
                 TensorRT/CUDA when available, else CPU. Only for ``.onnx``.
+            rebuild: for an engine that does not fit this GPU or TensorRT version: "never" (a one-line error) or
+                "auto" (rebuilt once from its ONNX, cached by GPU and version: ``fcnseg.runtime.rebuild``).
+            onnx: the ONNX to rebuild from (default: the one the engine's sidecar names, beside it).
             options: ``size``, ``mode``, ``tile``, ``stride``, ``classes``: see the class docstring.
             num_threads: CPU threads for OpenVINO, ONNX Runtime (intra-op) or PyTorch.
             precision_hint: OpenVINO's precision for the layers not in INT8: "f32" or "bf16" (faster where the
@@ -105,7 +109,7 @@ class Segmenter:
                 for the device for INT8 graphs.
         """
         return cls(load_backend(path, backend=backend, providers=providers, num_threads=num_threads,
-                                precision_hint=precision_hint), **options)
+                                precision_hint=precision_hint, rebuild=rebuild, onnx=onnx), **options)
 
     def check_image_size(self, hw: Sequence[int]) -> None:
         """Refuse an image of this (H, W) before any work when it would be fed at its own size (``size=0``,
@@ -235,7 +239,8 @@ class Segmenter:
 
 
 def load_backend(path: PathLike, *, backend: Optional[str] = None, providers: Optional[Sequence[str]] = None,
-                 num_threads: Optional[int] = None, precision_hint: Optional[str] = None) -> Backend:
+                 num_threads: Optional[int] = None, precision_hint: Optional[str] = None, rebuild: str = "never",
+                 onnx: Optional[PathLike] = None) -> Backend:
     """Open ``path`` with ``backend``, or the fastest one available for its suffix (see ``Segmenter.load``)."""
     p = Path(path)
     suffix = p.suffix.lower()
@@ -259,8 +264,8 @@ def load_backend(path: PathLike, *, backend: Optional[str] = None, providers: Op
         return OpenVinoBackend(p, num_threads=num_threads, precision_hint=precision_hint)
     if name == "onnxruntime":
         return OnnxRuntimeBackend(p, providers=providers, num_threads=num_threads)
-    if name == "tensorrt":
-        return _tensorrt_backend(p)
+    if name == "tensorrt":   # rebuilt first when it does not fit this GPU or TensorRT and rebuild="auto"
+        return _tensorrt_backend(engine_for_gpu(p, rebuild=rebuild, onnx=onnx))
     return _plugin_backend(name, p)(p, num_threads=num_threads)
 
 

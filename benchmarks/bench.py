@@ -238,15 +238,7 @@ def bench_shape(specs: Sequence[Union[str, ModelSpec]], hw: tuple, batch: int, *
         r.stages = {s: [] for s in STAGES}
         runners.append(r)
         peaks.append(peak_rss_mb())
-    per_round = max(1, iters // rounds)
-    windows: list = [[] for _ in runners]   # (start, end) of each model's blocks, for power per model
-    for _ in range(rounds):
-        for r, w in zip(runners, windows):
-            time.sleep(settle_s)
-            start = time.perf_counter()
-            for _ in range(per_round):
-                r.once()
-            w.append((start, time.perf_counter()))
+    windows = _timed_rounds(runners, rounds, max(1, iters // rounds), settle_s)
     results = [_result(r, hw, batch, peak) for r, peak in zip(runners, peaks)]
     if view and view.get("mode") == "slide":
         tiles = tile_count(hw, Tiling(view.get("tile", Tiling.tile), view.get("stride", Tiling.stride)))
@@ -256,6 +248,37 @@ def bench_shape(specs: Sequence[Union[str, ModelSpec]], hw: tuple, batch: int, *
         for res, w in zip(results, windows):
             res.extra["power"] = power.summarize(w, images=res.iters * batch)
     return results
+
+
+def _timed_rounds(runners: Sequence[_Runner], rounds: int, per_round: int, settle_s: float) -> List[list]:
+    """Each runner ``per_round`` times per round, round-robin; the (start, end) of each runner's blocks.
+
+    One progress bar per runner over its rounds, on stderr and only on a terminal; each bar moves between
+    blocks, outside the timed calls.
+    """
+    windows: List[list] = [[] for _ in runners]   # (start, end) of each model's blocks, for power per model
+    bars = _round_bars(runners, rounds)
+    try:
+        for _ in range(rounds):
+            for r, w, bar in zip(runners, windows, bars):
+                time.sleep(settle_s)
+                start = time.perf_counter()
+                for _ in range(per_round):
+                    r.once()
+                w.append((start, time.perf_counter()))
+                bar.update()
+    finally:
+        for bar in bars:
+            bar.close()
+    return windows
+
+
+def _round_bars(runners: Sequence[_Runner], rounds: int) -> list:
+    from tqdm import tqdm
+
+    # disable=None: no bars when stderr is not a terminal (logs, CI), so the table and errors stay clean
+    return [tqdm(total=rounds, desc=r.spec.name(r.backend), unit="round", position=i, leave=False,
+                 dynamic_ncols=True, disable=None, file=sys.stderr) for i, r in enumerate(runners)]
 
 
 def _result(r: _Runner, hw: tuple, batch: int, peak: float) -> BenchResult:
@@ -360,6 +383,17 @@ def bench_table(results: Sequence[BenchResult]) -> str:
                      r.e2e.p90, r.e2e.p99, r.e2e.min, r.e2e.max, r.images_per_s, r.speedup, pp, r.peak_host_mb,
                      r.peak_device_mb])
     return format_table(headers, rows)
+
+
+def latency_png(results: Sequence[BenchResult]) -> bytes:
+    """The stage medians of every row as stacked bars, with its end-to-end median (``eval.plots``)."""
+    from ..eval.plots import stage_latency_png
+
+    several = len({(tuple(r.shape), r.batch) for r in results}) > 1
+    labels = [(r.label or f"{Path(r.model).name} {r.backend}")
+              + (f" {'x'.join(map(str, r.shape))} b{r.batch}" if several else "") for r in results]
+    return stage_latency_png(labels, {s: [r.stages[s].median for r in results] for s in STAGES},
+                             [r.e2e.median for r in results], title="latency per stage (ms, medians)")
 
 
 def write_csv(results: Sequence[BenchResult], path: "str | os.PathLike[str]") -> None:

@@ -11,7 +11,8 @@ from typing import Callable, Optional, Sequence
 from ..core.cli_args import (BackendChoice, OneLineCommand, backend_options, force_option, mode_options, packed,
                              shape_option)
 from ..core.errors import FcnsegError, cli_errors
-from .bench import BENCH_CSV, BENCH_JSON, Timing, bench_table, run_benchmark, write_csv
+from .bench import BENCH_CSV, BENCH_JSON, Timing, bench_table, latency_png, run_benchmark, write_csv
+from ..eval import plots
 from .triton_bench import TritonLoad, run_triton_cli
 from .report import write_json
 
@@ -78,8 +79,11 @@ def power_options(fn: Callable) -> Callable:
               "(OpenVINO compiled with its own defaults)")
 @triton_options
 @power_options
-@click.option("--json", "json_path", default=None, type=click.Path())
-@click.option("--csv", "csv_path", default=None, type=click.Path())
+@click.option("--json", "json_path", default=None, type=click.Path(),
+              help="write the rows as JSON; runs in this process also chart their stages in <stem>_latency.png "
+              "beside it")
+@click.option("--csv", "csv_path", default=None, type=click.Path(),
+              help="write the rows as CSV (and the chart beside it when there is no --json)")
 @force_option(FORCE_HELP)
 @cli_errors
 def bench_main(engines, models, shapes, batches, timing: Timing, backend: BackendChoice, mode: dict, model_only: bool,
@@ -92,6 +96,10 @@ def bench_main(engines, models, shapes, batches, timing: Timing, backend: Backen
     for path, kind, option in ((json_path, BENCH_JSON, "--json"), (csv_path, BENCH_CSV, "--csv")):
         if path:
             outputs.check_output(path, kind, inputs=paths, force=force, option=option)
+    # the chart goes beside --json (else --csv) as <stem>_latency.png, under the same rules
+    beside = (json_path, "--json") if json_path else (csv_path, "--csv")
+    charts = plots.check_chart_outputs(beside[0], ["latency"], inputs=paths, force=force,
+                                       option=beside[1]) if beside[0] else {}
     run = run_benchmark(paths, shapes, batches, timing=timing, run=backend, model_only=model_only,
                         power_interval_ms=power_interval_ms, view=mode)
     tiles = [f"{r.model}: {r.extra['tiles_per_image']} tiles per image, {r.extra['tiles_per_s']:.1f} tiles/s"
@@ -101,6 +109,8 @@ def bench_main(engines, models, shapes, batches, timing: Timing, backend: Backen
         write_json(json_path, [r.to_dict() for r in run.results])
     if csv_path:
         write_csv(run.results, csv_path)
+    if charts:
+        plots.write_charts(charts, {"latency": latency_png(run.results)})
 
 
 # fcn-bench options that only the in-process benchmark reads: refused next to --triton rather than ignored.

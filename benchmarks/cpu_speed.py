@@ -26,11 +26,11 @@ import click
 from ..core.cli_args import OneLineCommand, size_option, threads_option
 from ..core.errors import cli_errors
 from .pipeline import Artifacts, BenchSettings, DataSettings, ExportSettings, ModelSettings, PipelineConfig
-from .report import Report, SkipStage, need, run_steps, to_jsonable
+from .report import Report, SkipStage, need, run_steps, to_jsonable, write_chart
 from .steps import step_data, step_export_int8, step_export_onnx, step_model
 from ..runtime.backends.openvino import INSTALL_HINT, openvino_available
-from .bench import ModelSpec, backend_note, bench_models, bench_table
-from .roofline import conv_peaks, graph_macs, roofline, roofline_table
+from .bench import ModelSpec, backend_note, bench_models, bench_table, latency_png
+from .roofline import conv_peaks, graph_macs, roofline, roofline_chart, roofline_table
 
 DEFAULTS = dict(arch="fcn_resnet50", size=520, iters=20, calib_images=8)
 ARCHS = ("fcn_resnet50", "fcn8s_resnet18")   # what `make bench-cpu` measures
@@ -109,6 +109,7 @@ def step_cpu_bench(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
                                    if not any(s.backend == "openvino" for s in specs) else "")
     report.add("bench", [r.to_dict() for r in results],
                [("ms, medians; speed-up vs PyTorch FP32 eager, same run", bench_table(results) + "\n" + note)])
+    report.add("bench", images=[("latency per stage", write_chart(cfg.out, "latency.png", latency_png(results)))])
 
 
 def step_roofline(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
@@ -120,6 +121,8 @@ def step_roofline(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
                        conv_peaks(num_threads=cfg.bench.threads))
     report.add("roofline", summary, [("GMAC/s per row and its share of the peak of the precision it ran in",
                                       roofline_table(summary))])
+    report.add("roofline", images=[("GMAC/s per row against each precision's peak",
+                                    write_chart(cfg.out, "roofline.png", roofline_chart(summary)))])
 
 
 def step_summary(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:

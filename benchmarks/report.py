@@ -2,7 +2,8 @@
 
 Each step is recorded as ok / skipped / error and none stops the others; ``<name>.md`` and
 ``<name>.json`` are rewritten atomically after every step, so an interrupted run still leaves a readable
-report. A step that cannot run here (no TensorRT, no GPU, an earlier step failed) raises ``SkipStage``.
+report. Steps write their charts (PNG) beside it with ``write_chart``; the Markdown links them. A step
+that cannot run here (no TensorRT, no GPU, an earlier step failed) raises ``SkipStage``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..core.atomic import write_text
+from ..core.atomic import write_bytes, write_text
 from ..core.errors import FcnsegError, one_line
 from ..core.jsonio import to_jsonable, write_json  # noqa: F401 (re-exported)
 from ..eval.tables import format_table
@@ -141,6 +142,13 @@ def write_report(report: Report, out_dir: Path) -> Tuple[Path, Path]:
     write_json(js, report.to_dict())
     write_text(md, render_markdown(report))
     return md, js
+
+
+def write_chart(out_dir: Path, name: str, png: bytes) -> str:
+    """Write a chart (``fcnseg.eval.plots``) atomically into the report's folder; returns the path the report
+    links, relative to it, for ``Report.add(images=...)``."""
+    write_bytes(Path(out_dir) / name, png)
+    return name
 
 
 def echo(text: str) -> None:

@@ -124,6 +124,13 @@ def roofline(results: Sequence, macs: int, peaks: Dict[str, float]) -> dict:
     return {"gmac": macs / 1e9, "peaks_gmacs": peaks, "rows": rows, "int8_ceiling_vs_first": peaks["int8"] / base}
 
 
+def roofline_chart(summary: dict) -> bytes:
+    """``roofline()``'s summary as a PNG: each row's GMAC/s against each precision's peak (``eval.plots``)."""
+    from ..eval.plots import roofline_png
+
+    return roofline_png(summary["rows"], summary["peaks_gmacs"], gmac=summary["gmac"])
+
+
 def roofline_table(summary: dict) -> str:
     peaks = ", ".join(f"{p.upper()} {g:.0f}" for p, g in summary["peaks_gmacs"].items())
     lines = [f"convolutions: {summary['gmac']:.1f} GMAC per image; peak of chained 3x3 convolutions here (OpenVINO): "

@@ -16,12 +16,13 @@ from ..export.options import EngineOptions
 from .pipeline import (INT8_TARGETS, Artifacts, PipelineConfig, checkpoint_for, engine_from_onnx, engine_profile,
                        engine_row, engine_table, fp16_from_onnx, gpu_here, int8_from_onnx, int8_options,
                        onnx_from_checkpoint, synthetic_voc)
-from .report import Report, SkipStage, need, write_json
+from .report import Report, SkipStage, need, write_chart, write_json
 from ..eval.tables import format_table
 from ..datasets import open_dataset
 from ..train.rundir import read_metrics
 from ..runtime.backends.tensorrt import import_tensorrt
 from ..eval.evaluate import class_delta_table, compare_models, parity_table
+from ..eval.plots import parity_charts
 from ..runtime.backends.openvino import openvino_available
 from . import bench
 from .bench import bench_table
@@ -137,6 +138,10 @@ def step_parity(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
     report.add("parity", [r.to_dict() for r in result],
                [("parity (mIoU %, delta in points vs the checkpoint)", parity_table(result)),
                 ("per-class IoU (%) and deltas (points)", class_delta_table(result))])
+    charts = parity_charts(result)   # after the tables: a chart that fails leaves them in the report
+    report.add("parity", images=[("per-class IoU and deltas", write_chart(cfg.out, "parity_iou.png", charts["iou"])),
+                                 ("confusion matrix of the lowest mIoU, row-normalised",
+                                  write_chart(cfg.out, "parity_confusion.png", charts["confusion"]))])
 
 
 @contextlib.contextmanager
@@ -179,9 +184,13 @@ def _bench(cfg: PipelineConfig, art: Artifacts, report: Report, *, name: str, ke
     results = bench.bench_models(paths, list(cfg.shapes), list(b.batches), warmup=min(b.warmup, n), iters=n,
                            rounds=min(b.rounds, n), providers=providers, num_threads=b.threads)
     art.bench += results
-    write_json(cfg.out / f"{name.replace(' ', '_')}.json", [r.to_dict() for r in results])
+    stem = name.replace(' ', '_')
+    write_json(cfg.out / f"{stem}.json", [r.to_dict() for r in results])
     report.add(name, [r.to_dict() for r in results], [(f"{name}: ms, medians per stage; speed-up vs the first "
                                                       "row, same run", bench_table(results))])
+    if results:
+        report.add(name, images=[(f"{name}: latency per stage",
+                                  write_chart(cfg.out, f"{stem}_latency.png", bench.latency_png(results)))])
 
 
 def step_overlays(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:

@@ -16,6 +16,7 @@ from ..core.data_source import DataSource
 from ..core.errors import FcnsegError, cli_errors
 from ..core.jsonio import write_json
 from .evaluate import EVAL_JSON, TOLERANCES, class_delta_table, compare_models, parity_table
+from .plots import check_chart_outputs, parity_charts, write_charts
 
 CTX = {"help_option_names": ["-h", "--help"], "show_default": True}
 FORCE_HELP = "replace an existing --json even when it is not an fcnseg report of the same kind"
@@ -43,7 +44,8 @@ def tolerance_options(fn: Callable) -> Callable:
 @mode_options
 @backend_options(multiple=True, hint_default="f32, for parity")
 @tolerance_options
-@click.option("--json", "json_path", default=None, type=click.Path(), help="write all results as JSON")
+@click.option("--json", "json_path", default=None, type=click.Path(), help="write all results as JSON, and "
+              "beside it <stem>_iou.png (per-class IoU and deltas) and <stem>_confusion.png (the worst model's)")
 @force_option(FORCE_HELP)
 @cli_errors
 def eval_main(model, compare, more, data: DataSource, split, limit, size, mode: dict, backend: BackendChoice,
@@ -59,8 +61,10 @@ def eval_main(model, compare, more, data: DataSource, split, limit, size, mode: 
         paths.insert(0, model)
     if not paths:
         raise FcnsegError("expected --model PATH or --compare PATH..., got no model; try fcn-eval -h")
+    charts = {}
     if json_path:
         outputs.check_output(json_path, EVAL_JSON, inputs=paths, force=force, option="--json")
+        charts = check_chart_outputs(json_path, ("iou", "confusion"), inputs=paths, force=force)
     run = replace(backend, precision_hint=backend.precision_hint or PARITY_PRECISION_HINT)
     view = {**mode, "classes": data.classes} if data.classes else mode   # the dataset's names for the models too
     result = compare_models(paths, data, split, limit=limit, size=size, tolerances=tolerances, run=run, view=view)
@@ -69,6 +73,7 @@ def eval_main(model, compare, more, data: DataSource, split, limit, size, mode: 
     click.echo(class_delta_table(result))
     if json_path:
         write_json(json_path, {"split": split, **result.to_dict()})
+        write_charts(charts, parity_charts(result))
     if not result:
         click.echo(f"error: {result.summary()}", err=True)
         sys.exit(1)

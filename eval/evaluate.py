@@ -143,19 +143,14 @@ def compare_models(paths: Sequence[str], data_path: "SourceLike", split: str = "
     """
     tol = {**TOLERANCES, **(tolerances or {})}
     rows: list = []
-    for spec in model_specs(paths, run.backends, precision_hint=run.precision_hint, providers=run.providers):
-        path = spec.path
-        classes = len(rows[0].classes) if rows and rows[0].classes else None   # the reference's, once known
-        try:
-            row = evaluate_model(path, data_path, split, limit=limit, size=size, progress=progress,
-                                 num_classes=classes, view=view,
-                                 run=replace(run.one(spec.backend), precision_hint=spec.precision_hint))
-        except _ClassMismatch:
-            raise   # no delta table is meaningful across class lists
-        except FcnsegError as e:
-            row = ModelEval(path=str(path), format=FORMATS.get(Path(path).suffix, "?"), precision="?",
-                            status=f"error: {e}", backend=spec.backend or "")
-        rows.append(row)
+    specs = model_specs(paths, run.backends, precision_hint=run.precision_hint, providers=run.providers)
+    with _model_bar(len(specs), progress) as bar:
+        for spec in specs:
+            bar.set_postfix_str(f"{Path(spec.path).name} {spec.backend or ''}".strip())
+            classes = len(rows[0].classes) if rows and rows[0].classes else None   # the reference's, once known
+            rows.append(_evaluate_row(spec, data_path, split, classes, run, progress=progress, limit=limit,
+                                      size=size, view=view))
+            bar.update()
     ref = rows[0]
     if ref.status != "ok":
         raise FcnsegError(f"expected the reference model {paths[0]} to evaluate, got {ref.status}")
@@ -164,6 +159,28 @@ def compare_models(paths: Sequence[str], data_path: "SourceLike", split: str = "
             row.comparison = compare_miou(ref.cm, row.cm, tolerance=tol.get(row.precision, 1.0),
                                           classes=ref.classes)
     return ParityResult(rows)
+
+
+def _evaluate_row(spec: Any, data_path: "SourceLike", split: str, num_classes: Optional[int], run: BackendChoice, *,
+                  progress: bool, **kw: Any) -> ModelEval:
+    """One spec's row; a model that fails to load or run gets its error as status (a class mismatch raises)."""
+    try:
+        return evaluate_model(spec.path, data_path, split, progress=progress, num_classes=num_classes,
+                              run=replace(run.one(spec.backend), precision_hint=spec.precision_hint), **kw)
+    except _ClassMismatch:
+        raise   # no delta table is meaningful across class lists
+    except FcnsegError as e:
+        return ModelEval(path=str(spec.path), format=FORMATS.get(Path(spec.path).suffix, "?"), precision="?",
+                         status=f"error: {e}", backend=spec.backend or "")
+
+
+def _model_bar(total: int, enabled: bool):
+    """The overall "models i/n" bar of a comparison; each model's bar over its images runs under it."""
+    from tqdm import tqdm
+
+    # disable=None: none when stderr is not a terminal; none for a single model (its image bar says it all)
+    return tqdm(total=total, desc="models", unit="model", leave=False, dynamic_ncols=True,
+                disable=None if enabled and total > 1 else True)
 
 
 def parity_table(rows: Sequence[ModelEval]) -> str:

@@ -12,8 +12,14 @@ through click's CliRunner; the few artifacts are built once per session (a 1x1-c
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import select
 import shutil
+import signal
+import tempfile
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple
@@ -470,16 +476,96 @@ def test_own_reports_are_replaced_without_force(artifacts, tmp_path):
     import json
 
     assert json.loads((tmp_path / "e.json").read_text())["models"]   # valid JSON (no NaN)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.csv", "b.json", "e.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.csv", "b.json", "b_latency.png", "e.json", "e_confusion.png",
+                                                          "e_iou.png"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file: no unreadable input to make")
+NOBODY = 65534   # uid and gid of "nobody": root reads every file, so the unreadable-input row runs as nobody
+
+
+def run_row_as(uid: int, row: Row, tmp: Path, timeout: float = 300) -> Optional[Tuple[int, str]]:
+    """``run_row`` in a forked child whose user and group are ``uid``, without supplementary groups: its (exit
+    code, stderr), or None when the child could not drop its privileges.
+
+    Forked rather than a new interpreter started as that user: the child then reads nothing from the disk that
+    the parent has not loaded, since the interpreter's own folder may be closed to that user (here
+    /root/.pyenv under /root, 0700, which the kernel refuses to exec from as nobody).
+    """
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)   # "multi-threaded fork": the child runs one thread
+        pid = os.fork()
+    if pid == 0:   # the child: never returns into pytest
+        os.close(read)
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+        except OSError as e:
+            result: dict = {"dropped": False, "error": str(e)}
+        else:
+            try:
+                code, _, err = run_row(row, tmp)
+                result = {"dropped": True, "code": code, "err": err}
+            except BaseException as e:   # reported to the parent, which fails the test with it
+                result = {"dropped": True, "code": -1, "err": f"{type(e).__name__}: {e}"}
+        with os.fdopen(write, "w") as f:
+            f.write(json.dumps(result))
+        os._exit(0)
+    os.close(write)
+    result = _read_child(read, pid, timeout)
+    return (result["code"], result["err"]) if result["dropped"] else None
+
+
+def _read_child(fd: int, pid: int, timeout: float) -> dict:
+    chunks, deadline = [], time.monotonic() + timeout
+    with os.fdopen(fd, "rb") as f:
+        while True:
+            ready, _, _ = select.select([f], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                pytest.fail(f"the command run as nobody did not finish within {timeout} s")
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    os.waitpid(pid, 0)
+    return json.loads(b"".join(chunks) or b'{"dropped": false, "error": "the child died"}')
+
+
 def test_unreadable_model_says_permission_denied(artifacts, tmp_path):
-    model = tmp_path / "m.onnx"
-    shutil.copy(artifacts["onnx"], model)
-    model.chmod(0)
-    code, _, err = run_row(Row("fcn-predict", ("{image}", "-m", str(model), "-o", "{tmp}/out"), ""), tmp_path)
-    assert code == 2 and "permission denied" in err and len(err.strip().splitlines()) == 1
+    if os.geteuid() != 0:   # a user who cannot read the file: the row runs in-process
+        model = tmp_path / "m.onnx"
+        shutil.copy(artifacts["onnx"], model)
+        model.chmod(0)
+        code, _, err = run_row(Row("fcn-predict", ("{image}", "-m", str(model), "-o", "{tmp}/out"), ""), tmp_path)
+        assert code == 2 and "permission denied" in err and len(err.strip().splitlines()) == 1
+        return
+    # As root, in a process dropped to nobody; its files in a folder of /tmp that nobody can reach (pytest's
+    # tmp_path lies under /tmp/pytest-of-root, 0700), writable so that only the model is refused.
+    folder = Path(tempfile.mkdtemp(prefix="fcnseg-unreadable-"))
+    try:
+        folder.chmod(0o777)
+        image, model = folder / "cat.jpg", folder / "m.onnx"
+        for src, dst in ((artifacts["image"], image), (artifacts["onnx"], model)):
+            shutil.copy(src, dst)
+            dst.chmod(0o644)
+        predict = lambda out: Row("fcn-predict", (str(image), "-m", str(model), "-o", str(folder / out)), "")  # noqa
+        assert run_row(predict("warm"), folder)[0] == 0   # as root: every module the command needs is loaded
+        ok = run_row_as(NOBODY, predict("ok"), folder)
+        if ok is None:
+            pytest.skip(f"cannot drop privileges to nobody ({NOBODY}) here")
+        assert ok[0] == 0 and (folder / "ok" / "cat.png").is_file(), ok[1]   # nobody runs it, model readable
+        model.chmod(0)
+        before = _snapshot(folder)
+        code, err = run_row_as(NOBODY, predict("out"), folder)
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert code == 2 and len(lines) == 1, err
+        assert "permission denied" in lines[0] and str(model) in lines[0] and "Traceback" not in err
+        assert _snapshot(folder) == before, "the refused command created or changed a file"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_bare_group_still_shows_its_help():

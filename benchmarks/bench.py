@@ -28,7 +28,7 @@ from ..core.errors import FcnsegError
 from ..core.output_guard import ArtifactKind, read_json
 from ..core.shapes import parse_hw  # noqa: F401  (re-exported for the CLIs)
 from ..eval.model_specs import ModelSpec, backend_note, model_specs  # noqa: F401  (re-exported)
-from ..runtime import Segmenter, Tiling, preprocess, tile_count
+from ..runtime import Segmenter, Tiling, engine_for_gpu, preprocess, tile_count
 from ..runtime.backends.onnxruntime import providers_for
 from ..runtime.backends.openvino import _read_metadata, import_openvino
 from ..eval.tables import format_table
@@ -326,6 +326,9 @@ def run_benchmark(paths: Sequence[str], shapes: Sequence[Tuple[int, int]], batch
     """
     if not paths:
         raise FcnsegError("expected --engine PATH or --model PATH, got neither; try fcn-bench -h")
+    # An engine built for another GPU or TensorRT: one line, or (--rebuild auto) its rebuilt copy, timed instead.
+    paths = [str(engine_for_gpu(p, rebuild=run.rebuild, onnx=run.onnx)) if Path(p).suffix in (".plan", ".engine")
+             else p for p in paths]
     specs = model_specs(paths, run.backends, precision_hint=run.precision_hint, providers=run.providers,
                         modes=("e2e", "model") if model_only else ("e2e",))
     # Opened first: off a Jetson it is one error line before any model loads.

@@ -16,9 +16,10 @@ from ..core.metadata import ModelMetadata
 from ..core.metrics import ConfusionMatrix
 from .postprocess import colorize, legend, open_image, overlay, overlay_with_legend, save_image
 from .preprocess import preprocess, resize_mask
+from .rebuild import engine_for_gpu
 from .segmenter import Segmenter, choose_backend, load_backend
 from .tiling import Tiling, tile_count
 
 __all__ = ["Segmenter", "colorize", "overlay", "overlay_with_legend", "legend", "open_image", "save_image",
            "preprocess", "resize_mask", "load_backend", "choose_backend", "Tiling", "tile_count", "FcnsegError",
-           "ModelMetadata", "ConfusionMatrix"]
+           "ModelMetadata", "ConfusionMatrix", "engine_for_gpu"]

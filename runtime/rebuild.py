@@ -141,8 +141,10 @@ def _source_onnx(plan: Path, sidecar: EngineSidecar, onnx: Optional[PathLike]) -
 
 
 def _probe() -> Optional[Dict[str, str]]:
-    from .backends.tensorrt import probe_gpu
-
+    try:
+        from .backends.tensorrt import probe_gpu
+    except ImportError:   # the backend says what is missing when it loads
+        return None
     return probe_gpu()[0]
 
 

@@ -6,12 +6,17 @@ those; ``CudaRuntime`` implements them with cuda-python (``cuda.bindings.runtime
 ``cuda.cudart``), ``PyCuda`` with pycuda, which is what JetPack images usually carry. Every
 cuda-python call returns ``(err, *results)`` and each one is checked. Nothing here is imported
 unless a TensorRT engine is loaded.
+
+Threads: pycuda keeps a stack of current contexts per thread and calls abort() when a thread ends with
+its stack non-empty (``~context_stack`` in pycuda's cuda.hpp; NVIDIA/TensorRT#1107, #2357), so ``PyCuda``
+pushes the primary context around each call, or around a ``with cuda.bound():`` block, and always pops it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-from typing import Any, Dict, Protocol
+from typing import Any, ContextManager, Dict, Iterator, Protocol
 
 import numpy as np
 
@@ -22,13 +27,22 @@ INSTALL_HINT = ("pip install cuda-python (12.x for drivers older than 580, e.g. 
 
 
 class CudaMemory(Protocol):
-    """The CUDA operations the TensorRT backend uses. Pointers are plain ints; streams are opaque."""
+    """The CUDA operations the TensorRT backend uses. Pointers are plain ints; streams are opaque.
+
+    Every method may be called from any thread and leaves nothing pushed on the thread's context stack, so a
+    thread (a pool's, or a pipeline's short-lived one) can end at any time. ``bound()`` makes the device's
+    primary context current around a block: put TensorRT's own calls (deserialize, create an execution
+    context, enqueue) in one so that they use the context the buffers were allocated in.
+    """
 
     name: str
     supports_graphs: bool
 
+    def bound(self) -> ContextManager[None]:
+        """The device's primary context current in this thread inside a ``with`` block, undone on exit (nests)."""
+
     def bind_thread(self) -> None:
-        """Make the CUDA context current in the calling thread (a no-op for the runtime API)."""
+        """Deprecated no-op kept for callers of the first protocol: each call binds its context now; use ``bound()``."""
 
     def malloc(self, nbytes: int) -> int:
         """Device memory of ``nbytes``; returns its address."""
@@ -74,12 +88,18 @@ class CudaMemory(Protocol):
 
 
 def load_cuda_memory() -> CudaMemory:
-    """cuda-python if importable, else pycuda; FcnsegError if neither is installed."""
+    """cuda-python if it works here, else pycuda; FcnsegError saying why each failed if neither does.
+
+    cuda-python is skipped when installed but unusable, e.g. cuda-bindings 13 (pulled in by a CUDA 13 torch)
+    on a driver older than 580, where a pycuda built on the device still works.
+    """
     errors = []
     for cls in (CudaRuntime, PyCuda):
         try:
             return cls()
         except ImportError as e:
+            errors.append(f"{cls.name}: not installed ({e})")
+        except FcnsegError as e:
             errors.append(f"{cls.name}: {e}")
     raise FcnsegError(f"expected cuda-python or pycuda to move data to the GPU, got {'; '.join(errors)}; "
                       f"try {INSTALL_HINT}")
@@ -112,8 +132,11 @@ class CudaRuntime:
                               "version the driver supports (cuda-bindings 13 needs driver >= 580)")
         return rest[0] if len(rest) == 1 else tuple(rest)
 
+    def bound(self) -> ContextManager[None]:
+        return contextlib.nullcontext()  # the runtime API uses the device's primary context in every thread
+
     def bind_thread(self) -> None:
-        pass  # the runtime API uses the device's primary context in every thread
+        pass
 
     def malloc(self, nbytes: int) -> int:
         return int(self._check("cudaMalloc", self._rt.cudaMalloc(nbytes)))
@@ -173,8 +196,23 @@ class CudaRuntime:
         self._check("cudaGraphExecDestroy", self._rt.cudaGraphExecDestroy(graph_exec))
 
 
+class _PyCudaStream:
+    """Holds a pycuda ``Stream`` so ``stream_destroy`` can drop it while the context is current: pycuda
+    destroys a stream when it is collected, and cannot in another thread with no context current (it warns
+    and leaks it)."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+
 class PyCuda:
-    """``CudaMemory`` over pycuda, sharing the device's primary context with TensorRT."""
+    """``CudaMemory`` over pycuda, sharing the device's primary context with TensorRT.
+
+    The primary context is retained once and pushed only for the duration of each call (or ``bound()``
+    block), then popped: a thread never ends with it on pycuda's context stack, which would abort the process.
+    """
 
     name = "pycuda"
     supports_graphs = False  # pycuda exposes no stream capture
@@ -183,51 +221,74 @@ class PyCuda:
         import pycuda.driver as cuda
 
         self._cuda = cuda
-        cuda.init()
-        self._context = cuda.Device(0).retain_primary_context()
+        try:
+            cuda.init()
+            self._context = cuda.Device(0).retain_primary_context()  # retained, not pushed
+        except cuda.Error as e:
+            raise _pycuda_error("init", e) from None
         self._allocations: Dict[int, Any] = {}
-        self.bind_thread()
+
+    def bound(self) -> ContextManager[None]:
+        return self._bound("call")
+
+    @contextlib.contextmanager
+    def _bound(self, what: str) -> Iterator[None]:
+        try:
+            self._context.push()
+            try:
+                yield
+            finally:
+                self._cuda.Context.pop()  # pops what push pushed, even when the block raised
+        except self._cuda.Error as e:
+            raise _pycuda_error(what, e) from None
 
     def bind_thread(self) -> None:
-        # pycuda contexts are per thread; TensorRT (runtime API) uses the primary context, so push that one.
-        if self._cuda.Context.get_current() is None:
-            self._context.push()
+        pass  # every call pushes and pops the context itself; a lasting push would abort at thread exit
 
     def malloc(self, nbytes: int) -> int:
-        allocation = self._cuda.mem_alloc(nbytes)
+        with self._bound("mem_alloc"):
+            allocation = self._cuda.mem_alloc(nbytes)
         self._allocations[int(allocation)] = allocation
         return int(allocation)
 
     def free(self, ptr: int) -> None:
         allocation = self._allocations.pop(ptr, None)
         if allocation is not None:
-            allocation.free()
+            with self._bound("DeviceAllocation.free"):
+                allocation.free()
 
     def malloc_host(self, nbytes: int) -> np.ndarray:
-        return self._cuda.pagelocked_empty(nbytes, np.uint8)
+        with self._bound("pagelocked_empty"):
+            return self._cuda.pagelocked_empty(nbytes, np.uint8)
 
     def free_host(self, array: np.ndarray) -> None:
         free = getattr(array.base, "free", None)
         if free is not None:
-            free()
+            with self._bound("PagelockedHostAllocation.free"):
+                free()
 
     def memcpy_htod_async(self, dst: int, src: np.ndarray, stream: Any) -> None:
-        self._cuda.memcpy_htod_async(dst, src, stream)
+        with self._bound("memcpy_htod_async"):
+            self._cuda.memcpy_htod_async(dst, src, stream.stream)
 
     def memcpy_dtoh_async(self, dst: np.ndarray, src: int, stream: Any) -> None:
-        self._cuda.memcpy_dtoh_async(dst, src, stream)
+        with self._bound("memcpy_dtoh_async"):
+            self._cuda.memcpy_dtoh_async(dst, src, stream.stream)
 
     def stream_create(self) -> Any:
-        return self._cuda.Stream()
+        with self._bound("Stream"):
+            return _PyCudaStream(self._cuda.Stream())
 
     def stream_handle(self, stream: Any) -> int:
-        return int(stream.handle)
+        return int(stream.stream.handle)
 
     def stream_synchronize(self, stream: Any) -> None:
-        stream.synchronize()
+        with self._bound("Stream.synchronize"):
+            stream.stream.synchronize()
 
     def stream_destroy(self, stream: Any) -> None:
-        pass  # freed with the Python object
+        with self._bound("Stream destruction"):
+            stream.stream = None  # the last reference: pycuda destroys the stream now, its context current
 
     def graph_capture_begin(self, stream: Any) -> None:
         raise FcnsegError("expected cuda-python for CUDA graphs, got pycuda, which cannot capture streams; "
@@ -241,6 +302,12 @@ class PyCuda:
 
     def graph_destroy(self, graph_exec: Any) -> None:
         pass
+
+
+def _pycuda_error(what: str, error: Exception) -> FcnsegError:
+    return FcnsegError(f"pycuda {what} failed: expected success, got {type(error).__name__}: {error}; "
+                       "try `nvidia-smi` (`tegrastats` on Jetson) to check the GPU, and a pycuda built on this "
+                       "device against its CUDA")
 
 
 def device_info() -> Dict[str, str]:

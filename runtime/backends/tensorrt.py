@@ -2,10 +2,17 @@
 
 The engine is shared; each thread gets its own execution context, stream and buffers (TensorRT
 contexts are not thread-safe, engines are), so one backend serves many threads; a thread's buffers
-live until ``close()``, so prefer a thread pool to many short-lived threads. Buffers are sized
-once for the optimization profile's MAX shape; each call sets the input shape, reads the output
-shapes back and copies through pinned host memory. With ``cuda_graphs=True`` the enqueue for each
-input shape is captured once into a CUDA graph and replayed (a graph freezes shapes and addresses).
+live until ``close()``, so prefer a thread pool to many short-lived threads. Each call sets the input
+shape, reads the output shapes back and copies through pinned host memory; a thread's device and pinned
+buffers are sized for the shapes it has run and grow only when a larger one arrives (the optimization
+profile's maximum may be far larger than what is run). ``context_memory_bytes`` says how much device memory
+each context holds for the engine's own activations. With ``cuda_graphs=True`` the enqueue for each input
+shape is captured once into a CUDA graph and replayed (a graph freezes shapes and addresses); an engine
+that cannot be captured (``execute_async_v3`` failing inside the capture, the capture invalidated, or
+TensorRT for RTX's ``is_stream_capturable`` saying no) runs with plain enqueues after one warning, as
+trtexec does. A DLA engine runs on the DLA core its sidecar records (``Runtime.DLA_core`` set before
+deserializing, as trtexec does). With TensorRT for RTX, the runtime cache of kernels compiled on this GPU is
+kept in ``<plan>.rtcache`` beside the engine: read before the first context, written atomically at ``close``.
 
 TensorRT and the CUDA library (cuda-python or pycuda, see ``cuda_memory``) are imported inside the
 constructor, never at module import; the TensorRT library is the one the sidecar ``<plan>.json``
@@ -13,7 +20,8 @@ constructor, never at module import; the TensorRT library is the one the sidecar
 the GPU is asked of the driver (``probe_gpu``, ctypes over libcuda): with no GPU, or an RTX engine whose
 compute capabilities leave this GPU out (Hopper, say), one line says so and how to rebuild. Engines are
 tied to the library version and the GPU they were built for, so a failed deserialization says what the
-engine needs and how to rebuild it.
+engine needs and how to rebuild it. Tensor types map to numpy by ``DataType`` name (``NUMPY_DTYPES``), never
+through ``trt.nptype``, which raises on TensorRT 8.5 with numpy >= 1.24.
 """
 
 from __future__ import annotations
@@ -24,17 +32,19 @@ import importlib
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ...core.atomic import write_bytes
 from ...core.errors import FcnsegError, one_line
 from ...core.metadata import ModelMetadata
 from ...core.sidecar import EngineSidecar, check_runnable, sidecar_path  # noqa: F401  (sidecar_path: re-exported)
 from .base import BaseBackend
-from .cuda_memory import CudaMemory, device_info, load_cuda_memory
+from .cuda_memory import CudaMemory, load_cuda_memory
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -132,6 +142,20 @@ def engine_mismatch_message(plan_path: Union[str, Path], sidecar: Optional[Engin
             f"rebuilt on this device: fcn-export trt {onnx_path} --library {library} -o {plan_path}")
 
 
+# TensorRT data types by name (``DataType.HALF.name``), not ``trt.nptype``: 8.5's builds its table with ``np.bool``,
+# which numpy 1.24 removed, so every call raises AttributeError there (NVIDIA/TensorRT#2557).
+NUMPY_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64,
+                "BOOL": np.bool_, "UINT8": np.uint8}
+
+
+class CudaGraphFallbackWarning(RuntimeWarning):
+    """CUDA graphs were asked for, but the engine cannot be captured here: it runs with plain enqueues."""
+
+
+class RuntimeCacheWarning(RuntimeWarning):
+    """The TensorRT for RTX runtime cache file could not be read or written (inference is not affected)."""
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """One engine I/O tensor."""
@@ -144,8 +168,10 @@ class TensorInfo:
 class _ThreadState:
     context: trt.IExecutionContext
     stream: Any
+    runtime_config: Any = None   # TensorRT for RTX: holds the shared runtime cache; must outlive the context
     device: Dict[str, int] = field(default_factory=dict)
     host: Dict[str, np.ndarray] = field(default_factory=dict)
+    capacity: Dict[str, int] = field(default_factory=dict)   # bytes of device[t] and host[t]
     graphs: Dict[Shape, Any] = field(default_factory=dict)
 
 
@@ -155,13 +181,15 @@ class TensorRTBackend(BaseBackend):
     Args:
         plan_path: serialized engine; its sidecar ``<plan>.json`` supplies metadata and build info.
         metadata: overrides the sidecar's metadata.
-        cuda_graphs: replay one captured CUDA graph per input shape (needs cuda-python).
+        cuda_graphs: replay one captured CUDA graph per input shape (needs cuda-python); an engine that cannot be
+            captured runs with plain enqueues after one ``CudaGraphFallbackWarning``.
         cuda: the CUDA memory implementation; default cuda-python, else pycuda.
         gpu: {"name", "compute_capability"} of the GPU to run on; default: device 0 as the driver reports it.
 
     Raises:
         FcnsegError: TensorRT or CUDA bindings missing, an engine from another TensorRT version or
-            GPU, or (in ``infer``) an input outside the engine's optimization profile.
+            GPU, a DLA engine on a device without that DLA core, or (in ``infer``) an input outside the engine's
+            optimization profile or a step TensorRT refuses.
     """
 
     name = "tensorrt"
@@ -178,28 +206,65 @@ class TensorRTBackend(BaseBackend):
         self.sidecar = EngineSidecar.read(self.plan_path)
         found, why = (gpu, "") if gpu is not None else probe_gpu()
         check_runnable(self.plan_path, self.sidecar, found, why)
+        self._gpu: Dict[str, str] = dict(found or {})
         self.library = self.sidecar.library if self.sidecar is not None else "auto"
         trt_module = import_tensorrt(self.library)
         self.library = library_name(trt_module)
-        if TYPE_CHECKING:
-            import tensorrt as trt  # mypy checks the names below against the TensorRT stubs
-        else:
-            trt = trt_module
-
         self._cuda: CudaMemory = cuda if cuda is not None else load_cuda_memory()
         if cuda_graphs and not self._cuda.supports_graphs:
             raise FcnsegError(f"expected cuda-python for CUDA graphs, got {self._cuda.name}; "
                               "try `pip install cuda-python` or cuda_graphs=False")
         self.cuda_graphs = cuda_graphs
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime: Optional[trt.Runtime] = trt.Runtime(self._logger)
-        self._engine: Optional[trt.ICudaEngine] = self._deserialize(trt.__version__)
+        self._lock = threading.Lock()
+        self._states: List[_ThreadState] = []
+        with self._bound():   # TensorRT's objects belong to the CUDA context the buffers are allocated in
+            self._engine: Optional[trt.ICudaEngine] = self._load_engine(trt_module)
+            self._rt_cache = _RuntimeCacheFile.for_engine(self._engine, runtime_cache_path(self.plan_path))
         self.input, self.outputs = _engine_io(self._engine, trt_module)
         self.profile = _input_profile(self._engine, self.input.name)
         self.max_batch = self.profile[2][0]   # the Segmenter splits larger batches into runs of this size
+        self._context_memory = _context_memory(self._engine)
         self.metadata = metadata or self._metadata_from_sidecar()
-        self._lock = threading.Lock()
-        self._states: List[_ThreadState] = []
+
+    def _load_engine(self, trt_module: Any) -> trt.ICudaEngine:
+        """Logger, runtime (DLA core, host code of a version-compatible engine) and the deserialized engine."""
+        if TYPE_CHECKING:
+            import tensorrt as trt  # mypy checks the names below against the TensorRT stubs
+        else:
+            trt = trt_module
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime: Optional[trt.Runtime] = trt.Runtime(self._logger)
+        self._use_dla_core(self._runtime)
+        self._allow_host_code(self._runtime)
+        return self._deserialize(trt.__version__)
+
+    def _bound(self) -> ContextManager[None]:
+        """The CUDA context current around TensorRT's own calls (``CudaMemory.bound``; a no-op where absent)."""
+        bound = getattr(self._cuda, "bound", None)
+        return bound() if bound is not None else contextlib.nullcontext()
+
+    @property
+    def context_memory_bytes(self) -> Optional[int]:
+        """Device memory each execution context (one per thread) holds for the engine's activations, as TensorRT
+        reports it for the optimization profile; None where the TensorRT version does not say."""
+        return self._context_memory
+
+    def _use_dla_core(self, runtime: trt.Runtime) -> None:
+        """Run a DLA engine on the DLA core it was built for, as trtexec does (``setDLACore`` before loading)."""
+        side = self.sidecar
+        if side is None or side.dla_core is None:
+            return
+        core, cores = side.dla_core, int(getattr(runtime, "num_DLA_cores", 0))
+        if core >= cores:
+            raise FcnsegError(f"expected DLA core {core} to run {self.plan_path.name!r} (it was built for that core), "
+                              f"got {cores} DLA core{'s' if cores != 1 else ''} on this device; try an engine built "
+                              f"for the GPU: fcn-export trt {side.onnx or 'MODEL.onnx'} -o {self.plan_path}")
+        runtime.DLA_core = core
+
+    def _allow_host_code(self, runtime: trt.Runtime) -> None:
+        """A version-compatible engine carries its own runtime code: allow it, as trtexec does (sampleEngines.cpp)."""
+        if getattr(self.sidecar, "version_compatible", False) and hasattr(runtime, "engine_host_code_allowed"):
+            runtime.engine_host_code_allowed = True
 
     def _deserialize(self, version: str) -> trt.ICudaEngine:
         reason = ""
@@ -210,7 +275,7 @@ class TensorRTBackend(BaseBackend):
             engine, reason = None, one_line(e, 300)
         if engine is None:
             raise FcnsegError(engine_mismatch_message(self.plan_path, self.sidecar, version=version,
-                                                      gpu=device_info(), reason=reason, library=self.library))
+                                                      gpu=self._gpu, reason=reason, library=self.library))
         return engine
 
     def _metadata_from_sidecar(self) -> ModelMetadata:
@@ -222,6 +287,10 @@ class TensorRTBackend(BaseBackend):
 
     def _infer(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
         """Run one NCHW batch; returns {"logits": (N,C,h,w) float32} or {"mask": (N,h,w) uint8}."""
+        with self._bound():
+            return self._run(batch)
+
+    def _run(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
         state = self._thread_state()
         shapes = self._prepare(state, batch.shape)
         host_in = state.host[self.input.name][: batch.nbytes]
@@ -258,54 +327,99 @@ class TensorRTBackend(BaseBackend):
         return state
 
     def _new_state(self) -> _ThreadState:
+        """This thread's context and stream; its buffers come with the first batch (``_ensure_buffers``)."""
         assert self._engine is not None
-        self._cuda.bind_thread()
+        stream = self._cuda.stream_create()   # first: CUDA is initialised before the runtime cache is read
+        try:
+            config, context = self._new_context()
+        except BaseException:
+            with contextlib.suppress(FcnsegError):
+                self._cuda.stream_destroy(stream)
+            raise
+        state = _ThreadState(context=context, stream=stream, runtime_config=config)
+        with self._lock:
+            self._states.append(state)  # registered first, so close() frees a partly allocated state too
+        return state
+
+    def _new_context(self) -> Tuple[Any, trt.IExecutionContext]:
+        assert self._engine is not None
         with self._lock:  # creating contexts is cheap and rare; not documented as thread-safe
-            context = self._engine.create_execution_context()
+            config = self._rt_cache.config(self._engine) if self._rt_cache is not None else None
+            context = (self._engine.create_execution_context() if config is None
+                       else self._engine.create_execution_context(runtime_config=config))
         if context is None:
             raise FcnsegError("expected TensorRT to create an execution context, got None (out of GPU memory?); "
                               "try fewer threads or a smaller --max-shape")
-        state = _ThreadState(context=context, stream=self._cuda.stream_create())
-        with self._lock:
-            self._states.append(state)  # registered first, so close() frees a partly allocated state too
-        max_shapes = self._prepare(state, self.profile[2])
-        sizes = {self.input.name: _nbytes(self.profile[2], self.input.dtype)}
-        sizes.update({o.name: _nbytes(max_shapes[o.name], o.dtype) for o in self.outputs})
-        for tensor, nbytes in sizes.items():
-            state.device[tensor] = self._cuda.malloc(nbytes)
-            state.host[tensor] = self._cuda.malloc_host(nbytes)
-        return state
+        return config, context
 
     def _prepare(self, state: _ThreadState, shape: Shape) -> Dict[str, Shape]:
-        """Set the input shape and tensor addresses; return the output shapes TensorRT derives."""
+        """Set the input shape, size the buffers for it and set the tensor addresses; return the output shapes."""
         context = state.context
-        if not context.set_input_shape(self.input.name, tuple(shape)):
+        if not context.set_input_shape(self.input.name, tuple(int(d) for d in shape)):
             raise FcnsegError(f"expected TensorRT to accept input shape {format_shape(shape)} for "
                               f"{self.input.name!r}, got a refusal; try a shape within "
                               f"{format_shape(self.profile[0])}..{format_shape(self.profile[2])}")
-        for tensor, ptr in state.device.items():
-            context.set_tensor_address(tensor, ptr)
         shapes = {o.name: _dims(context.get_tensor_shape(o.name)) for o in self.outputs}
         for tensor, out_shape in shapes.items():
             if any(d < 0 for d in out_shape):
                 raise FcnsegError(f"expected a static output shape for {tensor!r} once the input shape is set, "
-                                  f"got {out_shape}; data-dependent output shapes are not supported")
+                                  f"got {out_shape}; try an engine whose output shape follows from the input "
+                                  "(data-dependent output shapes are not supported), e.g. from fcn-export's ONNX")
+        sizes = {self.input.name: _nbytes(shape, self.input.dtype)}
+        sizes.update({o.name: _nbytes(shapes[o.name], o.dtype) for o in self.outputs})
+        self._ensure_buffers(state, sizes)
+        for tensor, ptr in state.device.items():
+            if not context.set_tensor_address(tensor, ptr):
+                raise FcnsegError(f"expected TensorRT to accept the device address {ptr:#x} for tensor {tensor!r}, "
+                                  "got a refusal (set_tensor_address returned False); try the TensorRT log above "
+                                  "for why (an unknown tensor name, or an address not 256-byte aligned)")
         return shapes
+
+    def _ensure_buffers(self, state: _ThreadState, sizes: Dict[str, int]) -> None:
+        """Grow device and pinned buffers to ``sizes`` (bytes per tensor); a buffer moves only for a larger size."""
+        grown = [tensor for tensor, nbytes in sizes.items() if state.capacity.get(tensor, 0) < nbytes]
+        if not grown:
+            return
+        for shape in list(state.graphs):   # a graph froze the old addresses: capture again at the next call
+            with contextlib.suppress(FcnsegError):
+                self._cuda.graph_destroy(state.graphs.pop(shape))
+        for tensor in grown:
+            self._free_buffer(state, tensor)
+            state.device[tensor] = self._cuda.malloc(sizes[tensor])
+            state.host[tensor] = self._cuda.malloc_host(sizes[tensor])
+            state.capacity[tensor] = sizes[tensor]
+
+    def _free_buffer(self, state: _ThreadState, tensor: str) -> None:
+        state.capacity.pop(tensor, None)
+        ptr, array = state.device.pop(tensor, None), state.host.pop(tensor, None)
+        if ptr is not None:
+            with contextlib.suppress(FcnsegError):
+                self._cuda.free(ptr)
+        if array is not None:
+            with contextlib.suppress(FcnsegError):
+                self._cuda.free_host(array)
 
     def _execute(self, state: _ThreadState, shape: Shape) -> None:
         handle = self._cuda.stream_handle(state.stream)
-        if not self.cuda_graphs:
-            _enqueue(state.context, handle)
+        graph = state.graphs.get(tuple(shape)) if self.cuda_graphs else None
+        if graph is not None:
+            self._cuda.graph_launch(graph, state.stream)
             return
-        graph = state.graphs.get(tuple(shape))
-        if graph is None:
-            # One normal enqueue first: TensorRT does its per-shape setup outside the capture.
-            _enqueue(state.context, handle)
+        _enqueue(state.context, handle)
+        if self.cuda_graphs:
+            # Captured after one normal enqueue (TensorRT does its per-shape setup outside the capture); this
+            # call's outputs come from that enqueue, later calls of this shape replay the graph.
             self._cuda.stream_synchronize(state.stream)
-            graph = state.graphs[tuple(shape)] = self._capture(state, handle)
-        self._cuda.graph_launch(graph, state.stream)
+            graph = self._capture(state, handle)
+            if graph is not None:
+                state.graphs[tuple(shape)] = graph
 
     def _capture(self, state: _ThreadState, handle: int) -> Any:
+        """One enqueue captured into a CUDA graph, or None (and plain enqueues from now on) where it cannot be."""
+        capturable = getattr(state.context, "is_stream_capturable", None)   # TensorRT for RTX
+        if capturable is not None and not capturable(handle):
+            return self._graphs_unavailable("TensorRT for RTX's is_stream_capturable says this context cannot be "
+                                           "captured on its stream")
         self._cuda.graph_capture_begin(state.stream)
         try:
             ok = state.context.execute_async_v3(handle)
@@ -313,12 +427,28 @@ class TensorRTBackend(BaseBackend):
             with contextlib.suppress(Exception):
                 self._cuda.graph_destroy(self._cuda.graph_capture_end(state.stream))
             raise
-        graph = self._cuda.graph_capture_end(state.stream)
+        try:
+            graph = self._cuda.graph_capture_end(state.stream)
+        except FcnsegError as e:   # cudaStreamEndCapture: cudaErrorStreamCaptureInvalidated
+            return self._graphs_unavailable(f"the stream capture was invalidated ({one_line(e, 120)})")
         if not ok:
-            self._cuda.graph_destroy(graph)
-            raise FcnsegError("expected TensorRT to enqueue inside a CUDA graph capture, got a failure; "
-                              "try cuda_graphs=False")
+            with contextlib.suppress(FcnsegError):
+                self._cuda.graph_destroy(graph)
+            return self._graphs_unavailable("execute_async_v3 returned False inside the stream capture")
         return graph
+
+    def _graphs_unavailable(self, why: str) -> None:
+        """Fall back to plain enqueues, as trtexec does when a capture fails (sampleInference.cpp), warning once."""
+        clear = getattr(self._cuda, "clear_last_error", None)   # cudaGetLastError, as trtexec calls after a failure
+        if clear is not None:
+            with contextlib.suppress(Exception):
+                clear()
+        with self._lock:
+            warn, self.cuda_graphs = self.cuda_graphs, False
+        if warn:
+            warnings.warn(f"CUDA graphs are off for {self.plan_path.name}: {why}; the engine contains work not "
+                          "permitted under stream capture, so it runs with plain enqueues (as trtexec "
+                          "--useCudaGraph does then)", CudaGraphFallbackWarning, stacklevel=5)
 
     def _copy_outputs(self, state: _ThreadState, shapes: Dict[str, Shape]) -> Dict[str, np.ndarray]:
         views = {}
@@ -331,39 +461,104 @@ class TensorRTBackend(BaseBackend):
         for out, view in views.items():
             array = view.view(out.dtype).reshape(shapes[out.name]).copy()
             key = _output_key(out, len(self.outputs))
-            result[key] = array.astype(np.uint8) if key == "mask" and array.dtype != np.uint8 else array
+            result[key] = _as_output(key, array)
         return result
 
     def _close(self) -> None:
-        """Free every thread's buffers, streams, graphs and contexts, then the engine (once, from ``close``)."""
-        with self._lock:
-            states, self._states = self._states, []
-        for state in states:
-            self._free_state(state)
-        self._local = threading.local()
-        self._engine = None
-        self._runtime = None
+        """Save the runtime cache, free every thread's buffers, streams, graphs and contexts, then the engine."""
+        with self._bound():   # TensorRT frees its contexts and engine in the CUDA context they were made in
+            rt_cache = getattr(self, "_rt_cache", None)
+            if rt_cache is not None:
+                rt_cache.save()
+            with self._lock:
+                states, self._states = self._states, []
+            for state in states:
+                self._free_state(state)
+            self._local = threading.local()
+            self._rt_cache = None   # after the contexts that use it
+            self._engine = None
+            self._runtime = None
 
     def _free_state(self, state: _ThreadState) -> None:
-        self._cuda.bind_thread()
         # Free as much as possible: one failed call must not leak the rest.
         for graph in state.graphs.values():
             with contextlib.suppress(FcnsegError):
                 self._cuda.graph_destroy(graph)
-        for ptr in state.device.values():
-            with contextlib.suppress(FcnsegError):
-                self._cuda.free(ptr)
-        for array in state.host.values():
-            with contextlib.suppress(FcnsegError):
-                self._cuda.free_host(array)
+        for tensor in list(state.capacity):
+            self._free_buffer(state, tensor)
         with contextlib.suppress(FcnsegError):
             self._cuda.stream_destroy(state.stream)
-        state.graphs, state.device, state.host = {}, {}, {}
+        state.graphs = {}
         state.context = None  # type: ignore[assignment]  # contexts must go before the engine
+        state.runtime_config = None
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+
+def runtime_cache_path(plan_path: Union[str, Path]) -> Path:
+    """Where the TensorRT for RTX runtime cache of an engine lives: ``model.plan`` -> ``model.plan.rtcache``."""
+    p = Path(plan_path)
+    return p.with_name(p.name + ".rtcache")
+
+
+class _RuntimeCacheFile:
+    """TensorRT for RTX's runtime cache (kernels compiled on the GPU at run time) kept in a file beside the engine.
+
+    One ``IRuntimeCache`` serves every thread: each context gets its own ``IRuntimeConfig`` holding it. The file is
+    read before the first context (a cache from another GPU or driver is rejected by TensorRT and then replaced)
+    and written atomically at ``close``.
+    """
+
+    def __init__(self, engine: Any, path: Path) -> None:
+        self.path = path
+        self.cache = engine.create_runtime_config().create_runtime_cache()
+        self.loaded: Optional[bool] = None   # None: not read yet; then whether TensorRT took the file's contents
+
+    @classmethod
+    def for_engine(cls, engine: Any, path: Path) -> Optional["_RuntimeCacheFile"]:
+        """The cache where the library has the API (TensorRT for RTX), else None."""
+        if not hasattr(engine, "create_runtime_config"):   # TensorRT 8.x to 10.10
+            return None
+        if not hasattr(engine.create_runtime_config(), "create_runtime_cache"):   # TensorRT 10.11+, 11.x
+            return None
+        return cls(engine, path)
+
+    def config(self, engine: Any) -> Any:
+        """A runtime config for one new context, holding the shared cache (read from the file the first time)."""
+        if self.loaded is None:
+            self.loaded = self._load()
+        config = engine.create_runtime_config()
+        if not config.set_runtime_cache(self.cache):
+            warnings.warn(f"TensorRT did not take the runtime cache for {self.path.name}; kernels are compiled "
+                          "again at each start", RuntimeCacheWarning, stacklevel=4)
+        return config
+
+    def _load(self) -> bool:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            warnings.warn(f"could not read the runtime cache {str(self.path)!r} ({e}); starting with an empty one",
+                          RuntimeCacheWarning, stacklevel=5)
+            return False
+        try:
+            return bool(self.cache.deserialize(data))   # False: another GPU, driver or version; replaced at close
+        except Exception as e:  # a damaged file must not stop inference: the cache is an optimisation
+            warnings.warn(f"TensorRT could not read the runtime cache {str(self.path)!r} ({one_line(e, 200)}); "
+                          "starting with an empty one", RuntimeCacheWarning, stacklevel=5)
+            return False
+
+    def save(self) -> None:
+        if self.loaded is None:
+            return   # no context ran: nothing was compiled, and the file (if any) stays as it is
+        try:
+            write_bytes(self.path, bytes(memoryview(self.cache.serialize())))
+        except Exception as e:  # close() must still free the GPU memory: say so and go on
+            warnings.warn(f"could not write the runtime cache {str(self.path)!r} ({one_line(e, 200)}); the next start "
+                          "compiles its kernels again", RuntimeCacheWarning, stacklevel=4)
 
 
 def _engine_io(engine: trt.ICudaEngine, trt_module: Any) -> Tuple[TensorInfo, List[TensorInfo]]:
@@ -376,13 +571,34 @@ def _engine_io(engine: trt.ICudaEngine, trt_module: Any) -> Tuple[TensorInfo, Li
     outputs: List[TensorInfo] = []
     for i in range(engine.num_io_tensors):
         name = engine.get_tensor_name(i)
-        info = TensorInfo(name, np.dtype(trt.nptype(engine.get_tensor_dtype(name))))
+        info = TensorInfo(name, numpy_dtype(engine.get_tensor_dtype(name), name))
         (inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs).append(info)
     if len(inputs) != 1 or not outputs:
         raise FcnsegError(f"expected an engine with one image input and an output, got inputs "
                           f"{[t.name for t in inputs]} and outputs {[t.name for t in outputs]}; "
                           "try an engine built from fcn-export's ONNX")
     return inputs[0], outputs
+
+
+def numpy_dtype(trt_dtype: Any, tensor: str = "") -> np.dtype:
+    """The numpy dtype of a TensorRT ``DataType`` (by member name: the same table on every TensorRT version)."""
+    name = str(getattr(trt_dtype, "name", trt_dtype)).rsplit(".", 1)[-1]
+    if name not in NUMPY_DTYPES:
+        raise FcnsegError(f"expected engine tensors of a type numpy holds ({', '.join(NUMPY_DTYPES)}), got {name} "
+                          f"for {tensor!r}; try an engine whose inputs and outputs are float32/float16 (or an "
+                          "integer mask), as fcn-export builds them")
+    return np.dtype(NUMPY_DTYPES[name])
+
+
+def _context_memory(engine: trt.ICudaEngine) -> Optional[int]:
+    """Activation memory of one context for profile 0: the ``_v2`` calls where they exist (10.x+), else 8.x's."""
+    for method in ("get_device_memory_size_for_profile_v2", "get_device_memory_size_for_profile"):
+        if hasattr(engine, method):
+            return int(getattr(engine, method)(0))
+    for prop in ("device_memory_size_v2", "device_memory_size"):   # 8.x has only device_memory_size
+        if hasattr(engine, prop):
+            return int(getattr(engine, prop))
+    return None
 
 
 def _input_profile(engine: trt.ICudaEngine, name: str) -> Tuple[Shape, Shape, Shape]:
@@ -397,8 +613,9 @@ def _dims(dims: Any) -> Shape:
 
 def _enqueue(context: trt.IExecutionContext, handle: int) -> None:
     if not context.execute_async_v3(handle):
-        raise FcnsegError("expected TensorRT's execute_async_v3 to enqueue the engine, got a failure; "
-                          "see the TensorRT log above")
+        raise FcnsegError("expected TensorRT's execute_async_v3 to enqueue the engine, got False; try the TensorRT "
+                          "log above for the reason (an input shape or tensor address not set, or the GPU out of "
+                          "memory)")
 
 
 def _output_key(out: TensorInfo, num_outputs: int) -> str:
@@ -406,6 +623,15 @@ def _output_key(out: TensorInfo, num_outputs: int) -> str:
     if out.name in ("logits", "mask") or num_outputs > 1:
         return out.name
     return "mask" if np.issubdtype(out.dtype, np.integer) else "logits"
+
+
+def _as_output(key: str, array: np.ndarray) -> np.ndarray:
+    """Logits as float32 (an FP16-output engine gives float16, as ONNX Runtime's backend casts too), masks as uint8."""
+    if key == "logits" and array.dtype != np.float32:
+        return array.astype(np.float32)
+    if key == "mask" and array.dtype != np.uint8:
+        return array.astype(np.uint8)
+    return array
 
 
 def _nbytes(shape: Sequence[int], dtype: np.dtype) -> int:

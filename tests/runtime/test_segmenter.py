@@ -297,6 +297,7 @@ class FakeTensorRTBackend:
 def test_plan_dispatches_to_tensorrt_with_sidecar_metadata(tmp_path, monkeypatch):
     fake = types.ModuleType("fcnseg.runtime.backends.tensorrt")
     fake.TensorRTBackend = FakeTensorRTBackend
+    fake.probe_gpu = lambda: (None, "no GPU (the fake backend runs anyway)")   # what engine_for_gpu asks first
     monkeypatch.setitem(sys.modules, "fcnseg.runtime.backends.tensorrt", fake)
     plan = tmp_path / "m.plan"
     plan.write_bytes(b"engine")
@@ -332,12 +333,22 @@ def test_plan_dispatches_to_tensorrt_with_sidecar_metadata(tmp_path, monkeypatch
         Segmenter.load(plan)
 
 
-def test_plan_with_the_real_tensorrt_backend_fails_clearly_on_a_bad_engine(tmp_path):
-    # Without TensorRT: "not installed"; with it: the bytes do not deserialize. Either way one FcnsegError.
+def test_plan_with_the_real_tensorrt_backend_fails_clearly_on_a_bad_engine(monkeypatch, tmp_path):
+    """Bytes TensorRT cannot deserialize reach the real backend's deserialization (a fake TensorRT 10.x on a fake
+    GPU, tests/fakes/tensorrt.py, returns None for them as the real one does) and come back as one exact line."""
+    from tests.fakes import tensorrt as fakes
+
+    trt, _ = fakes.install("10.x", setitem=monkeypatch.setitem, setattr_=monkeypatch.setattr)
     plan = tmp_path / "junk.plan"
     plan.write_bytes(b"not an engine")
-    with pytest.raises(FcnsegError, match="TensorRT|engine"):
+    with pytest.raises(FcnsegError) as e:
         Segmenter.load(plan)
+    assert str(e.value) == (
+        f"could not load TensorRT engine {str(plan)!r}: expected an engine built with tensorrt 10.13.0.35 on "
+        "NVIDIA RTX A4000 (compute capability 8.6), got one built with tensorrt unknown for unknown GPU (compute "
+        "capability unknown); engines are tied to the TensorRT version and GPU, so it must be rebuilt on this "
+        f"device: fcn-export trt MODEL.onnx --library tensorrt -o {plan}")
+    assert trt._fake.deserialized == 0
 
 
 def test_batches_are_split_to_the_backends_max_batch():

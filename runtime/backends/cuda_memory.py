@@ -74,6 +74,9 @@ class CudaMemory(Protocol):
     def stream_destroy(self, stream: Any) -> None:
         """Release a stream from ``stream_create``."""
 
+    def clear_last_error(self) -> None:
+        """Reset the thread's sticky CUDA error after a failed capture (trtexec calls ``cudaGetLastError``)."""
+
     def graph_capture_begin(self, stream: Any) -> None:
         """Start capturing the work queued on ``stream`` into a CUDA graph."""
 
@@ -175,6 +178,9 @@ class CudaRuntime:
 
     def stream_destroy(self, stream: Any) -> None:
         self._check("cudaStreamDestroy", self._rt.cudaStreamDestroy(stream))
+
+    def clear_last_error(self) -> None:
+        self._rt.cudaGetLastError()   # returns (the error it cleared,): nothing to check, it is being dropped
 
     def graph_capture_begin(self, stream: Any) -> None:
         # Thread-local mode: other threads' contexts may allocate while this one captures.
@@ -289,6 +295,9 @@ class PyCuda:
     def stream_destroy(self, stream: Any) -> None:
         with self._bound("Stream destruction"):
             stream.stream = None  # the last reference: pycuda destroys the stream now, its context current
+
+    def clear_last_error(self) -> None:
+        """pycuda raises each CUDA error where it happens: no sticky error is left to clear."""
 
     def graph_capture_begin(self, stream: Any) -> None:
         raise FcnsegError("expected cuda-python for CUDA graphs, got pycuda, which cannot capture streams; "

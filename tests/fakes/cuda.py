@@ -774,8 +774,16 @@ class FakeCudaPython:
                     return (cudaError_t.cudaSuccess, *body())
                 except _Failure as f:
                     err = f.err
+            self.last_error = err   # what cudaGetLastError returns (and resets), as the runtime keeps it per thread
             # 12.9 and 13.x return None for every result after an error; 11.8 returned its placeholders.
             return (err, *([None] * nresults if self.major >= 12 else [0] * nresults))
+
+    def cudaGetLastError(self) -> Tuple[Any, ...]:
+        """The last error of a runtime call, reset to cudaSuccess (runtime.pyx: returns ``(cudaError_t,)``)."""
+        with self._lock:
+            self.calls.append("cudaGetLastError")
+            err, self.last_error = getattr(self, "last_error", cudaError_t.cudaSuccess), cudaError_t.cudaSuccess
+            return (err,)
 
     def _new_handle(self) -> int:
         self._next += 0x10

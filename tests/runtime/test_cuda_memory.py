@@ -366,3 +366,19 @@ def test_gpu_info_prefers_cuda_python_to_torch(monkeypatch):
     asked = _fake_torch(monkeypatch, available=True)
     assert gpu_info() == {"name": "NVIDIA H200", "compute_capability": "9.0"}
     assert asked == []
+
+
+def test_clear_last_error_resets_the_sticky_error(monkeypatch):
+    """After a failed capture trtexec calls cudaGetLastError; CudaRuntime.clear_last_error does, pycuda has none."""
+    from tests.fakes.cuda import install_fake_cuda_python
+
+    fake = install_fake_cuda_python(monkeypatch, major=13)
+    from fcnseg.runtime.backends.cuda_memory import CudaRuntime
+
+    cuda = CudaRuntime()
+    fake.fail("cudaStreamSynchronize", fake.runtime.cudaError_t.cudaErrorStreamCaptureInvalidated)
+    stream = cuda.stream_create()
+    with pytest.raises(Exception):
+        cuda.stream_synchronize(stream)
+    cuda.clear_last_error()
+    assert fake.calls[-1] == "cudaGetLastError" and fake.last_error == fake.runtime.cudaError_t.cudaSuccess

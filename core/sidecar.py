@@ -8,7 +8,10 @@ TensorRT backend and the ``Segmenter`` all go through this class.
 
 Format history: 1 (fcnseg 0.1) had ``tensorrt_version`` and top-level ``inputs``/``outputs``; 2 adds
 ``library``, ``library_version``, ``compute_capabilities``, ``io``, ``dla_core``, ``gpu_fallback`` and
-``build_seconds``. Format 1 documents are read and mapped onto format 2.
+``build_seconds``. Format 1 documents are read and mapped onto format 2. Later format-2 writers add what a
+rebuild needs (issue 20): ``onnx`` relative to the plan's folder when the graph is beside it, ``onnx_sha256``,
+``workspace_gib``, ``hardware_compatibility`` and ``version_compatible``; optional keys (absent: unknown, or off),
+so older readers, which ignore unknown keys, still read these documents.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ LIBRARIES = ("tensorrt", "tensorrt_rtx")
 PRECISIONS = ("fp32", "fp16", "int8")
 _CC_RE = re.compile(r"^\d+\.\d+$")
 RTX_TARGETS = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")  # TensorRT for RTX 1.x ComputeCapability members
+HARDWARE_LEVELS = ("ampere+", "same-cc")   # HardwareCompatibilityLevel AMPERE_PLUS (8.6+), SAME_COMPUTE_CAPABILITY
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def sidecar_path(plan_path: PathLike) -> Path:
@@ -70,8 +75,15 @@ class EngineSidecar:
         gpu: {"name", "compute_capability"} of the build machine's GPU ("unknown" without one).
         strongly_typed: the network was strongly typed (precision from the graph).
         builder_flags: precision flags set on a weakly typed build (e.g. ["FP16"]).
-        onnx: the ONNX file the engine was built from (for the rebuild hint).
+        onnx: the ONNX file the engine was built from: relative to the plan's folder when it is there (or below),
+            else absolute; for rebuilds and the rebuild hint.
         build_seconds: wall time of the build.
+        onnx_sha256: SHA-256 of that ONNX file ("" unknown), so a rebuild uses the same graph.
+        workspace_gib: the workspace memory pool limit of the build (None: unknown).
+        hardware_compatibility: "ampere+" (runs on Ampere and later GPUs) or "same-cc" (other GPUs of the same
+            compute capability), None: the build GPU only (TensorRT 8.6+ ``HardwareCompatibilityLevel``).
+        version_compatible: built with ``BuilderFlag.VERSION_COMPATIBLE``: later TensorRT releases run it, with
+            ``runtime.engine_host_code_allowed = True``.
         format: the sidecar format version (``SIDECAR_FORMAT``).
     """
 
@@ -89,6 +101,10 @@ class EngineSidecar:
     builder_flags: List[str] = field(default_factory=list)
     onnx: str = ""
     build_seconds: Optional[float] = None
+    onnx_sha256: str = ""
+    workspace_gib: Optional[float] = None
+    hardware_compatibility: Optional[str] = None
+    version_compatible: bool = False
     format: int = SIDECAR_FORMAT
 
     # ------------------------------------------------------------------ reading and writing
@@ -157,6 +173,14 @@ class EngineSidecar:
             ("dla_core", self.dla_core is None or (isinstance(self.dla_core, int) and self.dla_core >= 0),
              "a DLA core number >= 0 or null"),
             ("gpu", isinstance(self.gpu, dict), 'an object {"name", "compute_capability"}'),
+            ("onnx_sha256", self.onnx_sha256 in ("", None) or bool(_SHA256_RE.match(str(self.onnx_sha256))),
+             "64 lowercase hex digits or empty"),
+            ("workspace_gib", self.workspace_gib is None or (isinstance(self.workspace_gib, (int, float))
+                                                            and not isinstance(self.workspace_gib, bool)
+                                                            and self.workspace_gib > 0), "a positive number or null"),
+            ("hardware_compatibility", self.hardware_compatibility is None
+             or self.hardware_compatibility in HARDWARE_LEVELS, f"one of {HARDWARE_LEVELS} or null"),
+            ("version_compatible", isinstance(self.version_compatible, bool), "true or false"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -185,7 +209,10 @@ class EngineSidecar:
         prof = self.profile
         shape = ("x".join(map(str, prof["min"])) + ".." + "x".join(map(str, prof["max"]))) if prof else "unknown"
         dla = f", DLA core {self.dla_core}" if self.dla_core is not None else ""
-        return f"{self.library} {self.library_version}, {self.precision}, for {self.targets()}{dla}, profile {shape}"
+        hardware = f" and {self.hardware_compatibility} GPUs" if self.hardware_compatibility else ""
+        version = ", version-compatible" if self.version_compatible else ""
+        return (f"{self.library} {self.library_version}{version}, {self.precision}, for {self.targets()}{hardware}"
+                f"{dla}, profile {shape}")
 
 
 def _profile_ok(profile: Mapping[str, Any]) -> bool:

@@ -17,7 +17,7 @@ from typing import Optional, Union
 from ..core.atomic import work_dir
 from ..core.errors import FcnsegError
 from .fp16 import Fp16Result, convert_fp16
-from .int8 import Int8Result, quantize_int8
+from .int8 import Int8Result, for_builder, quantize_int8
 from .options import EngineOptions, Int8Options
 from ..runtime.backends import tensorrt as trt_runtime
 from . import tensorrt as trt_build
@@ -65,7 +65,8 @@ def engine(onnx_path: PathLike, output: PathLike, options: EngineOptions = Engin
     spec = engine_spec(onnx_path, options)   # bad shapes or options are reported whether or not TensorRT is here
     if options.precision == "int8" and spec.graph_precision == "fp32":
         int8.require_root(onnx_path)
-    trt_runtime.import_tensorrt(spec.library)
+    # the INT8 graph this TensorRT builds (8.x, or an 8.x --trt-version to parse it too: opset 17, FP32 elsewhere)
+    int8 = for_builder(int8, trt_runtime.import_tensorrt(spec.library), getattr(options, "trt_version", None))
     if spec.graph_precision != "fp32" or options.precision not in LOWER_PRECISIONS:
         return build(onnx_path, output, options)
     # The intermediate graph lives in a scratch folder beside the engine (removed by the next run if killed).
@@ -75,3 +76,45 @@ def engine(onnx_path: PathLike, output: PathLike, options: EngineOptions = Engin
         source = Path(save_onnx) if save_onnx else Path(onnx_path)
         # The sidecar names the user's graph, not the temporary one.
         return build(lowered.path, output, replace(options, source_onnx=source))
+
+
+# ---------------------------------------------------------------- rebuilding from the sidecar
+
+def rebuild_engine(plan_path: PathLike, onnx_path: Optional[PathLike] = None, output: Optional[PathLike] = None, *,
+                   compute_capability: Optional[str] = None) -> Path:
+    """Rebuild an engine from the options its sidecar recorded, with the TensorRT library installed here.
+
+    Args:
+        plan_path: the engine; its sidecar ``<plan>.json`` gives the ONNX, precision, profile, workspace, targets,
+            DLA core and compatibility of the build.
+        onnx_path: the ONNX to build from [default: the one the sidecar names, relative to the plan's folder];
+            it must have the recorded SHA-256 when one was recorded.
+        output: where to write the new plan and sidecar [default: ``plan_path``, replaced atomically].
+        compute_capability: the GPU to build for, like "8.9" (TensorRT for RTX targets exactly it; full TensorRT
+            builds for the GPU it runs on and ignores it) [default: the recorded targets].
+
+    Returns:
+        The path of the rebuilt plan.
+
+    Raises:
+        FcnsegError: no sidecar, no ONNX (or another graph than the recorded one), an INT8 engine whose Q/DQ graph
+            was temporary, or anything ``build_engine`` refuses.
+    """
+    plan = Path(plan_path)
+    side = trt_build.EngineSidecar.read(plan)
+    if side is None:
+        raise FcnsegError(f"expected the sidecar {trt_build.sidecar_path(plan).name} that fcn-export trt writes beside "
+                          f"{plan.name}, to rebuild it, got none; try `fcn-export trt MODEL.onnx -o {plan}`")
+    source = trt_build.rebuild_source(plan, side, onnx_path)
+    options = trt_build.rebuild_options(side, compute_capability)
+    out = Path(output) if output is not None else plan
+    graph = trt_build.precision_of_onnx(source)
+    flags = getattr(trt_build.import_tensorrt(side.library), "BuilderFlag", None)
+    weak = bool(side.builder_flags) and all(hasattr(flags, f) for f in side.builder_flags)   # FP16 flag on FP32
+    if graph == side.precision or weak:
+        return trt_build.build_engine(source, output=out, options=options).path
+    if side.precision == "int8":
+        raise FcnsegError(f"expected the Q/DQ INT8 graph {plan.name} was built from, got the {graph} graph "
+                          f"{source.name} (the INT8 graph was a temporary file); try onnx_path= the INT8 graph "
+                          f"(fcn-export int8), or `fcn-export trt {source} --int8 --calib-data ROOT -o {out}`")
+    return engine(source, out, options).path   # the FP32 graph lowered to FP16 again, as the build did

@@ -12,26 +12,38 @@ string. The build is a chain of small steps in the manner of Polygraphy's loader
 ``engine_spec.py`` and ``profile.py`` -> ``create_network`` -> ``parse_onnx`` -> ``config_from_features``
 -> ``build_plan`` -> ``save_engine``); each takes the library's objects, so tests drive them with fake
 modules and with the real TensorRT for RTX.
-The engine has no user-metadata API, hence the sidecar (``fcnseg.core.sidecar.EngineSidecar``).
+The engine has no user-metadata API, hence the sidecar (``fcnseg.core.sidecar.EngineSidecar``): it records
+everything a rebuild needs (the source ONNX, relative to the plan when beside it, and its SHA-256; precision,
+profile, workspace, targets, DLA core, hardware and version compatibility; the library and GPU), and
+``fcnseg.export.chain.rebuild_engine`` rebuilds a plan from it (the runtime's ``rebuild="auto"`` calls it through the
+``fcnseg.rebuilders`` entry point).
+Refused in one line before any build: what the parser of the TensorRT found (or named with ``trt_version``)
+refuses (``--argmax``'s UINT8 Cast on 8.5), a dynamic profile given explicitly with ``dla_core`` (DLA runs one
+shape; a default profile is fixed at opt), and hardware or version compatibility the library lacks.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
+import re
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields as dataclass_fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..core.atomic import atomic_path, write_bytes
-from ..runtime.backends.tensorrt import import_tensorrt
+from ..runtime.backends import tensorrt as trt_runtime
+from ..runtime.backends.tensorrt import format_shape, import_tensorrt
 from ..core.errors import FcnsegError
-from ..core.sidecar import EngineSidecar, sidecar_path
+from ..core.sidecar import HARDWARE_LEVELS, EngineSidecar, sidecar_path
+from .check import UINT8_CAST_FIXED_IN, older_than, uint8_casts
 from .engine_spec import (LIBRARY_CHOICES, PRECISIONS, QDQ_OPS, EngineSpec, engine_spec, onnx_input,  # noqa: F401
                           precision_of_onnx)
-from .options import EngineOptions
+from .onnx_graph import load_onnx
+from .options import EngineOptions, with_fields
 from .opt_profile import (DEFAULT_MAX_SHAPE, DEFAULT_MIN_SHAPE, DEFAULT_OPT_SHAPE, SIZE_KEYS, Dim, Profile,  # noqa: F401
                       Shape, declared_size_range, derive_profile)
 from .trt_features import (BuildMode, Features, check_dla, choose_build_mode, choose_targets,  # noqa: F401
@@ -46,6 +58,159 @@ PathLike = Union[str, "os.PathLike[str]"]
 log = logging.getLogger("fcnseg.export")
 
 ENGINE_SUFFIXES = (".plan", ".engine")
+HARDWARE_ENUM = {"ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}   # HardwareCompatibilityLevel
+_RELEASE_RE = re.compile(r"^\d+\.\d+")
+
+
+# ---------------------------------------------------------------- options beyond EngineOptions
+
+@dataclass(frozen=True)
+class BuildOptions(EngineOptions):
+    """``EngineOptions`` plus compatibility and target checks (``fcn-export trt``; issue 20).
+
+    Attributes:
+        hardware_compatibility: "ampere+" (``HardwareCompatibilityLevel.AMPERE_PLUS``, TensorRT 8.6+) or "same-cc"
+            (``SAME_COMPUTE_CAPABILITY``, later 10.x and 11.x): the engine runs on other GPUs than the build GPU.
+            None: the build GPU only.
+        version_compatible: ``BuilderFlag.VERSION_COMPATIBLE`` (TensorRT 8.6+): later TensorRT releases run it.
+        trt_version: a TensorRT that must also parse the graph ("8.5" for JetPack 5); what its parser refuses is
+            refused before building. The TensorRT found is always checked.
+    """
+
+    hardware_compatibility: Optional[str] = None
+    version_compatible: bool = False
+    trt_version: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class BuildSpec(EngineSpec):
+    """``EngineSpec`` plus ``BuildOptions``' own fields (see there); its profile is fixed for DLA."""
+
+    hardware_compatibility: Optional[str] = None
+    version_compatible: bool = False
+    trt_version: Optional[str] = None
+
+
+_EXTRA = ("hardware_compatibility", "version_compatible", "trt_version")
+
+
+def _fields_of(obj: Any, cls: type) -> Dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in dataclass_fields(cls)}
+
+
+def build_options(options: Optional[EngineOptions] = None, **fields: Any) -> BuildOptions:
+    """``options`` as ``BuildOptions`` (an ``EngineOptions`` gets the defaults), with ``fields`` replaced."""
+    base = options if isinstance(options, BuildOptions) else BuildOptions(**_fields_of(options or EngineOptions(),
+                                                                                        EngineOptions))
+    o = with_fields(base, BuildOptions, fields)
+    if o.hardware_compatibility is not None and o.hardware_compatibility not in HARDWARE_LEVELS:
+        raise FcnsegError(f"expected --hardware-compatibility in {HARDWARE_LEVELS}, got {o.hardware_compatibility!r}; "
+                          "try --hardware-compatibility ampere+")
+    if o.hardware_compatibility is not None and o.dla_core is not None:
+        raise FcnsegError("expected --dla-core or --hardware-compatibility, got both; a DLA engine is for one Jetson "
+                          "and JetPack has no hardware compatibility: try without --hardware-compatibility")
+    if o.trt_version is not None:
+        older_than(o.trt_version, UINT8_CAST_FIXED_IN)   # a version string, or one line saying what is expected
+    return o
+
+
+def build_spec(onnx_path: PathLike, options: Optional[EngineOptions] = None, **fields: Any) -> BuildSpec:
+    """``engine_spec`` plus ``BuildOptions``: the profile fixed for DLA, the graph checked against ``trt_version``.
+
+    Raises:
+        FcnsegError: what ``engine_spec`` refuses, a dynamic profile given explicitly with ``dla_core``, a graph the
+            parser of ``trt_version`` refuses. No TensorRT is needed.
+    """
+    o = build_options(options, **fields)
+    spec = BuildSpec(**_fields_of(engine_spec(onnx_path, o), EngineSpec), **{k: getattr(o, k) for k in _EXTRA})
+    explicit = o.min_shape is not None or o.max_shape is not None
+    spec = replace(spec, profile=dla_profile(spec.profile, spec.dla_core, explicit=explicit))
+    if spec.trt_version:
+        check_parser_limits(spec.onnx_path, spec.trt_version)
+    return spec
+
+
+def as_build_spec(spec: EngineSpec) -> BuildSpec:
+    return spec if isinstance(spec, BuildSpec) else BuildSpec(**_fields_of(spec, EngineSpec))
+
+
+def dla_profile(profile: Profile, dla_core: Optional[int], *, explicit: bool) -> Profile:
+    """DLA runs one shape (min = opt = max): a default profile is fixed at opt, a dynamic one given is refused."""
+    if dla_core is None or profile.min == profile.opt == profile.max:
+        return profile
+    if explicit:
+        raise FcnsegError(f"expected one shape for --dla-core {dla_core} (DLA runs static shapes: min = opt = max), "
+                          f"got {profile}; try --opt-shape {format_shape(profile.opt)} alone (the profile is then "
+                          "fixed there), or the same shape for --min-shape, --opt-shape and --max-shape")
+    log.info("DLA core %d runs one shape: profile fixed at opt %s", dla_core, format_shape(profile.opt))
+    return Profile(profile.opt, profile.opt, profile.opt)
+
+
+def check_parser_limits(onnx_path: PathLike, trt_version: str) -> None:
+    """Refuse, in one line, a graph the ONNX parser of TensorRT ``trt_version`` refuses (before 8.6: a Cast between
+    UINT8 and an integer, as after ``--argmax``'s ArgMax)."""
+    if not older_than(trt_version, UINT8_CAST_FIXED_IN):
+        return
+    found = uint8_casts(load_onnx(onnx_path))
+    if found:
+        node, what = found[0]
+        raise FcnsegError(f"expected a graph the ONNX parser of TensorRT {trt_version} accepts, got Cast {node!r} "
+                          f"{what} in {Path(onnx_path).name}, which it refuses (TensorRT 8.5 casts to UINT8 from "
+                          "FLOAT/FLOAT16 only); try exporting without --argmax (the runtime takes the argmax of "
+                          "the logits), or a graph whose mask stays INT32, or TensorRT 8.6+ (JetPack 6)")
+
+
+def tensorrt_release(features: Features) -> Optional[str]:
+    """The TensorRT version of full TensorRT ("8.5.2.2"); None for TensorRT for RTX or an unknown version."""
+    version = features.version
+    return version if features.library == "tensorrt" and _RELEASE_RE.match(version) else None
+
+
+def hardware_levels(features: Features) -> List[str]:
+    """``HardwareCompatibilityLevel`` members this library builds with, besides NONE ([] before 8.6).
+
+    TensorRT for RTX has the enum, but its builder says "setHardwareCompatibilityLevel() is unsupported in
+    TensorRT-RTX" and ignores it: its engines are portable by the compute capabilities they target.
+    """
+    enum = getattr(features.module, "HardwareCompatibilityLevel", None)
+    config = getattr(features.module, "IBuilderConfig", None)
+    if enum is None or features.compute_capabilities or not hasattr(config, "hardware_compatibility_level"):
+        return []
+    names = getattr(enum, "__members__", None) or [n for n in dir(enum) if n.isupper()]
+    return [n for n in names if n != "NONE"]
+
+
+def has_version_compatible(features: Features) -> bool:
+    """``BuilderFlag.VERSION_COMPATIBLE`` builds here (8.6+). TensorRT for RTX has the flag, but its build then
+    fails loading the lean runtime it would embed (``libnvinfer_lean.so.1``, which it does not ship)."""
+    return hasattr(getattr(features.module, "BuilderFlag", None), "VERSION_COMPATIBLE") \
+        and not features.compute_capabilities
+
+
+def check_for_library(spec: BuildSpec, features: Features) -> None:
+    """Refuse, before building, what ``features`` cannot give ``spec``: a graph its parser refuses, compatibility."""
+    release = tensorrt_release(features)
+    if release and release != spec.trt_version:
+        check_parser_limits(spec.onnx_path, release)
+    rtx = " (TensorRT for RTX: engines run where --compute-capability says)" if features.compute_capabilities else ""
+    level = HARDWARE_ENUM.get(spec.hardware_compatibility or "")
+    if level and level not in hardware_levels(features):
+        raise FcnsegError(f"expected a TensorRT with HardwareCompatibilityLevel.{level} for --hardware-compatibility "
+                          f"{spec.hardware_compatibility}, got {features.name}{rtx}; try full TensorRT 8.6+ "
+                          "(AMPERE_PLUS; SAME_COMPUTE_CAPABILITY from late 10.x), or without --hardware-compatibility")
+    if spec.version_compatible and not has_version_compatible(features):
+        raise FcnsegError(f"expected a TensorRT with BuilderFlag.VERSION_COMPATIBLE for --version-compatible, got "
+                          f"{features.name}{rtx or ' (TensorRT 8.6+ has it)'}; try full TensorRT 8.6+, or without "
+                          "--version-compatible (rebuild the engine where it runs)")
+
+
+def check_build(onnx_path: PathLike, options: Optional[EngineOptions] = None, **fields: Any) -> BuildSpec:
+    """Every check ``build_engine`` makes before parsing, with the TensorRT found: run it before a long FP16/INT8
+    step (``fcn-export trt``). Returns the ``BuildSpec``."""
+    spec = build_spec(onnx_path, options, **fields)
+    # through the module, as chain.engine looks for TensorRT: one import that tests can replace for both
+    check_for_library(spec, detect_features(trt_runtime.import_tensorrt(spec.library)))
+    return spec
 
 
 # ---------------------------------------------------------------- build steps
@@ -69,13 +234,17 @@ def create_network(builder: trt.Builder, features: Features, *, strongly_typed: 
 
 
 def parse_onnx(network: trt.INetworkDefinition, logger: trt.ILogger, onnx_path: Path, features: Features, *,
-               nodes: Sequence[Tuple[str, str]] = ()) -> trt.OnnxParser:
+               nodes: Sequence[Tuple[str, str]] = (), native_instancenorm: bool = False) -> trt.OnnxParser:
     """Parse the ONNX file into ``network`` (keep the returned parser alive until the build: it owns weights).
+
+    ``native_instancenorm``: use TensorRT's InstanceNormalization, not the plugin, as version- and hardware-
+    compatible engines must (trtexec sets ``OnnxParserFlag.NATIVE_INSTANCENORM`` then; the default from 10.0).
 
     Raises:
         FcnsegError: listing every parser error with its node name and operator.
     """
-    parser, errors = parse_onnx_errors(network, logger, onnx_path, features, nodes=nodes)
+    parser, errors = parse_onnx_errors(network, logger, onnx_path, features, nodes=nodes,
+                                       native_instancenorm=native_instancenorm)
     if errors:
         raise FcnsegError(f"{features.library}'s ONNX parser rejected {onnx_path.name}: expected every node to "
                           f"parse, got {len(errors)} error(s): {' | '.join(errors)}; try "
@@ -84,7 +253,8 @@ def parse_onnx(network: trt.INetworkDefinition, logger: trt.ILogger, onnx_path: 
 
 
 def parse_onnx_errors(network: trt.INetworkDefinition, logger: trt.ILogger, onnx_path: Path, features: Features, *,
-                      nodes: Sequence[Tuple[str, str]] = ()) -> Tuple[trt.OnnxParser, List[str]]:
+                      nodes: Sequence[Tuple[str, str]] = (),
+                      native_instancenorm: bool = False) -> Tuple[trt.OnnxParser, List[str]]:
     """Parse like ``parse_onnx`` but return the parser and its errors (each "node 'x' (Op): why") instead."""
     if TYPE_CHECKING:
         import tensorrt as trt
@@ -92,6 +262,8 @@ def parse_onnx_errors(network: trt.INetworkDefinition, logger: trt.ILogger, onnx
         trt = features.module
 
     parser = trt.OnnxParser(network, logger)
+    if native_instancenorm and hasattr(getattr(trt, "OnnxParserFlag", None), "NATIVE_INSTANCENORM"):
+        parser.set_flag(trt.OnnxParserFlag.NATIVE_INSTANCENORM)   # 8.6+
     # parse_from_file, not parse(bytes): it resolves external weight files next to the ONNX.
     ok = parser.parse_from_file(str(onnx_path))
     errors = [format_parser_error(parser.get_error(i), nodes) for i in range(parser.num_errors)]
@@ -147,6 +319,20 @@ def set_targets(config: trt.IBuilderConfig, features: Features, targets: Sequenc
     setattr(config, "num_compute_capabilities", len(targets))
     for i, cc in enumerate(targets):
         getattr(config, "set_compute_capability")(getattr(enum, "SM" + cc.replace(".", "")), i)
+
+
+def set_compatibility(config: trt.IBuilderConfig, features: Features, spec: BuildSpec) -> None:
+    """Hardware compatibility level and the version-compatible flag, after ``check_for_library``."""
+    if TYPE_CHECKING:
+        import tensorrt as trt
+    else:
+        trt = features.module
+
+    if spec.hardware_compatibility:
+        config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel,
+                                                      HARDWARE_ENUM[spec.hardware_compatibility])
+    if spec.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
 
 
 def set_dla(builder: trt.Builder, config: trt.IBuilderConfig, features: Features, spec: EngineSpec,
@@ -219,10 +405,14 @@ def dtype_name(dtype: Any, features: Features) -> str:
 
 
 def gpu_info() -> Dict[str, str]:
-    """Name and compute capability of GPU 0: cuda-python, pycuda, then torch.cuda; "unknown" otherwise."""
+    """Name and compute capability of GPU 0: cuda-python, pycuda, then torch.cuda; "unknown" otherwise.
+
+    torch is asked whenever neither CUDA library named a GPU: an installed ``cuda`` package proves nothing
+    (cuda-bindings 13, which CUDA 13 torch wheels pull in, fails on drivers older than 580 where torch works).
+    """
     info = device_info()
-    if info["name"] != "unknown" or any(map(_importable, ("cuda", "pycuda"))):
-        return info  # a CUDA library answered (or found no GPU): importing torch would not change that
+    if info["name"] != "unknown" or not _importable("torch"):
+        return info
     try:
         import torch
 
@@ -241,15 +431,35 @@ def _importable(name: str) -> bool:
         return False
 
 
-def engine_sidecar(spec: EngineSpec, mode: BuildMode, features: Features, io: Dict[str, Any],
-                   gpu: Dict[str, str], targets: Sequence[str], seconds: float) -> EngineSidecar:
-    """The sidecar written next to the plan."""
+def engine_sidecar(spec: BuildSpec, mode: BuildMode, features: Features, io: Dict[str, Any],
+                   gpu: Dict[str, str], targets: Sequence[str], seconds: float, *,
+                   source: Tuple[str, str] = ("", "")) -> EngineSidecar:
+    """The sidecar written next to the plan; ``source``: (the ONNX as ``onnx_reference`` names it, its SHA-256)."""
     return profile_sidecar(
         spec, spec.profile, mode.precision, library=features.library, library_version=features.version,
         compute_capabilities=list(targets), io=dict(io), dla_core=spec.dla_core,
         gpu_fallback=spec.gpu_fallback, gpu=dict(gpu), strongly_typed=mode.strongly_typed,
-        builder_flags=list(mode.flags), onnx=str(spec.source_onnx or spec.onnx_path),
-        build_seconds=round(seconds, 3))
+        builder_flags=list(mode.flags), onnx=source[0] or str(spec.source_onnx or spec.onnx_path),
+        onnx_sha256=source[1], workspace_gib=spec.workspace_gib, hardware_compatibility=spec.hardware_compatibility,
+        version_compatible=spec.version_compatible, build_seconds=round(seconds, 3))
+
+
+def onnx_reference(onnx_path: PathLike, plan: PathLike) -> str:
+    """``onnx_path`` relative to the plan's folder when it is there (or below), else absolute: what the sidecar
+    records, so a plan copied with its ONNX beside it still finds it."""
+    src, folder = Path(onnx_path).resolve(), Path(plan).resolve().parent
+    try:
+        return src.relative_to(folder).as_posix()
+    except ValueError:
+        return str(src)
+
+
+def file_sha256(path: PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def profile_sidecar(spec: EngineSpec, profile: Profile, precision: str, **fields: Any) -> EngineSidecar:
@@ -322,22 +532,28 @@ def build_engine(onnx_path: PathLike, *, output: PathLike, options: Optional[Eng
         onnx_path: FP32, FP16-typed or Q/DQ ONNX (from fcn-export).
         output: the plan file (``.plan`` or ``.engine``).
         options: precision, library, targets, DLA, profile, workspace, timing cache (``EngineOptions``).
-        fields: ``EngineOptions`` fields replacing those of ``options`` (``precision="fp16", min_shape=...``).
+        fields: ``BuildOptions`` fields replacing those of ``options`` (``precision="fp16", min_shape=...,
+            version_compatible=True``).
 
     Returns:
         ``BuiltEngine`` (path-like): the plan's path, its ``EngineSidecar`` and the build seconds.
 
     Raises:
-        FcnsegError: TensorRT missing, a bad ONNX or profile, parser errors (each with node and op),
-            targets or DLA the library cannot give, or a failed build. Nothing is written then.
+        FcnsegError: TensorRT missing, a bad ONNX or profile, a dynamic profile given for DLA, a graph the parser of
+            the TensorRT found (or of ``trt_version``) refuses, parser errors (each with node and op), targets, DLA or
+            compatibility the library cannot give, or a failed build. Nothing is written then.
     """
-    return build_engine_from_spec(engine_spec(onnx_path, options, **fields), output=output)
+    return build_engine_from_spec(build_spec(onnx_path, options, **fields), output=output)
 
 
 def build_engine_from_spec(spec: EngineSpec, *, output: PathLike) -> BuiltEngine:
-    """Run the build steps for a resolved ``EngineSpec``; see ``build_engine``."""
+    """Run the build steps for a resolved ``EngineSpec`` (or ``BuildSpec``); see ``build_engine``."""
+    spec = as_build_spec(spec)
     out = check_output_path(output)
     features = detect_features(import_tensorrt(spec.library))
+    check_for_library(spec, features)
+    source_path = spec.source_onnx or spec.onnx_path
+    source = (onnx_reference(source_path, out), file_sha256(source_path))   # hashed before the build reads it
     mode = choose_build_mode(spec.graph_precision, spec.precision, features, strongly_typed=spec.strongly_typed)
     targets = choose_targets(features, spec.compute_capabilities)
     log.info("building %s engine (%s, strongly typed: %s, flags: %s, targets: %s, profile %s)", mode.precision,
@@ -351,14 +567,54 @@ def build_engine_from_spec(spec: EngineSpec, *, output: PathLike) -> BuiltEngine
     config = config_from_features(builder, features, mode=mode, profile=spec.profile, input_name=spec.input_name,
                                   workspace_gib=spec.workspace_gib, targets=targets,
                                   timing_cache=load_timing_cache(spec.timing_cache, features))
+    set_compatibility(config, features, spec)
     set_dla(builder, config, features, spec, mode)
-    parser = parse_onnx(network, logger, spec.onnx_path, features, nodes=spec.nodes)
+    parser = parse_onnx(network, logger, spec.onnx_path, features, nodes=spec.nodes,
+                        native_instancenorm=bool(spec.hardware_compatibility or spec.version_compatible))
     plan = build_plan(builder, network, config)
     del parser  # the parser owns the weights until the plan is serialized
     seconds = time.perf_counter() - start
     if spec.timing_cache is not None and features.timing_cache:
         save_timing_cache(config, spec.timing_cache)
-    sidecar = engine_sidecar(spec, mode, features, network_io(network, features), gpu_info(), targets, seconds)
+    sidecar = engine_sidecar(spec, mode, features, network_io(network, features), gpu_info(), targets, seconds,
+                             source=source)
     save_engine(plan, out, sidecar)
     log.info("wrote %s (%.1f MB, %s, built in %.1f s)", out, len(plan) / 1e6, sidecar.describe(), seconds)
     return BuiltEngine(out, sidecar, seconds)
+
+
+# ---------------------------------------------------------------- rebuilding from the sidecar
+
+def rebuild_source(plan: Path, side: EngineSidecar, onnx_path: Optional[PathLike] = None) -> Path:
+    """The ONNX to rebuild ``plan`` from: ``onnx_path`` or the recorded one, checked against its SHA-256."""
+    if onnx_path is not None:
+        candidates = [Path(onnx_path)]
+    elif side.onnx:
+        named = Path(side.onnx)   # relative to the plan's folder; older sidecars: as given to the build
+        candidates = [named] if named.is_absolute() else [plan.parent / named, named]
+    else:
+        candidates = []
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        where = f"{str(onnx_path)!r}" if onnx_path is not None else f"{side.onnx or 'no ONNX recorded'} beside it"
+        raise FcnsegError(f"expected the ONNX {plan.name} was built from, to rebuild it, got {where}, which is not a "
+                          "file; try onnx_path= (--onnx) the graph it was built from")
+    if side.onnx_sha256:
+        digest = file_sha256(found)
+        if digest != side.onnx_sha256:
+            raise FcnsegError(f"expected the ONNX {plan.name} was built from (sha256 {side.onnx_sha256[:12]}...), "
+                              f"got {str(found)!r} with sha256 {digest[:12]}...; try the original graph, or "
+                              f"`fcn-export trt {found}` for a new engine")
+    return found
+
+
+def rebuild_options(side: EngineSidecar, compute_capability: Optional[str] = None) -> BuildOptions:
+    """The ``BuildOptions`` a sidecar records (strong typing is chosen again, for the library installed here)."""
+    shapes = {f"{k}_shape": tuple(side.profile[k]) for k in ("min", "opt", "max")} if side.profile else {}
+    rtx = side.library == "tensorrt_rtx"
+    targets = [compute_capability] if compute_capability and rtx else side.compute_capabilities if rtx else None
+    return BuildOptions(precision=side.precision, library=side.library,
+                        compute_capabilities=tuple(targets) if targets else None, dla_core=side.dla_core,
+                        gpu_fallback=side.gpu_fallback, workspace_gib=side.workspace_gib or EngineOptions.workspace_gib,
+                        hardware_compatibility=side.hardware_compatibility,
+                        version_compatible=side.version_compatible, **shapes)

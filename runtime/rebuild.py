@@ -13,7 +13,7 @@ this machine's GPU and installed library:
   can be written, else ``~/.cache/fcnseg/engines/<engine hash>/``. The next load finds it there.
 
 The rebuild itself needs the builder (``fcnseg.export``), which the torch-free runtime does not import: it is
-found through the ``fcnseg.rebuilders`` entry point (``tensorrt = fcnseg.export.tensorrt:rebuild_engine``), as
+found through the ``fcnseg.rebuilders`` entry point (``tensorrt = fcnseg.export.chain:rebuild_engine``), as
 the PyTorch backend is found through ``fcnseg.backends``.
 """
 
@@ -93,13 +93,22 @@ def mismatch(sidecar: EngineSidecar, gpu: Dict[str, str], installed: Optional[st
     if sidecar.library == "tensorrt_rtx" and sidecar.compute_capabilities and cc not in sidecar.compute_capabilities:
         return f"built for {sidecar.targets()}; {here}"
     built_cc = (sidecar.gpu or {}).get("compute_capability", "unknown")
-    hardware = getattr(sidecar, "hardware_compatibility", None)   # an Ampere+ engine runs on later GPUs too
-    if sidecar.library != "tensorrt_rtx" and built_cc not in ("", "unknown", cc) and hardware in (None, "", "none"):
-        return f"built on {sm_name(str(built_cc))}; {here}"
+    hardware = getattr(sidecar, "hardware_compatibility", None)
+    if sidecar.library != "tensorrt_rtx" and built_cc not in ("", "unknown", cc) and not _portable(hardware, cc):
+        return f"built on {sm_name(str(built_cc))}" + (f" ({hardware})" if hardware else "") + f"; {here}"
     version = sidecar.library_version
     if installed and version not in ("", "unknown", installed) and not getattr(sidecar, "version_compatible", False):
         return f"built with {sidecar.library} {version}, this machine has {installed}"
     return None
+
+
+def _portable(hardware: Optional[str], cc: str) -> bool:
+    """An engine built with ``--hardware-compatibility ampere+`` runs on any GPU of compute capability 8.0 or
+    later; ``same-cc`` (and none) only on the compute capability it was built on."""
+    try:
+        return hardware == "ampere+" and int(cc.split(".")[0]) >= 8
+    except ValueError:
+        return False
 
 
 def cached_engine(plan: Path, gpu: Dict[str, str], library: str, version: Optional[str]) -> Path:
@@ -158,7 +167,7 @@ def _installed_version(library: str) -> Optional[str]:
 
 
 def _rebuilder(library: str) -> Any:
-    """The ``fcnseg.rebuilders`` entry point for TensorRT engines (``fcnseg.export.tensorrt.rebuild_engine``)."""
+    """The ``fcnseg.rebuilders`` entry point for TensorRT engines (``fcnseg.export.chain.rebuild_engine``)."""
     from importlib import metadata
 
     eps = metadata.entry_points()

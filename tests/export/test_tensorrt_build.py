@@ -1,13 +1,22 @@
-"""The TensorRT build layer, driven by fake ``tensorrt`` modules that describe TensorRT 8.5, 10.x and 11.x.
+"""The TensorRT build layer, driven by fake ``tensorrt`` modules that describe TensorRT 8.5, 8.6, 10.x, 11.x and RTX.
 
-Each fake offers exactly the names its version has (the facts in /work/shared/docs/tensorrt.md, checked
-against NVIDIA/TensorRT pyCore.cpp / pyOnnx.cpp) and records every builder call, so the tests check
-which flags, profiles and limits the build sets on each version without TensorRT or a GPU.
+Each fake offers exactly the names its version has, with the enum values of that version (NVIDIA's
+``include/NvInfer.h`` at release/8.5, v8.6.1, v10.3.0 and v11.1, and the installed ``tensorrt_rtx``), and checks
+arguments the way pybind11 does: an enum parameter takes a member of that enum (not its int, not its name), an
+int takes an int, shapes take ints. Tests below hold the tables against the real modules where installed
+(``tensorrt_rtx``; ``tensorrt-stubs`` 10.13) and run one list of wrong calls against the fake and the real
+TensorRT for RTX. Every builder call is recorded (enum members by name), so the tests check which flags,
+profiles and limits the build sets on each version without TensorRT or a GPU.
 """
 
+import hashlib
+import importlib.metadata
+import importlib.util
 import json
+import re
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,13 +24,109 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from fcnseg.export import tensorrt as T
+from fcnseg.export.chain import rebuild_engine
 from fcnseg.core.errors import FcnsegError
 from fcnseg.core.metadata import ModelMetadata
 
-EXPLICIT, STRONG = 1 << 0, 1 << 1  # 1 << int(flag), as TensorRT numbers the creation flags
+
+# ---------------------------------------------------------------- enum values per release
+
+_FLAGS_85 = dict(FP16=0, INT8=1, DEBUG=2, GPU_FALLBACK=3, STRICT_TYPES=4, REFIT=5, DISABLE_TIMING_CACHE=6, TF32=7,
+                 SPARSE_WEIGHTS=8, SAFETY_SCOPE=9, OBEY_PRECISION_CONSTRAINTS=10, PREFER_PRECISION_CONSTRAINTS=11,
+                 DIRECT_IO=12, REJECT_EMPTY_ALGORITHMS=13, ENABLE_TACTIC_HEURISTIC=14)
+_FLAGS_10 = dict(FP16=0, INT8=1, DEBUG=2, GPU_FALLBACK=3, REFIT=4, DISABLE_TIMING_CACHE=5, TF32=6, SPARSE_WEIGHTS=7,
+                 SAFETY_SCOPE=8, OBEY_PRECISION_CONSTRAINTS=9, PREFER_PRECISION_CONSTRAINTS=10, DIRECT_IO=11,
+                 REJECT_EMPTY_ALGORITHMS=12, VERSION_COMPATIBLE=13, EXCLUDE_LEAN_RUNTIME=14, FP8=15,
+                 ERROR_ON_TIMING_CACHE_MISS=16, BF16=17, DISABLE_COMPILATION_CACHE=18, STRIP_PLAN=19,
+                 REFIT_IDENTICAL=20, WEIGHT_STREAMING=21, INT4=22, REFIT_INDIVIDUAL=23)
+_FLAGS_11 = dict(DEBUG=2, GPU_FALLBACK=3, REFIT=4, DISABLE_TIMING_CACHE=5, TF32=6, SPARSE_WEIGHTS=7, SAFETY_SCOPE=8,
+                 DIRECT_IO=11, VERSION_COMPATIBLE=12, EXCLUDE_LEAN_RUNTIME=13, ERROR_ON_TIMING_CACHE_MISS=15,
+                 DISABLE_COMPILATION_CACHE=17, STRIP_PLAN=18, REFIT_IDENTICAL=19, WEIGHT_STREAMING=20,
+                 REFIT_INDIVIDUAL=22, STRICT_NANS=23, MONITOR_MEMORY=24, EDITABLE_TIMING_CACHE=26,
+                 DISTRIBUTIVE_INDEPENDENCE=27)
+_POOLS_85 = dict(WORKSPACE=0, DLA_MANAGED_SRAM=1, DLA_LOCAL_DRAM=2, DLA_GLOBAL_DRAM=3)
+_POOLS_10 = dict(_POOLS_85, TACTIC_DRAM=4, TACTIC_SHARED_MEMORY=5)
+_COMMON = dict(DeviceType=dict(GPU=0, DLA=1), Severity=dict(INTERNAL_ERROR=0, ERROR=1, WARNING=2, INFO=3, VERBOSE=4),
+               DataType=dict(FLOAT=0, HALF=1, INT8=2, INT32=3, BOOL=4, UINT8=5))
+ENUMS = {   # release -> enum -> {member: value}
+    "8.5": dict(_COMMON, NetworkDefinitionCreationFlag=dict(EXPLICIT_BATCH=0, EXPLICIT_PRECISION=1),
+                BuilderFlag=_FLAGS_85, MemoryPoolType=_POOLS_85),
+    "8.6": dict(_COMMON, NetworkDefinitionCreationFlag=dict(EXPLICIT_BATCH=0, EXPLICIT_PRECISION=1),
+                BuilderFlag=dict(_FLAGS_85, VERSION_COMPATIBLE=15, EXCLUDE_LEAN_RUNTIME=16, FP8=17),
+                MemoryPoolType=dict(_POOLS_85, TACTIC_DRAM=4), HardwareCompatibilityLevel=dict(NONE=0, AMPERE_PLUS=1),
+                OnnxParserFlag=dict(NATIVE_INSTANCENORM=0)),
+    "10.3": dict(_COMMON, NetworkDefinitionCreationFlag=dict(EXPLICIT_BATCH=0, STRONGLY_TYPED=1),
+                 BuilderFlag=_FLAGS_10, MemoryPoolType=_POOLS_10,
+                 HardwareCompatibilityLevel=dict(NONE=0, AMPERE_PLUS=1),
+                 OnnxParserFlag=dict(NATIVE_INSTANCENORM=0)),
+    "11.1": dict(_COMMON, NetworkDefinitionCreationFlag=dict(STRONGLY_TYPED=0, PREFER_JIT_PYTHON_PLUGINS=1,
+                                                             PREFER_AOT_PYTHON_PLUGINS=2),
+                 BuilderFlag=_FLAGS_11, MemoryPoolType=_POOLS_10,
+                 HardwareCompatibilityLevel=dict(NONE=0, AMPERE_PLUS=1, SAME_COMPUTE_CAPABILITY=2),
+                 OnnxParserFlag=dict(NATIVE_INSTANCENORM=0)),
+    "rtx": dict(_COMMON, NetworkDefinitionCreationFlag=dict(STRONGLY_TYPED=0),
+                BuilderFlag=dict(DEBUG=2, GPU_FALLBACK=3, REFIT=4, DISABLE_TIMING_CACHE=5, EDITABLE_TIMING_CACHE=26,
+                                 TF32=6, SPARSE_WEIGHTS=7, SAFETY_SCOPE=8, DIRECT_IO=11, VERSION_COMPATIBLE=12,
+                                 EXCLUDE_LEAN_RUNTIME=13, ERROR_ON_TIMING_CACHE_MISS=15, DISABLE_COMPILATION_CACHE=17,
+                                 STRIP_PLAN=18, REFIT_IDENTICAL=19, WEIGHT_STREAMING=20, REFIT_INDIVIDUAL=22,
+                                 STRICT_NANS=23, MONITOR_MEMORY=24, DISTRIBUTIVE_INDEPENDENCE=27,
+                                 REQUIRE_USER_ALLOCATION=28),
+                MemoryPoolType=_POOLS_10,
+                HardwareCompatibilityLevel=dict(NONE=0, AMPERE_PLUS=1, SAME_COMPUTE_CAPABILITY=2),
+                OnnxParserFlag=dict(NATIVE_INSTANCENORM=0, ENABLE_UINT8_AND_ASYMMETRIC_QUANTIZATION_DLA=1,
+                                    REPORT_CAPABILITY_DLA=2, ENABLE_PLUGIN_OVERRIDE=3, ADJUST_FOR_DLA=4),
+                ComputeCapability=dict(NONE=0, CURRENT=1, SM75=75, SM80=80, SM86=86, SM89=89, SM120=120, SM121=121)),
+}
+
+
+def release_of(version, rtx=False):
+    return "rtx" if rtx else ".".join(version.split(".")[:2])
 
 
 # ---------------------------------------------------------------- a fake tensorrt module
+
+class FakeEnum:
+    """A pybind11 enum member: ``int()``, ``.name`` and ``.value`` work; equal only to members of its own enum."""
+
+    def __init__(self, name, value):
+        self.name, self.value = name, value
+
+    def __int__(self):
+        return self.value
+
+    __index__ = __int__
+
+    def __eq__(self, other):
+        return type(other) is type(self) and other.value == self.value
+
+    def __hash__(self):
+        return hash((type(self).__name__, self.value))
+
+    def __repr__(self):
+        return f"<{type(self).__name__}.{self.name}: {self.value}>"
+
+
+def make_enum(name, members):
+    cls = type(name, (FakeEnum,), {})
+    for k, v in members.items():
+        setattr(cls, k, cls(k, v))
+    cls.__members__ = {k: getattr(cls, k) for k in members}
+    return cls
+
+
+def accept(where, value, kind):
+    """pybind11's overload check: ``kind`` is a type (or tuple of types) or a predicate; TypeError otherwise."""
+    ok = isinstance(value, kind) if isinstance(kind, (type, tuple)) else kind(value)
+    if not ok or (kind is int and isinstance(value, bool)):
+        raise TypeError(f"{where}(): incompatible function arguments: got {value!r} ({type(value).__name__})")
+    return value
+
+
+def is_dims(value):
+    """What pybind11 takes for ``Dims``: a sequence of ints (tuple, list or integer array); no floats."""
+    return not isinstance(value, (str, bytes, FakeEnum)) and hasattr(value, "__len__") and \
+        all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in value)
+
 
 def make_trt(version, *, rtx=False, dla_cores=None):
     """A module object offering what TensorRT ``version`` offers; ``m.calls`` records builder calls.
@@ -29,6 +134,7 @@ def make_trt(version, *, rtx=False, dla_cores=None):
     ``rtx=True`` describes TensorRT for RTX 1.x (module ``tensorrt_rtx``: 11.x's API plus compute-capability
     targets); ``dla_cores`` gives the builder DLA cores (Jetson AGX/NX; None: no DLA API at all).
     """
+    release = release_of(version, rtx)
     major = 11 if rtx else int(version.split(".")[0])
     m = types.ModuleType("tensorrt_rtx" if rtx else "tensorrt")
     m.__version__ = version
@@ -37,28 +143,32 @@ def make_trt(version, *, rtx=False, dla_cores=None):
     m.parse_ok = True
     m.parser_errors = []
     m.cache_out = b"SERIALIZED-CACHE"
-
-    flags = {"EXPLICIT_BATCH": 0} if major < 11 else {}
-    if major >= 9:
-        flags["STRONGLY_TYPED"] = 1
-    m.NetworkDefinitionCreationFlag = type("NetworkDefinitionCreationFlag", (), flags)
-    m.BuilderFlag = type("BuilderFlag", (), {"FP16": "FP16", "INT8": "INT8"} if major < 11 else {"TF32": "TF32"})
-    m.MemoryPoolType = type("MemoryPoolType", (), {"WORKSPACE": "WORKSPACE"})
-    m.DataType = type("DataType", (), {"FLOAT": "float", "HALF": "half"})
-    m.nptype = lambda dt: {"float": np.float32, "half": np.float16}[dt]
+    enums = dict(ENUMS[release])
+    if dla_cores is None:
+        enums.pop("DeviceType")
+    if not rtx:
+        enums.pop("ComputeCapability", None)
+    for name, members in enums.items():
+        if name != "Severity":
+            setattr(m, name, make_enum(name, members))
+    flag_names = {v: k for k, v in ENUMS[release]["NetworkDefinitionCreationFlag"].items()}
+    m.nptype = lambda dt: {"FLOAT": np.float32, "HALF": np.float16}[accept("nptype", dt, m.DataType).name]
 
     class Logger:
-        WARNING = 2
+        Severity = make_enum("Severity", ENUMS[release]["Severity"])
 
         def __init__(self, severity=None):
-            self.severity = severity
+            self.severity = accept("Logger", severity, (Logger.Severity, type(None)))
+
+    for k in Logger.Severity.__members__:
+        setattr(Logger, k, getattr(Logger.Severity, k))
 
     class Dims(list):  # real Dims index like a list
         pass
 
     class Tensor:
         def __init__(self, name, shape):
-            self.name, self.dtype, self.shape = name, "float", Dims(shape)
+            self.name, self.dtype, self.shape = name, m.DataType.FLOAT, Dims(shape)
 
     class Network:
         num_inputs = 1
@@ -74,48 +184,77 @@ def make_trt(version, *, rtx=False, dla_cores=None):
         def serialize(self):
             return m.cache_out
 
+    class OptProfile:
+        def set_shape(self, name, lo, opt, hi):
+            accept("set_shape", name, str)
+            for dims in (lo, opt, hi):
+                accept("set_shape", dims, is_dims)
+            m.calls.append(("set_shape", name, tuple(lo), tuple(opt), tuple(hi)))
+
     class Config:
         def set_memory_pool_limit(self, pool, size):
-            m.calls.append(("pool", pool, size))
+            m.calls.append(("pool", accept("set_memory_pool_limit", pool, m.MemoryPoolType).name,
+                            accept("set_memory_pool_limit", size, int)))
 
         def set_flag(self, flag):
-            m.calls.append(("flag", flag))
+            m.calls.append(("flag", accept("set_flag", flag, m.BuilderFlag).name))
 
         def add_optimization_profile(self, profile):
+            accept("add_optimization_profile", profile, OptProfile)
             m.calls.append(("add_profile",))
 
         def create_timing_cache(self, data):
-            m.calls.append(("create_cache", bytes(data)))
+            m.calls.append(("create_cache", bytes(accept("create_timing_cache", data, (bytes, bytearray, memoryview)))))
             return Cache()
 
         def set_timing_cache(self, cache, ignore_mismatch):
-            m.calls.append(("set_cache", ignore_mismatch))
+            accept("set_timing_cache", cache, Cache)
+            m.calls.append(("set_cache", accept("set_timing_cache", ignore_mismatch, bool)))
 
         def get_timing_cache(self):
             return Cache()
 
-    if dla_cores is not None:
-        m.DeviceType = type("DeviceType", (), {"GPU": "GPU", "DLA": "DLA"})
-        Config.DLA_core = -1
-        Config.default_device_type = "GPU"
-        m.BuilderFlag.GPU_FALLBACK = "GPU_FALLBACK"
-    if rtx:
-        m.ComputeCapability = type("ComputeCapability", (), {"__members__": {
-            n: n for n in ("NONE", "CURRENT", "SM75", "SM80", "SM86", "SM89", "SM120", "SM121")}, **{
-            n: n for n in ("SM75", "SM80", "SM86", "SM89", "SM120", "SM121")}})
-        Config.num_compute_capabilities = 0
-        Config.set_compute_capability = lambda self, cc, i: m.calls.append(("cc", cc, i))
+    def checked_property(name, kind, default, record):
+        def get(self):
+            return getattr(self, "_" + name, default)
 
-    class OptProfile:
-        def set_shape(self, name, lo, opt, hi):
-            m.calls.append(("set_shape", name, tuple(lo), tuple(opt), tuple(hi)))
+        def put(self, value):
+            setattr(self, "_" + name, accept(name, value, kind))
+            m.calls.append((record, value.name if isinstance(value, FakeEnum) else value))
+        setattr(Config, name, property(get, put))
+
+    if hasattr(m, "HardwareCompatibilityLevel"):   # 8.6+
+        checked_property("hardware_compatibility_level", m.HardwareCompatibilityLevel,
+                         m.HardwareCompatibilityLevel.NONE, "hardware")
+    if dla_cores is not None:
+        checked_property("DLA_core", int, -1, "dla_core")
+        checked_property("default_device_type", m.DeviceType, m.DeviceType.GPU, "device")
+    if rtx:
+        checked_property("num_compute_capabilities", int, 0, "num_cc")
+        Config.set_compute_capability = lambda self, cc, i: m.calls.append(
+            ("cc", accept("set_compute_capability", cc, m.ComputeCapability).name,
+             accept("set_compute_capability", i, int)))
+
+    def create_network(self, flags=0):
+        flags = int(accept("create_network", flags, (int, FakeEnum)))   # a uint32: pybind11 takes an enum's __index__
+        unknown = [b for b in range(32) if flags >> b & 1 and b not in flag_names]
+        if unknown:
+            raise ValueError(f"create_network: bit {unknown[0]} is no NetworkDefinitionCreationFlag in {version}")
+        m.calls.append(("network", {flag_names[b] for b in range(32) if flags >> b & 1}))
+        return Network()
+
+    def build(self, net, cfg):
+        accept("build_serialized_network", net, Network)
+        accept("build_serialized_network", cfg, Config)
+        m.calls.append(("build",))
+        return m.plan
 
     builder_attrs = {
-        "__init__": lambda self, logger: None,
-        "create_network": lambda self, flags=0: (m.calls.append(("network", flags)), Network())[1],
+        "__init__": lambda self, logger: accept("Builder", logger, Logger) and None,
+        "create_network": create_network,
         "create_builder_config": lambda self: Config(),
         "create_optimization_profile": lambda self: OptProfile(),
-        "build_serialized_network": lambda self, net, cfg: (m.calls.append(("build",)), m.plan)[1],
+        "build_serialized_network": build,
     }
     if major < 10:
         builder_attrs["max_batch_size"] = 1  # implicit batch still exists: EXPLICIT_BATCH is required
@@ -140,10 +279,11 @@ def make_trt(version, *, rtx=False, dla_cores=None):
 
     class OnnxParser:
         def __init__(self, network, logger):
-            pass
+            accept("OnnxParser", network, Network)
+            accept("OnnxParser", logger, Logger)
 
         def parse_from_file(self, path):
-            m.calls.append(("parse", path))
+            m.calls.append(("parse", accept("parse_from_file", path, str)))
             return m.parse_ok
 
         @property
@@ -153,12 +293,96 @@ def make_trt(version, *, rtx=False, dla_cores=None):
         def get_error(self, i):
             return m.parser_errors[i]
 
+    if hasattr(m, "OnnxParserFlag"):   # 8.6+
+        OnnxParser.set_flag = lambda self, flag: m.calls.append(
+            ("parser_flag", accept("set_flag", flag, m.OnnxParserFlag).name))
     m.OnnxParser = OnnxParser
     m.Logger = Logger
     m.IBuilderConfig = Config
     m.ICudaEngine = type("ICudaEngine", (), {"device_memory_size_v2": 0} if major >= 10 else {})
     m.Runtime = type("Runtime", (), {})
     return m
+
+
+def enum_values(module, name):
+    """{member: int} of an enum of a real or fake module (``Severity`` is ``Logger.Severity``)."""
+    enum = module.Logger.Severity if name == "Severity" else getattr(module, name)
+    return {k: int(v) for k, v in enum.__members__.items()}
+
+
+def test_fake_rtx_enums_are_the_installed_tensorrt_rtx_ones():
+    real = pytest.importorskip("tensorrt_rtx", reason="needs TensorRT for RTX (pip install tensorrt-rtx)")
+    fake = make_trt(real.__version__, rtx=True, dla_cores=0)
+    for name in ENUMS["rtx"]:
+        assert enum_values(fake, name) == {k: v for k, v in enum_values(real, name).items()
+                                           if name != "DataType" or k in ENUMS["rtx"]["DataType"]}, name
+
+
+def _stub_enums():
+    try:
+        root = Path(importlib.metadata.distribution("tensorrt-stubs").locate_file(""))
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("tensorrt-stubs is not installed (pip install --no-deps tensorrt-stubs==10.13.0.35.1)")
+    pyi = root / "tensorrt_bindings" / "tensorrt.pyi"
+    if not pyi.is_file():
+        pytest.skip(f"no {pyi}")
+    found = {}
+    for enum, body in re.findall(r"__members__: typing\.ClassVar\[dict\[str, (\w+)\]\]\s+# value = \{(.*)\}",
+                                 pyi.read_text()):
+        found[enum] = {k: int(v) for k, v in re.findall(r"'(\w+)': <\w+\.\w+: (\d+)>", body)}
+    return found
+
+
+def test_fake_10x_enums_agree_with_tensorrt_stubs():
+    """Every member the 10.3 fake has, 10.13's stubs have with the same value (10.x only adds members)."""
+    stubs = _stub_enums()
+    fake = make_trt("10.3.0", dla_cores=1)
+    for name in ENUMS["10.3"]:
+        if name == "Severity":
+            continue
+        assert {k: v for k, v in enum_values(fake, name).items()} == \
+            {k: v for k, v in stubs[name].items() if k in ENUMS["10.3"][name]}, name
+
+
+def _wrong_calls(trt):
+    """Calls pybind11 refuses: an enum's int or name for the enum, a float for an int, an enum for an int."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    return {
+        "set_flag(int)": lambda: config.set_flag(int(trt.BuilderFlag.VERSION_COMPATIBLE)),
+        "set_flag(name)": lambda: config.set_flag("VERSION_COMPATIBLE"),
+        "pool as int": lambda: config.set_memory_pool_limit(0, 1 << 20),
+        "pool size float": lambda: config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1.5),
+        "network flags as float": lambda: builder.create_network(1.0),
+        "hardware level as int": lambda: setattr(config, "hardware_compatibility_level", 1),
+        "DLA core as str": lambda: setattr(config, "DLA_core", "1"),
+        "shape of floats": lambda: profile.set_shape("input", (1.0, 3, 8, 8), (1, 3, 8, 8), (1, 3, 8, 8)),
+        "logger severity as int": lambda: trt.Logger(2),
+        "compute capability as int": lambda: config.set_compute_capability(86, 0),
+    }
+
+
+@pytest.mark.parametrize("which", ["fake", "real tensorrt_rtx"])
+def test_fake_refuses_what_pybind11_refuses(which):
+    """One list of wrong calls, refused by the fake as by the real bindings; the right calls pass on both."""
+    if which == "fake":
+        trt = make_trt("1.7.1.116", rtx=True, dla_cores=0)
+    else:
+        trt = pytest.importorskip("tensorrt_rtx", reason="needs TensorRT for RTX (pip install tensorrt-rtx)")
+    for name, call in _wrong_calls(trt).items():
+        with pytest.raises(TypeError):
+            call()
+            pytest.fail(f"{which} accepted {name}")
+    config = trt.Builder(trt.Logger(trt.Logger.WARNING)).create_builder_config()
+    config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, 1 << 20)
+    config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    config.set_compute_capability(trt.ComputeCapability.SM86, 0)
+    trt.Builder(trt.Logger(trt.Logger.WARNING)).create_network(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    trt.Builder(trt.Logger(trt.Logger.WARNING)).create_optimization_profile().set_shape(
+        "input", [1, 3, 8, 8], np.array([1, 3, 8, 8]), (1, 3, 8, 8))
 
 
 @pytest.fixture(params=["8.5.2", "8.6.2", "10.3.0", "11.1.0"])
@@ -177,12 +401,13 @@ def use_trt(monkeypatch, version):
 # ---------------------------------------------------------------- tiny ONNX graphs
 
 def tiny_onnx(path, kind="fp32", *, dims=("N", 3, "H", "W"), props=None, node_name="conv0"):
-    """Conv 3->4 (1x1); "fp16": FP16 weights between casts; "int8": Q/DQ on the input and the weights."""
+    """Conv 3->4 (1x1); "fp16": FP16 weights between casts; "int8": Q/DQ on the input and the weights;
+    "argmax": as ``fcn-export onnx --argmax`` ends, ArgMax -> Cast(UINT8) to a ``mask``."""
     rng = np.random.default_rng(0)
     w = rng.standard_normal((4, 3, 1, 1)).astype(np.float32)
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, list(dims))
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [dims[0], 4, dims[2], dims[3]])
-    if kind == "fp32":
+    if kind in ("fp32", "argmax"):
         inits, nodes = [numpy_helper.from_array(w, "w")], [helper.make_node("Conv", ["input", "w"], ["logits"],
                                                                             name=node_name)]
     elif kind == "fp16":
@@ -201,6 +426,12 @@ def tiny_onnx(path, kind="fp32", *, dims=("N", 3, "H", "W"), props=None, node_na
                  helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq_in"),
                  helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0, name="dq_w"),
                  helper.make_node("Conv", ["xd", "wd"], ["logits"], name=node_name)]
+    if kind == "argmax":
+        nodes = [helper.make_node("Conv", ["input", "w"], ["scores"], name=node_name),
+                 helper.make_node("ArgMax", ["scores"], ["ids"], axis=1, keepdims=0, name="argmax"),
+                 helper.make_node("Cast", ["ids"], ["mask"], to=TensorProto.UINT8, name="to_uint8")]
+        inits = [numpy_helper.from_array(w, "w")]
+        y = helper.make_tensor_value_info("mask", TensorProto.UINT8, [dims[0], dims[2], dims[3]])
     graph = helper.make_graph(nodes, "tiny", [x], [y], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     all_props = ModelMetadata(arch="tiny", num_classes=4).to_props()
@@ -353,18 +584,18 @@ def test_choose_build_mode_errors(version, graph, wanted, strongly, message):
 # ---------------------------------------------------------------- the build against fakes
 
 @pytest.mark.parametrize("version, kind, precision, network_flags, builder_flags", [
-    ("8.5.2", "fp32", None, EXPLICIT, []),
-    ("8.5.2", "fp32", "fp16", EXPLICIT, ["FP16"]),
-    ("8.5.2", "fp16", None, EXPLICIT, ["FP16"]),
-    ("8.5.2", "int8", None, EXPLICIT, ["INT8", "FP16"]),
-    ("8.6.2", "fp32", "fp16", EXPLICIT, ["FP16"]),   # JetPack 6.0
-    ("8.6.2", "int8", None, EXPLICIT, ["INT8", "FP16"]),
-    ("10.3.0", "fp32", None, 0, []),
-    ("10.3.0", "fp32", "fp16", 0, ["FP16"]),
-    ("10.3.0", "fp16", None, STRONG, []),
-    ("10.3.0", "int8", None, STRONG, []),
-    ("11.1.0", "fp16", None, STRONG, []),
-    ("11.1.0", "int8", None, STRONG, []),
+    ("8.5.2", "fp32", None, {"EXPLICIT_BATCH"}, []),
+    ("8.5.2", "fp32", "fp16", {"EXPLICIT_BATCH"}, ["FP16"]),
+    ("8.5.2", "fp16", None, {"EXPLICIT_BATCH"}, ["FP16"]),
+    ("8.5.2", "int8", None, {"EXPLICIT_BATCH"}, ["INT8", "FP16"]),
+    ("8.6.2", "fp32", "fp16", {"EXPLICIT_BATCH"}, ["FP16"]),   # JetPack 6.0
+    ("8.6.2", "int8", None, {"EXPLICIT_BATCH"}, ["INT8", "FP16"]),
+    ("10.3.0", "fp32", None, set(), []),
+    ("10.3.0", "fp32", "fp16", set(), ["FP16"]),
+    ("10.3.0", "fp16", None, {"STRONGLY_TYPED"}, []),
+    ("10.3.0", "int8", None, {"STRONGLY_TYPED"}, []),
+    ("11.1.0", "fp16", None, {"STRONGLY_TYPED"}, []),   # 11.x: STRONGLY_TYPED is bit 0 (deprecated, harmless)
+    ("11.1.0", "int8", None, {"STRONGLY_TYPED"}, []),
 ])
 def test_build_sets_flags_per_version(monkeypatch, tmp_path, version, kind, precision, network_flags,
                                       builder_flags):
@@ -376,10 +607,11 @@ def test_build_sets_flags_per_version(monkeypatch, tmp_path, version, kind, prec
     assert ("pool", "WORKSPACE", 1 << 29) in m.calls
     assert ("set_shape", "input", (1, 3, 256, 256), (1, 3, 520, 520), (1, 3, 1024, 1024)) in m.calls
     assert ("parse", str(onnx_path)) in m.calls
+    assert not any(c[0] in ("hardware", "parser_flag") for c in m.calls)   # no compatibility asked
     assert out.path.read_bytes() == m.plan and out.build_seconds >= 0
     side = json.loads(T.sidecar_path(out).read_text())
     assert side["precision"] == (precision or kind) and side["metadata"]["precision"] == (precision or kind)
-    assert side["strongly_typed"] == bool(network_flags & STRONG)
+    assert side["strongly_typed"] == ("STRONGLY_TYPED" in network_flags)
 
 
 def test_sidecar_contents(fake_trt, tmp_path, fp32_onnx):
@@ -394,7 +626,10 @@ def test_sidecar_contents(fake_trt, tmp_path, fp32_onnx):
     assert side["io"]["outputs"][0]["name"] == "logits"
     meta = ModelMetadata.from_dict(side["metadata"])
     assert meta.arch == "tiny" and meta.num_classes == 4 and len(meta.classes) == 4
-    assert side["onnx"] == str(fp32_onnx)
+    # what a rebuild needs: the ONNX beside the plan (relative), its SHA-256, the workspace, no compatibility
+    assert side["onnx"] == "m.onnx" and side["onnx_sha256"] == hashlib.sha256(fp32_onnx.read_bytes()).hexdigest()
+    assert side["workspace_gib"] == 4.0 and side["hardware_compatibility"] is None
+    assert side["version_compatible"] is False
     assert leftovers(tmp_path) == ["m.engine", "m.engine.json"]  # no temporary files
     assert out.path == tmp_path / "m.engine" and str(out) == str(tmp_path / "m.engine")
     assert out.sidecar == T.EngineSidecar.read(out) and out.size_bytes == len(fake_trt.plan)
@@ -496,10 +731,9 @@ def test_tensorrt_not_installed(monkeypatch, tmp_path, fp32_onnx, module):
 
 
 def test_tensorrt_not_installed_through_the_cli(monkeypatch, tmp_path, fp32_onnx):
-    cli = pytest.importorskip("fcnseg.export.cli", reason="export/cli.py not written yet")
-    if "trt" not in getattr(cli.main, "commands", {}):
-        pytest.skip("fcn-export has no trt subcommand yet")
     from click.testing import CliRunner
+
+    from fcnseg.export import cli
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     result = CliRunner().invoke(cli.main, ["trt", str(fp32_onnx), "-o", str(tmp_path / "m.plan"), "--library", "tensorrt"])
@@ -523,7 +757,7 @@ def test_rtx_features_and_default_targets(monkeypatch, tmp_path, fp32_onnx):
     f = T.detect_features(m)
     assert f.library == "tensorrt_rtx" and f.compute_capabilities and f.always_strongly_typed and not f.timing_cache
     out = T.build_engine(fp32_onnx, output=tmp_path / "m.plan", timing_cache=tmp_path / "t.cache")
-    assert ("network", STRONG) in m.calls   # always strongly typed, even for an FP32 graph
+    assert ("network", {"STRONGLY_TYPED"}) in m.calls   # always strongly typed, even for an FP32 graph
     assert [c for c in m.calls if c[0] == "cc"] == [("cc", "SM86", 0), ("cc", "SM89", 1), ("cc", "SM120", 2)]
     assert not any(c[0] in ("create_cache", "set_cache") for c in m.calls) and not (tmp_path / "t.cache").exists()
     side = out.sidecar
@@ -563,7 +797,7 @@ def test_dla_core_with_gpu_fallback(monkeypatch, tmp_path, version):
     out = T.build_engine(tiny_onnx(tmp_path / "m.onnx", "int8"), output=tmp_path / "m.plan", dla_core=1,
                          gpu_fallback=True)
     cfg, = configs
-    assert (cfg.default_device_type, cfg.DLA_core) == ("DLA", 1) and ("flag", "GPU_FALLBACK") in m.calls
+    assert (cfg.default_device_type, cfg.DLA_core) == (m.DeviceType.DLA, 1) and ("flag", "GPU_FALLBACK") in m.calls
     assert out.sidecar.dla_core == 1 and out.sidecar.gpu_fallback
 
 
@@ -600,3 +834,247 @@ def test_dla_on_real_tensorrt_rtx_is_a_clear_error(tmp_path):
     lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "TensorRT for RTX targets RTX GPUs, which have no DLA" in lines[0], result.stderr
     assert leftovers(tmp_path) == []
+
+
+def test_sidecar_names_an_onnx_elsewhere_by_its_absolute_path(fake_trt, tmp_path):
+    for folder in ("graphs", "engines", "engines/sub"):
+        (tmp_path / folder).mkdir()
+    onnx_path = tiny_onnx(tmp_path / "graphs" / "m.onnx")
+    side = T.build_engine(onnx_path, output=tmp_path / "engines" / "m.plan").sidecar
+    assert side.onnx == str(onnx_path.resolve()) and side.onnx_sha256 == T.file_sha256(onnx_path)
+    below = tiny_onnx(tmp_path / "engines" / "sub" / "n.onnx")
+    assert T.build_engine(below, output=tmp_path / "engines" / "n.plan").sidecar.onnx == "sub/n.onnx"
+
+
+# ---------------------------------------------------------------- DLA runs one shape (defect 4a)
+
+def use_dla(monkeypatch, version="8.5.2", cores=2):
+    m = make_trt(version, dla_cores=cores)
+    monkeypatch.setitem(sys.modules, "tensorrt", m)
+    return m
+
+
+@pytest.mark.parametrize("given, shape", [({}, (1, 3, 520, 520)), ({"opt_shape": (1, 3, 96, 128)}, (1, 3, 96, 128))])
+def test_dla_fixes_the_profile_at_opt(monkeypatch, tmp_path, given, shape):
+    """--dla-core without explicit min/max: min = opt = max = opt, in the build and in the sidecar."""
+    m = use_dla(monkeypatch)
+    out = T.build_engine(tiny_onnx(tmp_path / "m.onnx", "int8"), output=tmp_path / "m.plan", dla_core=1, **given)
+    assert [c for c in m.calls if c[0] == "set_shape"] == [("set_shape", "input", shape, shape, shape)]
+    side = out.sidecar
+    assert side.profile == {"input": "input", "min": list(shape), "opt": list(shape), "max": list(shape)}
+    assert side.dla_core == 1 and ("dla_core", 1) in m.calls and ("device", "DLA") in m.calls
+    assert side.model_metadata().min_size == min(shape[2:]) and side.model_metadata().max_size == max(shape[2:])
+
+
+@pytest.mark.parametrize("given", [dict(min_shape=(1, 3, 64, 64), max_shape=(1, 3, 128, 128)),
+                                   dict(max_shape=(1, 3, 600, 600))])
+def test_dla_refuses_a_dynamic_profile_given(monkeypatch, tmp_path, given):
+    """An explicit dynamic profile with --dla-core is one line, before TensorRT is even looked for."""
+    monkeypatch.setitem(sys.modules, "tensorrt", None)   # absent: the profile error must come first
+    with pytest.raises(FcnsegError, match=r"expected one shape for --dla-core 0 \(DLA runs static shapes: min = opt "
+                                          r"= max\), got min 1x3x\S+, opt .*; try --opt-shape 1x3x\S+ alone") as e:
+        T.build_engine(tiny_onnx(tmp_path / "m.onnx", "int8"), output=tmp_path / "m.plan", library="tensorrt",
+                       dla_core=0, **given)
+    assert "\n" not in str(e.value) and leftovers(tmp_path) == []
+    m = use_dla(monkeypatch)
+    same = (1, 3, 64, 64)   # one shape given three times is what DLA wants
+    T.build_engine(tiny_onnx(tmp_path / "m.onnx", "int8"), output=tmp_path / "m.plan", dla_core=0,
+                   min_shape=same, opt_shape=same, max_shape=same)
+    assert ("set_shape", "input", same, same, same) in m.calls
+
+
+def test_dla_dynamic_profile_through_the_cli(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from fcnseg.export.cli import main
+
+    use_dla(monkeypatch)
+    onnx_path = tiny_onnx(tmp_path / "m.onnx", "int8")
+    result = CliRunner().invoke(main, ["trt", str(onnx_path), "--library", "tensorrt", "--dla-core", "0",
+                                       "--min-shape", "1x3x64x64", "--max-shape", "1x3x128x128"])
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert result.exit_code == 2 and len(lines) == 1 and "expected one shape for --dla-core 0" in lines[0]
+    assert leftovers(tmp_path) == []
+    result = CliRunner().invoke(main, ["trt", str(onnx_path), "--library", "tensorrt", "--dla-core", "0"])
+    assert result.exit_code == 0, result.output
+    assert T.EngineSidecar.read(tmp_path / "m.plan").profile["min"] == [1, 3, 520, 520]
+
+
+# ---------------------------------------------------------------- --argmax graphs on TensorRT 8.5 (defect 3)
+
+ARGMAX_85 = (r"expected a graph the ONNX parser of TensorRT 8\.5\S* accepts, got Cast 'to_uint8' INT64 -> UINT8 "
+             r"\(ArgMax's indices: INT32 in TensorRT\) in m\.onnx, which it refuses .*; try exporting without "
+             r"--argmax .*a graph whose mask stays INT32")
+
+
+def test_argmax_graph_refused_by_tensorrt_85_before_parsing(monkeypatch, tmp_path):
+    """onnx-tensorrt release/8.5-GA's Cast asserts an FP input for UINT8: one line, and TensorRT never asked."""
+    m = use_trt(monkeypatch, "8.5.2")
+    with pytest.raises(FcnsegError, match=ARGMAX_85) as e:
+        T.build_engine(tiny_onnx(tmp_path / "m.onnx", "argmax"), output=tmp_path / "m.plan")
+    assert "\n" not in str(e.value) and not any(c[0] in ("parse", "network") for c in m.calls)
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("version", ["8.6.2", "10.3.0", "11.1.0"])
+def test_argmax_graph_builds_from_86_on(monkeypatch, tmp_path, version):
+    m = use_trt(monkeypatch, version)
+    T.build_engine(tiny_onnx(tmp_path / "m.onnx", "argmax"), output=tmp_path / "m.plan")
+    assert ("build",) in m.calls
+
+
+def test_trt_version_85_refuses_argmax_whatever_library_builds(monkeypatch, tmp_path):
+    """--trt-version 8.5 (a JetPack 5 target) refuses the graph even where 10.x would build it, before TensorRT."""
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(FcnsegError, match=ARGMAX_85):
+        T.build_engine(tiny_onnx(tmp_path / "m.onnx", "argmax"), output=tmp_path / "m.plan", library="tensorrt",
+                       trt_version="8.5")
+    with pytest.raises(FcnsegError, match=r"expected a TensorRT version like 8\.5 or 10\.3, got 'eight'"):
+        T.build_engine(tiny_onnx(tmp_path / "m.onnx", "argmax"), output=tmp_path / "m.plan", trt_version="eight")
+    m = use_trt(monkeypatch, "10.3.0")
+    T.build_engine(tiny_onnx(tmp_path / "m.onnx", "fp32"), output=tmp_path / "m.plan", trt_version="8.5")
+    assert ("build",) in m.calls   # nothing 8.5 refuses in a logits graph
+
+
+@pytest.mark.parametrize("flags", [["--trt8"], ["--trt-version", "8.5"], []])
+def test_argmax_85_through_the_cli(monkeypatch, tmp_path, flags):
+    """One line on stderr, exit 2, nothing written: with --trt8/--trt-version 8.5 on 10.x, or on 8.5 itself."""
+    from click.testing import CliRunner
+
+    from fcnseg.export.cli import main
+
+    use_trt(monkeypatch, "10.3.0" if flags else "8.5.2")
+    onnx_path = tiny_onnx(tmp_path / "m.onnx", "argmax")
+    result = CliRunner().invoke(main, ["trt", str(onnx_path), "--library", "tensorrt", *flags])
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert result.exit_code == 2 and len(lines) == 1 and re.search(ARGMAX_85, lines[0]), result.stderr
+    assert "Traceback" not in result.output and leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------- hardware and version compatibility (issue 20)
+
+@pytest.mark.parametrize("version, level", [("8.6.2", "ampere+"), ("10.3.0", "ampere+"), ("11.1.0", "same-cc")])
+def test_compatibility_is_set_and_recorded(monkeypatch, tmp_path, fp32_onnx, version, level):
+    m = use_trt(monkeypatch, version)
+    out = T.build_engine(fp32_onnx, output=tmp_path / "m.plan", hardware_compatibility=level, version_compatible=True)
+    assert ("hardware", T.HARDWARE_ENUM[level]) in m.calls and ("flag", "VERSION_COMPATIBLE") in m.calls
+    assert ("parser_flag", "NATIVE_INSTANCENORM") in m.calls   # as trtexec does for compatible engines
+    side = T.EngineSidecar.read(out)
+    assert (side.hardware_compatibility, side.version_compatible) == (level, True)
+    assert side.describe().startswith(f"tensorrt {version}, version-compatible, fp32, for ")
+    assert f"and {level} GPUs" in side.describe()
+
+
+@pytest.mark.parametrize("version, kwargs, message", [
+    ("8.5.2", dict(hardware_compatibility="ampere+"),
+     r"expected a TensorRT with HardwareCompatibilityLevel\.AMPERE_PLUS for --hardware-compatibility ampere\+, got "
+     r"tensorrt 8\.5\.2; try full TensorRT 8\.6\+"),
+    ("10.3.0", dict(hardware_compatibility="same-cc"), r"SAME_COMPUTE_CAPABILITY .*got tensorrt 10\.3\.0"),
+    ("8.5.2", dict(version_compatible=True), r"expected a TensorRT with BuilderFlag\.VERSION_COMPATIBLE for "
+                                             r"--version-compatible, got tensorrt 8\.5\.2 \(TensorRT 8\.6\+ has it\)"),
+    ("8.6.2", dict(hardware_compatibility="ampere++"), r"expected --hardware-compatibility in \('ampere\+', "
+                                                       r"'same-cc'\), got 'ampere\+\+'"),
+])
+def test_compatibility_refused_where_the_library_lacks_it(monkeypatch, tmp_path, fp32_onnx, version, kwargs, message):
+    m = use_trt(monkeypatch, version)
+    with pytest.raises(FcnsegError, match=message) as e:
+        T.build_engine(fp32_onnx, output=tmp_path / "m.plan", **kwargs)
+    assert "\n" not in str(e.value) and not any(c[0] in ("parse", "build") for c in m.calls)
+    assert leftovers(tmp_path) == []
+
+
+def test_compatibility_refused_on_tensorrt_for_rtx(monkeypatch, tmp_path, fp32_onnx):
+    """TensorRT for RTX has both names, but ignores the level (its builder says so) and cannot build the flag."""
+    m = use_rtx(monkeypatch)
+    assert hasattr(m, "HardwareCompatibilityLevel") and hasattr(m.BuilderFlag, "VERSION_COMPATIBLE")
+    for kwargs in (dict(hardware_compatibility="ampere+"), dict(version_compatible=True)):
+        with pytest.raises(FcnsegError, match=r"got tensorrt_rtx 1\.7\.1\.116 \(TensorRT for RTX: engines run where "
+                                              r"--compute-capability says\); try full TensorRT 8\.6\+"):
+            T.build_engine(fp32_onnx, output=tmp_path / "m.plan", **kwargs)
+    assert not any(c[0] == "build" for c in m.calls) and leftovers(tmp_path) == []
+
+
+def test_compatibility_and_dla_exclude_each_other(monkeypatch, tmp_path):
+    use_dla(monkeypatch, "10.3.0")
+    with pytest.raises(FcnsegError, match="expected --dla-core or --hardware-compatibility, got both"):
+        T.build_engine(tiny_onnx(tmp_path / "m.onnx", "int8"), output=tmp_path / "m.plan", dla_core=0,
+                       hardware_compatibility="ampere+")
+
+
+def test_compatibility_through_the_cli(monkeypatch, tmp_path, fp32_onnx):
+    from click.testing import CliRunner
+
+    from fcnseg.export.cli import main
+
+    use_trt(monkeypatch, "10.3.0")
+    result = CliRunner().invoke(main, ["trt", str(fp32_onnx), "--library", "tensorrt", "--hardware-compatibility",
+                                       "ampere+", "--version-compatible"])
+    assert result.exit_code == 0, result.output
+    side = T.EngineSidecar.read(tmp_path / "m.plan")
+    assert (side.hardware_compatibility, side.version_compatible) == ("ampere+", True)
+    use_trt(monkeypatch, "8.5.2")
+    result = CliRunner().invoke(main, ["trt", str(fp32_onnx), "--library", "tensorrt", "--version-compatible",
+                                       "-o", str(tmp_path / "n.plan")])
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert result.exit_code == 2 and len(lines) == 1 and "BuilderFlag.VERSION_COMPATIBLE" in lines[0]
+    assert not (tmp_path / "n.plan").exists()
+
+
+# ---------------------------------------------------------------- rebuilding from the sidecar (fakes)
+
+def test_rebuild_replays_the_recorded_options(monkeypatch, tmp_path):
+    """Profile, workspace, precision flags and compatibility of the first build, set again by the rebuild."""
+    m = use_trt(monkeypatch, "10.3.0")
+    onnx_path = tiny_onnx(tmp_path / "m.onnx")
+    T.build_engine(onnx_path, output=tmp_path / "m.plan", precision="fp16", workspace_gib=0.25,
+                   min_shape=(1, 3, 64, 64), opt_shape=(1, 3, 96, 96), max_shape=(2, 3, 128, 160),
+                   hardware_compatibility="ampere+", version_compatible=True)
+    first, m.calls[:] = list(m.calls), []
+    m.plan = b"REBUILT"
+    assert rebuild_engine(tmp_path / "m.plan") == tmp_path / "m.plan"
+    assert m.calls == first and (tmp_path / "m.plan").read_bytes() == b"REBUILT"
+    assert ("pool", "WORKSPACE", 1 << 28) in first and ("flag", "FP16") in first
+    side = T.EngineSidecar.read(tmp_path / "m.plan")
+    assert (side.precision, side.workspace_gib, side.hardware_compatibility, side.onnx) == ("fp16", 0.25, "ampere+",
+                                                                                           "m.onnx")
+
+
+def test_rebuild_refusals(monkeypatch, tmp_path):
+    use_trt(monkeypatch, "10.3.0")
+    with pytest.raises(FcnsegError, match=r"expected the sidecar m\.plan\.json .* got none"):
+        rebuild_engine(tmp_path / "m.plan")
+    onnx_path = tiny_onnx(tmp_path / "m.onnx")
+    T.build_engine(onnx_path, output=tmp_path / "m.plan")
+    other = tiny_onnx(tmp_path / "other.onnx", node_name="another")
+    with pytest.raises(FcnsegError, match=r"expected the ONNX m\.plan was built from \(sha256 [0-9a-f]{12}\.\.\.\), "
+                                          r"got .*other\.onnx' with sha256"):
+        rebuild_engine(tmp_path / "m.plan", onnx_path=other)
+    onnx_path.rename(tmp_path / "moved.onnx")
+    with pytest.raises(FcnsegError, match=r"got m\.onnx beside it, which is not a file; try onnx_path="):
+        rebuild_engine(tmp_path / "m.plan")
+    assert rebuild_engine(tmp_path / "m.plan", onnx_path=tmp_path / "moved.onnx", output=tmp_path / "b.plan") \
+        == tmp_path / "b.plan"
+    side = T.EngineSidecar.read(tmp_path / "m.plan")
+    side.precision = "int8"   # as if built by `trt --int8` from this FP32 graph (the Q/DQ graph was temporary)
+    side.write(tmp_path / "q.plan")
+    (tmp_path / "q.plan").write_bytes(b"PLAN")
+    with pytest.raises(FcnsegError, match=r"expected the Q/DQ INT8 graph q\.plan was built from, got the fp32 graph "
+                                          r"moved\.onnx \(the INT8 graph was a temporary file\)"):
+        rebuild_engine(tmp_path / "q.plan", onnx_path=tmp_path / "moved.onnx")
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(hardware_compatibility="ampere"), r"expected 'hardware_compatibility' .* one of \('ampere\+', 'same-cc'\)"),
+    (dict(onnx_sha256="abc"), "expected 'onnx_sha256' .* 64 lowercase hex digits"),
+    (dict(workspace_gib=0), "expected 'workspace_gib' .* a positive number"),
+    (dict(version_compatible="yes"), "expected 'version_compatible' .* true or false"),
+])
+def test_sidecar_rebuild_fields_are_validated(tmp_path, change, message):
+    doc = {"library": "tensorrt", "library_version": "10.3.0", "precision": "fp16", "onnx": "m.onnx"}
+    (tmp_path / "m.plan.json").write_text(json.dumps(doc))   # a format-2 document from before these keys
+    side = T.EngineSidecar.read(tmp_path / "m.plan")
+    assert (side.onnx_sha256, side.workspace_gib, side.hardware_compatibility, side.version_compatible) == \
+        ("", None, None, False)
+    (tmp_path / "m.plan.json").write_text(json.dumps({**doc, **change}))
+    with pytest.raises(FcnsegError, match=message):
+        T.EngineSidecar.read(tmp_path / "m.plan")

@@ -219,9 +219,104 @@ def test_trt_fp16_on_an_fp32_graph_keeps_intermediates_in_a_temp_folder(r18_onnx
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.plan", "model.plan.json"]
     side = EngineSidecar.read(tmp_path / "model.plan")
-    assert side.precision == "fp16" and side.onnx == str(src)
+    assert side.precision == "fp16" and side.onnx == "model.onnx"   # the FP32 graph, beside the plan
     saved = tmp_path / "kept_fp16.onnx"
     result = CliRunner().invoke(main, ["trt", str(src), "--fp16", "--library", "tensorrt_rtx", "--save-onnx",
                                        str(saved), "-o", str(tmp_path / "b.plan"), *shapes])
     assert result.exit_code == 0, result.output
-    assert saved.is_file() and EngineSidecar.read(tmp_path / "b.plan").onnx == str(saved)
+    assert saved.is_file() and EngineSidecar.read(tmp_path / "b.plan").onnx == "kept_fp16.onnx"
+
+
+# ---------------------------------------------------------------- engines that rebuild themselves (issue 20)
+
+SMALL = {"min_shape": (1, 3, 32, 32), "opt_shape": (1, 3, 64, 64), "max_shape": (2, 3, 96, 128)}
+
+
+@pytest.fixture
+def conv_graph(tmp_path, conv_onnx_factory):
+    from fcnseg.core.metadata import ModelMetadata
+
+    return conv_onnx_factory(tmp_path / "m.onnx", ModelMetadata(arch="conv", num_classes=3, min_size=32,
+                                                                max_size=256))
+
+
+def _rebuild_facts(side):
+    """What a rebuild must reproduce (not the build time, not the GPU of the machine that rebuilt it)."""
+    return {k: v for k, v in side.to_dict().items() if k not in ("build_seconds", "gpu")}
+
+
+def test_rebuild_from_the_sidecar_on_this_cpu(conv_graph, tmp_path):
+    """Build for sm_86 with TensorRT for RTX, then rebuild from the sidecar alone: same options, a real plan."""
+    import hashlib
+
+    from fcnseg.export.chain import rebuild_engine
+
+    built = build_engine(conv_graph, output=tmp_path / "m.plan", library="tensorrt_rtx", compute_capabilities=["8.6"],
+                         workspace_gib=0.5, **SMALL)
+    side = built.sidecar
+    assert side.onnx == "m.onnx" and side.onnx_sha256 == hashlib.sha256(conv_graph.read_bytes()).hexdigest()
+    assert (side.compute_capabilities, side.workspace_gib, side.precision) == (["8.6"], 0.5, "fp32")
+    assert side.profile == {"input": "input", "min": [1, 3, 32, 32], "opt": [1, 3, 64, 64], "max": [2, 3, 96, 128]}
+    first = built.path.read_bytes()
+    (tmp_path / "m.plan").write_bytes(b"stale")   # in place: the rebuilt plan replaces it
+    assert rebuild_engine(tmp_path / "m.plan") == tmp_path / "m.plan"
+    again = (tmp_path / "m.plan").read_bytes()
+    assert len(again) > 1000 and abs(len(again) - len(first)) < 0.05 * len(first)
+    assert _rebuild_facts(EngineSidecar.read(tmp_path / "m.plan")) == _rebuild_facts(side)
+    # for another GPU (what the runtime's rebuild="auto" asks), into another folder: that target only
+    (tmp_path / "cache").mkdir()
+    other = rebuild_engine(tmp_path / "m.plan", output=tmp_path / "cache" / "sm89.plan", compute_capability="8.9")
+    rebuilt = EngineSidecar.read(other)
+    assert rebuilt.compute_capabilities == ["8.9"] and rebuilt.profile == side.profile
+    assert rebuilt.onnx == str(conv_graph.resolve()) and rebuilt.onnx_sha256 == side.onnx_sha256
+
+
+def test_rebuild_lowers_again_what_was_lowered(conv_graph, tmp_path):
+    """`fcn-export trt --fp16` on an FP32 graph: the sidecar names the FP32 graph; the rebuild makes FP16 again."""
+    from fcnseg.export.chain import rebuild_engine
+
+    built = chain.engine(str(conv_graph), str(tmp_path / "m.plan"),
+                         EngineOptions(library="tensorrt_rtx", precision="fp16", **SMALL))
+    assert built.sidecar.precision == "fp16" and built.sidecar.onnx == "m.onnx"
+    rebuild_engine(tmp_path / "m.plan", output=tmp_path / "again.plan")
+    again = EngineSidecar.read(tmp_path / "again.plan")
+    assert _rebuild_facts(again) == _rebuild_facts(built.sidecar)   # precision fp16, strongly typed, same graph
+    assert again.model_metadata().precision == "fp16"
+    size, first = (tmp_path / "again.plan").stat().st_size, built.size_bytes
+    assert abs(size - first) < 0.05 * first
+    # the FP16 graph was made again in a temporary folder, as the first build made it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again.plan", "again.plan.json", "m.onnx", "m.plan",
+                                                          "m.plan.json"]
+
+
+def _cli(*args):
+    from click.testing import CliRunner
+
+    from fcnseg.export.cli import main
+
+    result = CliRunner().invoke(main, ["trt", *map(str, args), "--library", "tensorrt_rtx"])
+    return result, [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--version-compatible"], "expected a TensorRT with BuilderFlag.VERSION_COMPATIBLE"),
+    (["--hardware-compatibility", "ampere+"], "expected a TensorRT with HardwareCompatibilityLevel.AMPERE_PLUS"),
+])
+def test_compatibility_refused_by_the_real_tensorrt_for_rtx(conv_graph, tmp_path, flags, message):
+    """The real library has both names; the level is ignored ("unsupported in TensorRT-RTX") and the flag's build
+    fails for want of libnvinfer_lean: one line before building instead."""
+    result, lines = _cli(conv_graph, *flags)
+    assert result.exit_code == 2 and len(lines) == 1 and message in lines[0] and "tensorrt_rtx" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_trt8_refuses_the_argmax_graph_the_rtx_parser_takes(r18_argmax_onnx, tmp_path):
+    """--trt8: the fcn8s_resnet18 --argmax graph (which TensorRT for RTX builds) is refused for TensorRT 8.5."""
+    src = tmp_path / "argmax.onnx"
+    src.write_bytes(r18_argmax_onnx.read_bytes())
+    result, lines = _cli(src, "--trt8", "--min-shape", "1x3x64x64", "--opt-shape", "1x3x64x64",
+                         "--max-shape", "1x3x64x64")
+    assert result.exit_code == 2 and len(lines) == 1, result.stderr
+    assert "expected a graph the ONNX parser of TensorRT 8.5 accepts, got Cast" in lines[0]
+    assert "INT64 -> UINT8 (ArgMax's indices: INT32 in TensorRT)" in lines[0] and "without --argmax" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["argmax.onnx"]

@@ -75,3 +75,16 @@ def test_no_onnx_to_rebuild_from(sm86_plan, tmp_path):
         engine_for_gpu(plan, rebuild="auto", gpu=ADA, installed=version, say=lambda line: None)
     with pytest.raises(FcnsegError, match="expected --rebuild never or auto"):
         engine_for_gpu(plan, rebuild="always", gpu=ADA)
+
+
+def test_hardware_compatibility_decides_what_fits():
+    """A full-TensorRT engine runs where it was built; ampere+ on any sm_80 or later, same-cc only on its own."""
+    def side(hardware):
+        return EngineSidecar(library="tensorrt", library_version="10.3.0",
+                             gpu={"name": "NVIDIA A100", "compute_capability": "8.0"}, hardware_compatibility=hardware)
+    turing = {"name": "Tesla T4", "compute_capability": "7.5"}
+    assert mismatch(side(None), ADA, "10.3.0") == "built on sm_80; this GPU is sm_89 (NVIDIA GeForce RTX 4090)"
+    assert mismatch(side("ampere+"), ADA, "10.3.0") is None
+    assert mismatch(side("ampere+"), turing, "10.3.0") == "built on sm_80 (ampere+); this GPU is sm_75 (Tesla T4)"
+    assert mismatch(side("same-cc"), ADA, "10.3.0").startswith("built on sm_80 (same-cc)")
+    assert mismatch(side(None), {"name": "A100", "compute_capability": "8.0"}, "10.3.0") is None

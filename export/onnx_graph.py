@@ -120,14 +120,19 @@ def read_metadata(model: onnx.ModelProto, source: str = "") -> Tuple[ModelMetada
     props = {p.key: p.value for p in model.metadata_props}
     if not any(k.startswith(PREFIX) for k in props):
         return without_metadata(source or f"the ONNX graph {model.graph.name!r}", _output_channels(model)), {}
-    decoded = {}
-    for k, v in props.items():
-        if k.startswith(PREFIX):
+    return ModelMetadata.from_props({k: v for k, v in props.items() if k.startswith(PREFIX)}), fcnseg_props(model)
+
+
+def fcnseg_props(model: onnx.ModelProto) -> Dict[str, Any]:
+    """The model's ``fcnseg.*`` props, each decoded from JSON where it is JSON ({} without any)."""
+    decoded: Dict[str, Any] = {}
+    for p in model.metadata_props:
+        if p.key.startswith(PREFIX):
             try:
-                decoded[k] = json.loads(v)
+                decoded[p.key] = json.loads(p.value)
             except ValueError:
-                decoded[k] = v
-    return ModelMetadata.from_props({k: v for k, v in props.items() if k.startswith(PREFIX)}), decoded
+                decoded[p.key] = p.value
+    return decoded
 
 
 def _output_channels(model: onnx.ModelProto) -> Optional[int]:
@@ -213,8 +218,8 @@ def default_verify_shapes(model: onnx.ModelProto) -> List[Shape]:
     fixed = static_input_shape(model)
     if fixed:
         return [fixed]
-    _, props = read_metadata(model)
-    lo, hi = props.get(SIZE_KEYS[0], 1), props.get(SIZE_KEYS[1], 1 << 30)
+    props = fcnseg_props(model)
+    lo, hi = props.get(SIZE_KEYS[0]) or 1, props.get(SIZE_KEYS[1]) or 1 << 30   # null: not declared
     shapes = [s for s in DEFAULT_VERIFY_SHAPES if lo <= min(s[1:]) and max(s[1:]) <= hi]
     return shapes or [(1, lo, lo)]
 

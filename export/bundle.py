@@ -10,6 +10,8 @@ when asked), not engines, plus:
 - ``run.py``: a camera or video through ``fcnseg.runtime.video.loop.segment_stream``;
 - ``README.md`` with the JetPack 5.1 / 6.x / 7.0 install lines, and ``bundle.json`` (written last: the
   manifest with each file's SHA-256 and the sidecar templates ``build_engine.sh`` fills in).
+
+An INT8 graph quantized here is the TensorRT 8.x one (opset 17, FP32 elsewhere): every JetPack parses it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import os
 import shutil
 import stat
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Union
 
@@ -165,7 +167,9 @@ def _write_graphs(spec: EngineSpec, int8_spec: Optional[EngineSpec], int8: Optio
     elif int8 is not None:
         graphs["int8"] = dest / "fcn_int8.onnx"
         log.info("quantizing %s to INT8 on %s", spec.onnx_path.name, int8.calib_root)
-        chain.lower(spec.onnx_path, "int8", graphs["int8"], int8=int8)
+        # The graph every JetPack builds: opset 17 with FP32 elsewhere (JetPack 5 / 6.0's TensorRT 8.5 / 8.6 parse
+        # opset <= 17 and mix INT8 with FP16 by their flags); --int8-from ships an FP16-elsewhere one for 10.x.
+        chain.lower(spec.onnx_path, "int8", graphs["int8"], int8=replace(int8, trt_version=int8.trt_version or "8.5"))
     return graphs
 
 

@@ -24,6 +24,7 @@ from ..core.metadata import ModelMetadata
 from ..runtime import open_image, preprocess
 from ..datasets import PairDataset, for_model
 from .onnx_graph import PathLike
+from .qdq_placement import PLACED_OPS
 
 try:  # the base class gives ORT's reader protocol (get_next, iteration); fall back to a plain object
     from onnxruntime.quantization import CalibrationDataReader
@@ -32,7 +33,6 @@ except ImportError:  # pragma: no cover - onnxruntime is a dependency
 
 log = logging.getLogger("fcnseg.export")
 
-QUANT_OP_TYPES = ("Conv", "ConvTranspose")
 METHODS = {"entropy": "Entropy", "minmax": "MinMax", "percentile": "Percentile"}
 Ranges = Dict[str, Tuple[float, float]]
 
@@ -123,7 +123,7 @@ def split_layouts(root: SourceLike, calib_split: str, eval_split: str, num_image
     return calib_layout.subset(calib_part), eval_layout.subset(rest[:eval_images] if eval_images else rest)
 
 def calibrate(model: onnx.ModelProto, reader: VOCCalibrationReader, method: str = "entropy", *,
-              op_types: Sequence[str] = QUANT_OP_TYPES) -> Ranges:
+              op_types: Sequence[str] = PLACED_OPS) -> Ranges:
     """Collect activation ranges of the tensors around ``op_types`` nodes, image by image.
 
     Returns:

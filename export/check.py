@@ -4,8 +4,11 @@ Rules for every graph:
 - every op is one the TensorRT ONNX parser supports (``TRT_ONNX_OPS``: the operators marked supported in
   onnx/onnx-tensorrt ``docs/operators.md`` for TensorRT 8.5, the oldest release this project targets; a
   documented subset, later releases add operators such as LayerNormalization); nodes of other domains
-  (``com.microsoft``) are rejected; a Cast to a type outside that matrix's Cast list (e.g. UINT8) is a
-  warning for 8.x targets;
+  (``com.microsoft``) are rejected; a Cast to a type TensorRT 8.5's parser cannot map is a warning;
+- a Cast to (or from) UINT8 whose other side is not FLOAT/FLOAT16, such as ``--argmax``'s ArgMax -> UINT8 (ArgMax
+  gives INT32 in TensorRT): TensorRT 8.5's parser refuses it (onnx-tensorrt release/8.5-GA
+  ``builtin_op_importers.cpp``, Cast: "UINT8 type casting is only supported from FP types"; 8.6 casts with
+  ``ICastLayer``); a violation for a TensorRT 8.5 target (``trt_version``), a warning otherwise;
 - the default-domain opset is one the parsers read (9..25; warnings above 17 for 8.x and above 20 for 10.x);
 - Resize uses nearest/linear with a coordinate mode TensorRT implements and no antialias (``sizes``
   preferred over ``scales``);
@@ -17,19 +20,21 @@ Rules for explicitly quantized (Q/DQ) graphs, as TensorRT's explicit quantizatio
 - every QuantizeLinear/DequantizeLinear is int8 with zero point 0 (symmetric);
 - weights are quantized per channel on axis 0 for Conv (axis 1 for ConvTranspose); activations per tensor;
 - no DequantizeLinear feeds a Conv/ConvTranspose bias (no int32 bias);
-- no Q/DQ sits between a Conv and the Add it feeds (a residual Add takes Q/DQ on its skip input only).
+- an Add fed by Convs keeps one Conv input free of Q/DQ, the one TensorRT fuses the Add into (Q/DQ on the
+  residual input only: the skip, or a downsampling block's 1x1 Conv output).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from ..core.errors import FcnsegError
 from ..core.onnx_names import QDQ_OPS, TRT8_MAX_OPSET, TRT10_MAX_OPSET
 from .onnx_graph import PathLike, load_onnx
 
@@ -51,7 +56,11 @@ RESIZE_COORDINATE_MODES = ("half_pixel", "pytorch_half_pixel", "tf_half_pixel_fo
                            "align_corners")
 IO_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT32, TensorProto.INT8, TensorProto.UINT8,
             TensorProto.BOOL}
-CAST_TYPES_TRT85 = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.INT32, TensorProto.INT8, TensorProto.BOOL)
+# Types TensorRT 8.5's parser maps in Cast (onnx-tensorrt release/8.5-GA onnx2trt_utils.cpp ``convertDtype``).
+CAST_TYPES_TRT85 = (TensorProto.DOUBLE, TensorProto.FLOAT, TensorProto.INT8, TensorProto.UINT8, TensorProto.FLOAT16,
+                    TensorProto.BOOL, TensorProto.INT32, TensorProto.INT64)
+FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16)
+UINT8_CAST_FIXED_IN = (8, 6)   # the first TensorRT whose parser casts INT32 -> UINT8 (ICastLayer)
 CONV_OPS = ("Conv", "ConvTranspose")
 WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 1}
 
@@ -78,13 +87,15 @@ class CheckReport:
     num_nodes: int
     violations: List[Violation] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
+    trt_version: Optional[str] = None
 
     def __bool__(self) -> bool:
         return not self.violations
 
     def __str__(self) -> str:
+        target = f", for TensorRT {self.trt_version}" if self.trt_version else ""
         head = (f"{'OK' if self else 'FAIL'}: {self.name} (opset {self.opset}, {self.num_nodes} nodes, "
-                f"{'Q/DQ INT8' if self.quantized else 'no Q/DQ'})")
+                f"{'Q/DQ INT8' if self.quantized else 'no Q/DQ'}{target})")
         if self:
             head += " is TensorRT-ready"
         else:
@@ -93,21 +104,30 @@ class CheckReport:
         return "\n".join(lines)
 
 
-def check_trt_ready(model_or_path: Union[onnx.ModelProto, PathLike]) -> CheckReport:
+def check_trt_ready(model_or_path: Union[onnx.ModelProto, PathLike], *,
+                    trt_version: Optional[str] = None) -> CheckReport:
     """Check an ONNX graph (a ``ModelProto`` or a file) against the rules in this module's docstring.
 
+    Args:
+        model_or_path: the graph.
+        trt_version: the TensorRT that will parse it ("8.5", "10.3"); rules of that version's parser become
+            violations (a UINT8 Cast from an integer on 8.5). None: they are warnings.
+
     Raises:
-        FcnsegError: only when a file cannot be read as ONNX; rule violations go into the report.
+        FcnsegError: when a file cannot be read as ONNX or ``trt_version`` is not a version; rule violations go
+            into the report.
     """
+    older = older_than(trt_version, UINT8_CAST_FIXED_IN) if trt_version else False
     if isinstance(model_or_path, onnx.ModelProto):
         model, name = model_or_path, model_or_path.graph.name or "<model>"
     else:
         model, name = load_onnx(model_or_path), Path(model_or_path).name
     g = _Graph(model)
     quantized = any(n.op_type in QDQ_OPS for n in model.graph.node)
-    report = CheckReport(name, g.opset, quantized, len(model.graph.node))
+    report = CheckReport(name, g.opset, quantized, len(model.graph.node), trt_version=trt_version)
     _check_opset(g, report)
     _check_ops(g, report)
+    _check_uint8_casts(g, report, strict=older)
     _check_io(model, report)
     if quantized:
         _check_qdq(g, report)
@@ -124,6 +144,10 @@ class _Graph:
         self.init = {i.name: i for i in model.graph.initializer}
         self.producer: Dict[str, onnx.NodeProto] = {o: n for n in self.nodes for o in n.output}
         self.consumers: Dict[str, List[tuple]] = {}
+        graph = model.graph
+        self.declared = {v.name: v.type.tensor_type.elem_type
+                         for v in list(graph.value_info) + list(graph.input) + list(graph.output)}
+        self._types: Optional[Dict[str, int]] = None   # inferred, on first need
         for n in self.nodes:
             for i, name in enumerate(n.input):
                 self.consumers.setdefault(name, []).append((n, i))
@@ -138,6 +162,23 @@ class _Graph:
                 if a.name == "value":
                     return numpy_helper.to_array(a.t)
         return None
+
+    def value_type(self, name: str, *, infer: bool = True) -> Optional[int]:
+        """The element type of a value: declared, from its producer (Cast, ArgMax), else (``infer``) from ONNX
+        shape inference, run once when first needed; None if unknown."""
+        p = self.producer.get(name)
+        found = self.declared.get(name) or self.dtype(name) or (
+            _attr(p, "to") if p is not None and p.op_type == "Cast" else
+            TensorProto.INT64 if p is not None and p.op_type in ("ArgMax", "ArgMin") else None)
+        if found or not infer:
+            return found or None
+        if self._types is None:
+            try:
+                inferred = onnx.shape_inference.infer_shapes(self.model).graph.value_info
+            except Exception:   # a graph inference cannot follow (or over 2 GB): what is declared only
+                inferred = []
+            self._types = {v.name: v.type.tensor_type.elem_type for v in inferred}
+        return self._types.get(name) or None
 
     def dtype(self, name: str) -> Optional[int]:
         if name in self.init:
@@ -178,11 +219,64 @@ def _check_ops(g: _Graph, r: CheckReport) -> None:
         elif n.op_type == "Resize":
             _check_resize(n, r)
         elif n.op_type == "Cast" and _attr(n, "to") not in CAST_TYPES_TRT85:
-            r.warnings.append(f"Cast {_node_name(n)!r} to {TensorProto.DataType.Name(_attr(n, 'to'))}: the TensorRT "
-                              "8.5 operator matrix lists Cast for FLOAT/FLOAT16/INT32/INT8/BOOL only")
+            r.warnings.append(f"Cast {_node_name(n)!r} to {TensorProto.DataType.Name(_attr(n, 'to'))}: TensorRT "
+                              "8.5's parser casts to DOUBLE/FLOAT/FLOAT16/INT8/UINT8/BOOL/INT32/INT64 only")
         elif n.op_type in CONV_OPS and not _is_constant_weight(g, n.input[1]):
             r.violations.append(Violation("conv-weights", _node_name(n),
                                           "expected constant weights (an initializer, possibly through Q/DQ)"))
+
+
+def older_than(version: str, release: tuple) -> bool:
+    """Whether TensorRT ``version`` ("8.5", "8.5.2.2", "10") is older than ``release`` ((8, 6)).
+
+    Raises:
+        FcnsegError: ``version`` does not start with MAJOR or MAJOR.MINOR.
+    """
+    parts = (str(version).split(".") + ["0"])[:2]
+    if not all(p.isdigit() for p in parts):
+        raise FcnsegError(f"expected a TensorRT version like 8.5 or 10.3, got {version!r}; try --trt-version 8.5")
+    return (int(parts[0]), int(parts[1])) < tuple(release)
+
+
+def uint8_casts(model: onnx.ModelProto) -> List[Tuple[str, str]]:
+    """The Casts TensorRT 8.5's parser refuses, as (node name, "INT64 -> UINT8 (why)"): to or from UINT8 with a
+    non-float other side, like ``--argmax``'s ArgMax -> UINT8. TensorRT 8.6+ parses them."""
+    return _uint8_casts(_Graph(model))
+
+
+def _uint8_violation(node: str, what: str) -> Violation:
+    return Violation("cast-uint8", node, f"expected a Cast between UINT8 and FLOAT/FLOAT16, got {what}; TensorRT "
+                     "8.5's parser casts UINT8 from and to floats only")
+
+
+def _uint8_casts(g: _Graph) -> List[Tuple[str, str]]:
+    """(node name, "INT64 -> UINT8 (ArgMax's indices: INT32 in TensorRT)") of each such Cast."""
+    found, name = [], TensorProto.DataType.Name
+    for n in g.nodes:
+        if n.op_type != "Cast" or not n.input:
+            continue
+        to = _attr(n, "to")
+        src = g.value_type(n.input[0], infer=to == TensorProto.UINT8)   # inference only for the rare UINT8 Cast
+        if src is None or TensorProto.UINT8 not in (src, to) or src in FLOAT_TYPES or to in FLOAT_TYPES:
+            continue
+        why = " (ArgMax's indices: INT32 in TensorRT)" if _producer_op(g, n.input[0]) in ("ArgMax", "ArgMin") else ""
+        found.append((_node_name(n), f"{name(src)} -> {name(to)}{why}"))
+    return found
+
+
+def _check_uint8_casts(g: _Graph, r: CheckReport, *, strict: bool) -> None:
+    """Violations for a TensorRT 8.5 target, warnings otherwise (8.6+ parses these Casts)."""
+    for node, what in _uint8_casts(g):
+        if strict:
+            r.violations.append(_uint8_violation(node, what))
+        else:
+            r.warnings.append(f"Cast {node!r} {what}: TensorRT 8.5's parser refuses it, 8.6+ parses it "
+                              "(JetPack 5: check for TensorRT 8.5)")
+
+
+def _producer_op(g: _Graph, name: str) -> str:
+    p = g.producer.get(name)
+    return p.op_type if p is not None else ""
 
 
 def _check_resize(n: onnx.NodeProto, r: CheckReport) -> None:
@@ -300,13 +394,17 @@ def _weight_shape(g: _Graph, n: onnx.NodeProto) -> Optional[tuple]:
 
 
 def _check_residual(g: _Graph, add: onnx.NodeProto, r: CheckReport) -> None:
+    # A Conv output straight into the Add is the one TensorRT fuses the Add into; with one, a Q/DQ'd Conv output
+    # on the other input is the residual (a downsampling block's 1x1 Conv), as NVIDIA places it.
+    fused = any(p is not None and p.op_type in CONV_OPS for p in (g.producer.get(name) for name in add.input))
     for name in add.input:
         chain = [g.producer.get(name)]   # Add <- DequantizeLinear <- QuantizeLinear <- Conv?
         for op in ("DequantizeLinear", "QuantizeLinear"):
             node = chain[-1]
             chain.append(g.producer.get(node.input[0]) if node is not None and node.op_type == op else None)
         _, q, conv = chain
-        if q is not None and conv is not None and conv.op_type in CONV_OPS:
+        if q is not None and conv is not None and conv.op_type in CONV_OPS and not fused:
             r.violations.append(Violation("residual", _node_name(add), f"expected no Q/DQ between "
-                                          f"{_node_name(conv)!r} and the Add it feeds ({_node_name(q)!r}); "
-                                          "put Q/DQ on the skip input only"))
+                                          f"{_node_name(conv)!r} and the Add it feeds ({_node_name(q)!r}) unless "
+                                          "another input comes straight from a Conv; put Q/DQ on the residual "
+                                          "input only"))

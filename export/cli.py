@@ -19,11 +19,11 @@ from ..core.cli_args import HW, OneLineGroup, force_option, packed, profile_opti
 from ..core.errors import FcnsegError, handle_cli_errors
 from ..core.onnx_names import DEFAULT_OPSET, TRT8_MAX_OPSET
 from ..core.data_source import LAYOUTS
-from ..core.sidecar import sidecar_path
+from ..core.sidecar import HARDWARE_LEVELS, sidecar_path
 from ..core.view import Tiling
 from . import artifacts, chain, triton
 from .options import EngineOptions, Int8Options
-from .tensorrt import check_output_path, parse_compute_capabilities
+from .tensorrt import build_options, check_build, check_output_path, parse_compute_capabilities
 from .torch_export import export_onnx
 from .onnx_graph import parse_shapes
 from .fp16 import convert_fp16
@@ -73,7 +73,8 @@ def _int8_options(calib_root: Optional[str], calib_split: str, num_images: int, 
 
 
 CALIB_FIELDS = ("calib_root", "calib_layout", "calib_classes", "calib_split", "num_images")
-INT8_FIELDS = CALIB_FIELDS + ("method", "eval_split", "eval_images", "max_drop", "target", "no_progress")
+INT8_FIELDS = CALIB_FIELDS + ("method", "eval_split", "eval_images", "max_drop", "target", "trt_version",
+                              "high_precision", "no_progress")
 
 
 def calib_options(*, required: bool = False, full: bool = False) -> Any:
@@ -85,6 +86,14 @@ def calib_options(*, required: bool = False, full: bool = False) -> Any:
         fn = packed("int8", _int8_options, INT8_FIELDS if full else CALIB_FIELDS)(fn)
         if full:
             fn = click.option("--no-progress", is_flag=True, help="No progress bars.")(fn)
+            fn = click.option("--high-precision", type=click.Choice(["fp16", "fp32"]), default=None,
+                              help="What the layers left out of INT8 run in [default: fp16 (an FP16-typed graph, "
+                              "FP16 Q/DQ scales, opset 19), fp32 for --trt-version 8.x and --target cpu]. ONNX Runtime "
+                              "runs an fp16 graph correctly only with its optimizer WeightBiasQuantization off.")(fn)
+            fn = click.option("--trt-version", metavar="8.5|8.6|10|11|rtx", default=None,
+                              help="The TensorRT that builds the graph [default: 10, 11 and RTX: strongly typed, opset "
+                              "19]; 8.5/8.6 (JetPack 5 / 6.0): opset 17, FP32 elsewhere, mixed with FP16 by the "
+                              "builder's --int8 --fp16 flags.")(fn)
             fn = click.option("--target", type=click.Choice(["tensorrt", "cpu"]), default=defaults.target,
                               show_default=True, help="tensorrt: symmetric Q/DQ TensorRT builds and fuses, and "
                               "OpenVINO runs as fast on a CPU (the one artifact); cpu: ONNX Runtime's uint8 layout, "
@@ -144,7 +153,8 @@ def engine_options(*, full: bool = True, profile_help: str = "") -> Any:
         fn = click.option("--gpu-fallback", is_flag=True, help="With --dla-core: layers DLA cannot run go to the "
                           "GPU.")(fn)
         fn = click.option("--dla-core", type=click.IntRange(min=0), help="Build for this DLA core (Jetson AGX/NX; "
-                          "FP16 or INT8" + ("" if full else "; profile fixed at opt") + ").")(fn)
+                          "FP16 or INT8; profile fixed at opt" + (": a dynamic --min/--max-shape is refused"
+                                                                   if full else "") + ").")(fn)
         return profile_options(profile_help)(fn)
     return decorate
 
@@ -217,7 +227,8 @@ def int8_cmd(model: str, int8: Int8Options, cache: Optional[str], report: Option
     options = replace(int8, cache=Path(cache) if cache else None, report=Path(report) if report else None)
     result = chain.lower(model, "int8", output, int8=options)
     click.echo(f"{result.path}\tmIoU fp32 {result.miou_fp32 * 100:.2f} int8 {result.miou_int8 * 100:.2f} "
-               f"({-result.drop:+.2f} points), {len(result.excluded)} layers in float")
+               f"({-result.drop:+.2f} points), {len(result.excluded)} layers in float, "
+               f"{result.high_precision} elsewhere")
 
 
 @main.command("check")
@@ -277,22 +288,38 @@ def triton_cmd(model: str, repo_dir: str, name: str, max_batch: Optional[int], i
 @force_option()
 @click.option("--save-onnx", type=click.Path(dir_okay=False),
               help="Keep the FP16/INT8 ONNX that --fp16/--int8 make from an FP32 graph here [default: a temp folder].")
+@click.option("--hardware-compatibility", type=click.Choice(["none", *HARDWARE_LEVELS]), default="none",
+              show_default=True, help="Run on other GPUs than the build GPU: ampere+ (Ampere and later, TensorRT "
+              "8.6+), same-cc (the same compute capability, late 10.x+). Slower engines; not on JetPack.")
+@click.option("--version-compatible", is_flag=True, help="Later TensorRT releases run the engine too (TensorRT 8.6+; "
+              "slower engines).")
+@click.option("--trt-version", metavar="X.Y", help="A TensorRT that must also parse MODEL (8.5: JetPack 5): what "
+              "its parser refuses is refused before building. The TensorRT found is always checked.")
+@click.option("--trt8", is_flag=True, help="The same as --trt-version 8.5 (the oldest 8.x targeted).")
 def trt_cmd(model: str, fp16: bool, int8_flag: bool, int8: Int8Options, engine: EngineOptions,
-            output: Optional[str], force: bool, save_onnx: Optional[str]) -> None:
-    """Build a TensorRT engine from MODEL (an FP32, FP16 or INT8 Q/DQ ONNX)."""
+            output: Optional[str], force: bool, save_onnx: Optional[str], hardware_compatibility: str,
+            version_compatible: bool, trt_version: Optional[str], trt8: bool) -> None:
+    """Build a TensorRT engine from MODEL (an FP32, FP16 or INT8 Q/DQ ONNX); its sidecar MODEL.plan.json
+    records what a rebuild needs."""
     output = str(check_output_path(output or Path(model).with_suffix(".plan")))   # before any FP16/INT8 step
     output = _guard(output, artifacts.ENGINE, [model], force)
     _guard(sidecar_path(output), artifacts.ENGINE_SIDECAR, [model], force)   # the sidecar written next to it
-    if fp16 and int8_flag:
-        raise click.UsageError("expected at most one of --fp16 and --int8, got both")
+    if fp16 and int8_flag:   # INT8 with FP16 elsewhere: an FP16-typed Q/DQ graph (8.x: its INT8 + FP16 flags)
+        int8 = replace(int8, high_precision="fp16")
     if save_onnx:
         save_onnx = _guard(save_onnx, artifacts.ONNX_MODEL, [model], force, option="--save-onnx")
     if engine.timing_cache:
         written = [output, str(sidecar_path(output)), save_onnx]
         engine = replace(engine, timing_cache=Path(_guard_timing_cache(str(engine.timing_cache), model, written,
                                                                        force)))
-    engine = replace(engine, precision="int8" if int8_flag else "fp16" if fp16 else None)
-    click.echo(chain.engine(model, output, engine, int8=int8, save_onnx=save_onnx))
+    if trt8 and trt_version and not trt_version.startswith("8.5"):
+        raise click.UsageError(f"expected --trt8 (TensorRT 8.5) or --trt-version, got both (--trt-version "
+                               f"{trt_version})")
+    build = build_options(engine, precision="int8" if int8_flag else "fp16" if fp16 else None,
+                          hardware_compatibility=None if hardware_compatibility == "none" else hardware_compatibility,
+                          version_compatible=version_compatible, trt_version="8.5" if trt8 else trt_version)
+    check_build(model, build)   # what the build would refuse, refused before an FP16/INT8 step
+    click.echo(chain.engine(model, output, build, int8=int8, save_onnx=save_onnx))
 
 
 def _guard_timing_cache(path: str, model: str, written: list, force: bool) -> str:

@@ -8,6 +8,12 @@ bilinear Resize of the logits therefore runs in FP32, as the FP32 engine's does.
 
 The result is verified against the FP32 graph on ONNX Runtime (CPU, which inserts casts where it has no
 FP16 kernel) at several shapes before it is written.
+
+An INT8 Q/DQ graph is lowered the same way (``qdq_to_fp16``, the default of ``fcn-export int8``): what is not
+INT8 then runs in FP16 on strongly typed builders (TensorRT 10+/11, TensorRT for RTX), which take precision from
+the graph. Its QuantizeLinear/DequantizeLinear read FP16 activations and write FP16, so their scales are FP16,
+which ONNX allows from opset 19 on: the graph is upgraded to opset 19 first (TensorRT 8.x, which parses up to
+opset 17, builds the FP32 one with its --int8 --fp16 flags instead).
 """
 
 from __future__ import annotations
@@ -18,10 +24,11 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
+import onnx.version_converter
 
 from ..core.errors import FcnsegError, one_line
 from ..core.metadata import ModelMetadata
@@ -31,6 +38,14 @@ from .onnx_graph import (PathLike, Shape, default_verify_shapes, expose_argmax_i
                          read_metadata, require_fp32_graph, run_session, save_onnx, set_metadata)
 
 log = logging.getLogger("fcnseg.export")
+
+QDQ_FP16_OPSET = 19   # QuantizeLinear/DequantizeLinear take FP16 scales from opset 19 on
+# ONNX Runtime (1.2x up to 1.32 at least) rewrites a Conv whose input and weight come from DequantizeLinear so that
+# its float bias becomes an int32 DequantizeLinear (the optimizer "WeightBiasQuantization"); with FP16 scales it
+# divides the bias by input scale x weight scale in FP16, which overflows, and the outputs are wrong (argmax
+# agreement 18 % on FCN-8s). TensorRT and OpenVINO do no such thing. ONNX Runtime sessions on FP16 Q/DQ graphs
+# must disable it (``ort_qdq_fp16_session``).
+ORT_DISABLED_FOR_FP16_QDQ = ("WeightBiasQuantization",)
 
 FP16_OP_BLOCK_LIST: tuple = (
     # onnxconverter-common's DEFAULT_OP_BLOCK_LIST entries that can occur in vision graphs
@@ -195,3 +210,67 @@ def verify_fp16(ref: onnx.ModelProto, fp16: onnx.ModelProto, shapes: Sequence[Sh
             raise FcnsegError(f"expected the FP16 graph to match FP32, got {cmp}; nothing written; "
                               "try keeping more ops in FP32 (FP16_OP_BLOCK_LIST) or use the FP32 model")
     return results
+
+
+def qdq_to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A Q/DQ graph with FP32 elsewhere as an FP16-typed one: opset 19, FP16 Q/DQ scales, I/O types kept.
+
+    Raises:
+        FcnsegError: the opset cannot be upgraded or the graph cannot be typed in FP16.
+    """
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    upgraded = model
+    if opset < QDQ_FP16_OPSET:
+        try:
+            upgraded = onnx.version_converter.convert_version(model, QDQ_FP16_OPSET)
+        except Exception as e:  # the converter raises bare RuntimeError/ValueError on adapters it lacks
+            raise FcnsegError(f"expected ONNX's version converter to take the graph from opset {opset} to "
+                              f"{QDQ_FP16_OPSET} (FP16 Q/DQ scales), got {type(e).__name__}: {one_line(e, 300)}; "
+                              "try --high-precision fp32") from None
+        upgraded.ir_version = max(upgraded.ir_version, 9)   # opset 19 needs IR 9
+    fp16 = to_fp16(upgraded)
+    check_io_types(model, fp16)
+    return fp16
+
+
+def has_fp16_qdq(model: onnx.ModelProto) -> bool:
+    """Whether a DequantizeLinear of the graph has an FP16 scale (see ``ORT_DISABLED_FOR_FP16_QDQ``)."""
+    fp16 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16}
+    return any(n.op_type == "DequantizeLinear" and len(n.input) > 1 and n.input[1] in fp16 for n in model.graph.node)
+
+
+def ort_qdq_fp16_session(model: onnx.ModelProto) -> Any:
+    """A CPU ONNX Runtime session that runs an FP16 Q/DQ graph correctly (``ORT_DISABLED_FOR_FP16_QDQ`` off)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3   # one warning per FP16 node without a CPU kernel (ONNX Runtime casts around it)
+    try:
+        return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=list(ORT_DISABLED_FOR_FP16_QDQ))
+    except Exception as e:
+        raise FcnsegError(f"expected ONNX Runtime to load the FP16 Q/DQ graph, got {type(e).__name__}: "
+                          f"{one_line(e, 300)}; try --high-precision fp32") from None
+
+
+def verify_qdq_fp16(ref: onnx.ModelProto, fp16: onnx.ModelProto, inputs: Sequence[np.ndarray], *,
+                    min_agreement: float = 0.95, rtol: float = 0.1) -> List[OutputComparison]:
+    """Compare the FP16 Q/DQ graph with its FP32-elsewhere source on ``inputs`` (ONNX Runtime CPU); raise when out
+    of tolerance. The tolerance catches a broken lowering (a wrong rewrite gives ~20 % agreement), not the INT8
+    accuracy, which is judged on the source graph: FP16 activations move some values to the next INT8 step."""
+    ref_sess, test_sess = ort_session(expose_argmax_input(ref)), ort_qdq_fp16_session(expose_argmax_input(fp16))
+    results = []
+    for x in inputs:
+        ref_out, test_out = run_session(ref_sess, x), run_session(test_sess, x)
+        key = LOGITS_NAME if LOGITS_NAME in ref_out else next(iter(ref_out))   # another tool's output name
+        a, b = ref_out[key], test_out[key]
+        cmp = compare_logits(a, b, atol=rtol * max(1.0, float(np.abs(a).max())), min_agreement=min_agreement)
+        results.append(cmp)
+        if not cmp:
+            raise FcnsegError(f"expected the FP16 Q/DQ graph to match its FP32-elsewhere source, got {cmp}; nothing "
+                              "written; try --high-precision fp32")
+    if results:
+        log.info("int8 with fp16 elsewhere vs fp32 elsewhere: argmax agreement %.2f%% (worst of %d images)",
+                 min(c.argmax_agreement for c in results) * 100, len(results))
+    return results
+

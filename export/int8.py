@@ -4,14 +4,19 @@ Quantizer: ``onnxruntime.quantization`` (its calibrators and ``QDQQuantizer``, t
 ``quantize_static``). It is already a dependency, runs on the CPU, and with the settings below writes Q/DQ
 that TensorRT accepts: QDQ format, int8 weights and activations, symmetric (zero point 0), per-channel
 weights (Conv axis 0, ConvTranspose axis 1), per-tensor activations, float bias (``QuantizeBias=False``),
-Q/DQ pairs on the float weights. NVIDIA ModelOpt places Q/DQ the TensorRT way too, but it pins old
+weights stored as int8 initializers feeding DequantizeLinear (``AddQDQPairToWeight=False``, as ModelOpt writes
+them: a quarter of the float weights' size). NVIDIA ModelOpt places Q/DQ the TensorRT way too, but it pins old
 onnx/onnxruntime-gpu and pulls torch, so it is not used here.
 
-Placement: only Conv and ConvTranspose are quantized (``op_types_to_quantize``), on their activation input
-and their weight, not on their output (``OpTypesToExcludeOutputQuantization``). An Add is never quantized, so
-no Q/DQ sits between a Conv and the residual Add it feeds, while the Add's skip input (the previous block's
-ReLU output, also a Conv input) carries the shared Q/DQ pair (``DedicatedQDQPair=False``): the pattern
-TensorRT fuses into Conv+Add.
+Placement (``fcnseg.export.qdq_placement``, NVIDIA's recommendations): the inputs and weights of Conv and
+ConvTranspose, the residual input of each Add TensorRT fuses into a Conv (never its main input), MaxPool between
+quantized layers; no layer's output (``OpTypesToExcludeOutputQuantization``).
+
+Precision elsewhere (``Int8Options.high_precision``): for TensorRT 10+/11 and RTX, whose strongly typed builders
+take every layer's precision from the graph, the graph is lowered to FP16 with FP16 Q/DQ scales at opset 19
+(``fcnseg.export.fp16.qdq_to_fp16``): INT8 with FP16 elsewhere, as NVIDIA builds INT8 engines. For TensorRT 8.5/8.6
+(JetPack 5 / 6.0: opset <= 17) it stays FP32 and the weakly typed builder mixes INT8 with FP16 by its flags. One
+artifact serves the CPU too: OpenVINO runs its Q/DQ convolutions in INT8 either way.
 
 Shape inference: ``onnx.shape_inference`` on the onnxslim-simplified export, which is all ORT's
 ``quant_pre_process`` would add here (its optimization step finds nothing left to fold).
@@ -20,10 +25,10 @@ Calibration (``fcnseg.export.calibration``) runs once per (model, method, images
 go to a JSON cache and the quantizer is fed from them (``quantize_static`` would always recalibrate), which also
 lets the accuracy fallback re-quantize without recalibrating.
 
-Accuracy: mIoU of INT8 vs FP32 on images that did not calibrate (ONNX Runtime CPU). When the drop exceeds the budget,
-each quantized layer's sensitivity is measured alone (quantize one layer, compare outputs with FP32 on a
-few images) and a bisection over the most sensitive layers (as Polygraphy's ``debug precision`` does) finds
-the fewest layers to keep in float.
+Accuracy: mIoU of INT8 vs FP32 on images that did not calibrate (ONNX Runtime CPU, FP32 elsewhere). When the drop
+exceeds the budget, each weighted layer's sensitivity is measured alone (quantize one layer, compare outputs with
+FP32 on a few images) and a bisection over the most sensitive layers (as Polygraphy's ``debug precision`` does)
+finds the fewest layers to keep in float. The FP16 lowering is then checked against that graph on the same images.
 """
 
 from __future__ import annotations
@@ -47,14 +52,15 @@ from ..core.atomic import work_dir, write_text
 from ..core.errors import FcnsegError
 from ..core.metadata import PREFIX, ModelMetadata
 from ..core.metrics import ConfusionMatrix
+from ..core.onnx_names import TRT8_MAX_OPSET
 from ..eval.parity import MiouComparison, compare_miou, evaluate
 from ..runtime import Segmenter, preprocess
 from ..datasets import PairDataset, take
-from .calibration import (METHODS, QUANT_OP_TYPES, Ranges, VOCCalibrationReader, cached_ranges, calibrate,
-                          split_layouts)
+from .calibration import METHODS, Ranges, VOCCalibrationReader, cached_ranges, calibrate, split_layouts
 from .check import check_trt_ready
+from .fp16 import qdq_to_fp16, verify_qdq_fp16
 from .options import Int8Options, with_fields
-from .qdq import fold_weight_quantizers
+from .qdq_placement import PLACED_OPS, WEIGHTED_OPS, ResidualAdd, choose_nodes, drop_main_input_qdq
 from .subpixel import subpixel_upsampling
 from .onnx_graph import (PathLike, load_onnx, ort_session, output_kind, read_metadata, require_fp32_graph,
                          run_session, save_onnx, set_metadata, static_input_shape)
@@ -62,11 +68,12 @@ from .onnx_graph import (PathLike, load_onnx, ort_session, output_kind, read_met
 log = logging.getLogger("fcnseg.export")
 
 TRT_EXTRA_OPTIONS: Dict[str, Any] = {
-    "ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False, "AddQDQPairToWeight": True,
+    "ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False, "AddQDQPairToWeight": False,
     "DedicatedQDQPair": False, "ForceQuantizeNoInputCheck": True,
     "QDQOpTypePerChannelSupportToAxis": {"Conv": 0, "ConvTranspose": 1},
-    # Conv outputs stay float: a Q/DQ there would sit between the Conv and a residual Add
-    "OpTypesToExcludeOutputQuantization": ["Conv", "ConvTranspose"],
+    # Outputs stay float: a Conv's feeds the Add TensorRT fuses into it, an Add's the Relu whose output the next
+    # Conv quantizes (a MaxPool's output shares its input's scale: ONNX Runtime's Direct8BitOp)
+    "OpTypesToExcludeOutputQuantization": ["Conv", "ConvTranspose", "Add"],
 }
 # ONNX Runtime's CPU kernels (QLinearConv with the ReLU folded in, QLinearAdd) need the other layout: every
 # supported op quantized, outputs too, uint8 activations with a zero point (so ReLU's range starts at it).
@@ -92,6 +99,8 @@ class QuantTarget:
         trt_ready: the result must pass ``check_trt_ready``.
         subpixel: rewrite large-stride upsampling ConvTranspose as Conv + DepthToSpace first and keep that Conv
             in float (``fcnseg.export.subpixel``: faster on OpenVINO's CPU plugin, same outputs).
+        placement: NVIDIA's placement (``fcnseg.export.qdq_placement``): the weighted layers are chosen (and
+            ranked, and kept in float), the Adds and MaxPools follow them.
     """
 
     name: str
@@ -100,6 +109,7 @@ class QuantTarget:
     extra_options: Dict[str, Any]
     trt_ready: bool
     subpixel: bool = False
+    placement: bool = False
 
     def quantized_op_types(self) -> List[str]:
         if self.op_types:
@@ -108,12 +118,18 @@ class QuantTarget:
 
         return list(QDQRegistry)
 
+    def ranked_op_types(self) -> List[str]:
+        """The op types whose nodes are ranked by sensitivity and may be kept in float one by one."""
+        return list(WEIGHTED_OPS) if self.placement else self.quantized_op_types()
+
 
 TARGETS = {
-    "tensorrt": QuantTarget("tensorrt", QUANT_OP_TYPES, "QInt8", TRT_EXTRA_OPTIONS, True, subpixel=True),
+    "tensorrt": QuantTarget("tensorrt", PLACED_OPS, "QInt8", TRT_EXTRA_OPTIONS, True, subpixel=True, placement=True),
     "cpu": QuantTarget("cpu", (), "QUInt8", CPU_EXTRA_OPTIONS, False),
 }
-CACHE_FORMAT = "fcnseg-calibration-v1"
+CACHE_FORMAT = "fcnseg-calibration-v2"   # v2: ranges of Add and MaxPool tensors too
+HIGH_PRECISIONS = ("fp16", "fp32")
+TRT_VERSIONS = ("8.5", "8.6", "10", "11", "rtx")   # examples; any MAJOR[.MINOR] works
 
 
 @dataclass
@@ -123,9 +139,11 @@ class Int8Result:
     Attributes:
         path: the INT8 Q/DQ ONNX file.
         cache_path: the calibration cache (None when not cached).
-        miou_fp32 / miou_int8: mIoU (0..1) on the evaluation split, ONNX Runtime CPU.
+        miou_fp32 / miou_int8: mIoU (0..1) on the evaluation split, ONNX Runtime CPU (INT8 with FP32 elsewhere;
+            an FP16-elsewhere graph is checked against that one on the same images, ``verify_qdq_fp16``).
         comparison: the full ``MiouComparison`` (per-class deltas in points).
         excluded: Conv/ConvTranspose nodes kept in float to meet ``max_drop``.
+        high_precision: what the other layers run in ("fp16": FP16-typed graph, opset 19; "fp32").
         calibrated: False when the ranges came from the cache.
         num_calib_images: images calibration used (or the cache was made with).
         method: calibration method.
@@ -138,6 +156,7 @@ class Int8Result:
     miou_int8: float
     comparison: MiouComparison
     excluded: List[str] = field(default_factory=list)
+    high_precision: str = "fp32"
     calibrated: bool = True
     num_calib_images: int = 0
     method: str = "entropy"
@@ -159,7 +178,8 @@ class Int8Result:
 
 def quantize_int8(model_path: PathLike, output: Optional[PathLike] = None, options: Optional[Int8Options] = None,
                   **fields: Any) -> Int8Result:
-    """Calibrate, quantize to TensorRT-ready Q/DQ, measure the mIoU drop and keep sensitive layers in float.
+    """Calibrate, quantize to TensorRT-ready Q/DQ, measure the mIoU drop, keep sensitive layers in float, and
+    (``high_precision`` fp16, the default for TensorRT 10+/RTX) lower the rest to FP16 at opset 19.
 
     Args:
         model_path: FP32 ONNX with dynamic height/width (from ``export_onnx``).
@@ -176,6 +196,7 @@ def quantize_int8(model_path: PathLike, output: Optional[PathLike] = None, optio
                 method=_check_args(o.method, o.num_images, o.max_drop, o.eval_images))
     if o.target not in TARGETS:
         raise FcnsegError(f"expected an INT8 target in {', '.join(TARGETS)}, got {o.target!r}")
+    o = replace(o, high_precision=high_precision(o))
     src = Path(model_path)
     out = Path(output) if output is not None else src.with_name(src.stem + "_int8.onnx")
     # Calibration graphs and ONNX Runtime's quantizer files go to a scratch folder beside the output, which the
@@ -216,7 +237,7 @@ def _quantize(src: Path, out: Path, o: Int8Options) -> Int8Result:
     if o.calib_classes:   # the dataset's class file names the model's classes (e.g. a graph without metadata)
         meta = meta.with_classes(ClassMap.read(o.calib_classes))
     set_metadata(model, meta)   # every graph made from it (candidates, the result) carries what was read
-    _check_quantizable(model, meta, src)
+    _check_quantizable(model, meta, src, trt8=is_trt8(o.trt_version))
     subpixel = subpixel_upsampling(model) if tgt.subpixel else []
     base = onnx.shape_inference.infer_shapes(model)
     calib_set, eval_set = split_layouts(o.source(), o.calib_split, o.eval_split, o.num_images, o.eval_images,
@@ -235,19 +256,25 @@ def _quantize(src: Path, out: Path, o: Int8Options) -> Int8Result:
     evaluator = _Evaluator(eval_set, None, meta, o.progress)
     quantized, cmp, excluded = _quantize_within_budget(base, ranges, evaluator, o.max_drop, o.sensitivity_images, tgt,
                                                        keep_float=subpixel)
+    high = high_precision(o)
+    if high == "fp16":
+        # checked on the images that measured the mIoU: a broken lowering is refused, nothing written
+        fp32_elsewhere, quantized = quantized, qdq_to_fp16(quantized)
+        verify_qdq_fp16(fp32_elsewhere, quantized, evaluator.inputs(o.sensitivity_images))
     if tgt.trt_ready:
-        fold_weight_quantizers(quantized)   # int8 weight initializers, as ModelOpt writes: ~4x smaller
         _check_ready(quantized)
     meta.precision = "int8"
     set_metadata(quantized, meta, {PREFIX + "int8": {
         "target": target, "method": method, "calib_split": o.calib_split, "num_images": used, "eval_split": o.eval_split,
         "num_eval_images": len(eval_ids), "miou_fp32": cmp.ref_miou, "miou_int8": cmp.test_miou,
-        "excluded": excluded, "subpixel_upsampling": subpixel}})
+        "excluded": excluded, "subpixel_upsampling": subpixel, "high_precision": high,
+        "trt_version": o.trt_version}})
     save_onnx(quantized, out)
     seconds = time.perf_counter() - t0
-    log.info("wrote %s (int8 Q/DQ, %d layers kept in float) in %.1f s", out, len(excluded), seconds)
+    log.info("wrote %s (int8 Q/DQ, %s elsewhere, %d layers kept in float) in %.1f s", out, high, len(excluded),
+             seconds)
     result = Int8Result(out, Path(o.cache) if o.cache is not None else None, cmp.ref_miou, cmp.test_miou, cmp,
-                        excluded, calibrated, used, method, seconds, calib_ids, eval_ids)
+                        excluded, high, calibrated, used, method, seconds, calib_ids, eval_ids)
     if o.report is not None:
         write_text(o.report, json.dumps(int8_report(result, o.calib_split, o.eval_split, target), indent=1))
     return result
@@ -259,7 +286,8 @@ def int8_report(result: Int8Result, calib_split: str, eval_split: str, target: s
             "calib_split": calib_split, "eval_split": eval_split,
             "calibration_ids": list(result.calibration_ids), "evaluation_ids": list(result.evaluation_ids),
             "calibrated": result.calibrated, "miou_fp32": result.miou_fp32, "miou_int8": result.miou_int8,
-            "drop_points": result.drop, "kept_in_float": list(result.excluded)}
+            "drop_points": result.drop, "kept_in_float": list(result.excluded),
+            "high_precision": result.high_precision}
 
 
 def _check_args(method: str, num_images: int, max_drop: float, eval_images: Optional[int]) -> str:
@@ -275,7 +303,59 @@ def _check_args(method: str, num_images: int, max_drop: float, eval_images: Opti
     return m
 
 
-def _check_quantizable(model: onnx.ModelProto, meta: ModelMetadata, path: Path) -> None:
+def high_precision(o: Int8Options) -> str:
+    """What the layers left out of INT8 run in: ``o.high_precision``, or fp16 for TensorRT 10+/RTX and fp32 for
+    TensorRT 8.x and the cpu target.
+
+    Raises:
+        FcnsegError: an unknown value, or fp16 where the graph cannot carry it (8.x, cpu target).
+    """
+    trt8 = is_trt8(o.trt_version)
+    chosen = (o.high_precision or ("fp32" if trt8 or o.target == "cpu" else "fp16")).lower()
+    if chosen not in HIGH_PRECISIONS:
+        raise FcnsegError(f"expected --high-precision fp16 or fp32, got {o.high_precision!r}; try fp16")
+    if chosen == "fp16" and trt8:
+        raise FcnsegError(f"expected --high-precision fp32 for TensorRT {o.trt_version} (it parses opset <= 17, where "
+                          "Q/DQ scales are FP32, and mixes INT8 with FP16 by its --fp16 flag), got fp16; try "
+                          "--high-precision fp32, or --trt-version 10")
+    if chosen == "fp16" and o.target == "cpu":
+        raise FcnsegError("expected --high-precision fp32 with --target cpu (ONNX Runtime's INT8 kernels), got fp16; "
+                          "try --target tensorrt, whose graph OpenVINO runs in INT8 too")
+    return chosen
+
+
+def is_trt8(version: Optional[str]) -> bool:
+    """Whether ``--trt-version`` names a TensorRT before 10 (weakly typed, opset <= 17); None and "rtx" do not.
+
+    Raises:
+        FcnsegError: not MAJOR[.MINOR] or rtx.
+    """
+    if version is None or str(version).lower() == "rtx":
+        return False
+    major = str(version).split(".")[0]
+    if not major.isdigit():
+        raise FcnsegError(f"expected --trt-version like {', '.join(TRT_VERSIONS)}, got {version!r}; try 10")
+    return int(major) < 10
+
+
+def for_builder(options: Int8Options, trt_module: Any, also_for: Optional[str] = None) -> Int8Options:
+    """``options`` for an INT8 graph that ``trt_module`` builds (``fcn-export trt --int8``): the opset-17 graph
+    with FP32 elsewhere when that TensorRT is weakly typed (8.x: its INT8 + FP16 flags mix the precisions) or
+    ``also_for`` names an 8.x that must parse it too; as they are when ``options.trt_version`` is set."""
+    from .trt_features import detect_features
+
+    if options.trt_version is not None:
+        return options
+    if also_for is not None and is_trt8(also_for):
+        return replace(options, trt_version=also_for, high_precision="fp32")
+    features = detect_features(trt_module)
+    if features.strongly_typed:
+        return options
+    version = features.version if features.version[:1].isdigit() else "8"   # no STRONGLY_TYPED flag: before 9.0
+    return replace(options, trt_version=version, high_precision="fp32")
+
+
+def _check_quantizable(model: onnx.ModelProto, meta: ModelMetadata, path: Path, *, trt8: bool = False) -> None:
     require_fp32_graph(model, meta, path, fp16_hint="try quantizing the FP32 export (TensorRT mixes INT8 and FP16 "
                        "by itself)")
     if static_input_shape(model) is not None:
@@ -284,6 +364,9 @@ def _check_quantizable(model: onnx.ModelProto, meta: ModelMetadata, path: Path) 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 13:
         raise FcnsegError(f"expected opset >= 13 for per-channel Q/DQ, got {opset}; try `fcn-export onnx --opset 17`")
+    if trt8 and opset > TRT8_MAX_OPSET:
+        raise FcnsegError(f"expected opset <= {TRT8_MAX_OPSET} for TensorRT 8.x, got {opset} in {str(path)!r}; try "
+                          "`fcn-export onnx --trt8`")
 
 
 # --- quantization -----------------------------------------------------------------------------------------
@@ -305,13 +388,33 @@ def quantize_qdq(model: onnx.ModelProto, ranges: Ranges, *, exclude: Sequence[st
 
     data = TensorsData(CalibrationMethod.MinMax, {k: TensorData(lowest=np.float32(lo), highest=np.float32(hi))
                                                   for k, (lo, hi) in ranges.items()})
+    adds: List[ResidualAdd] = []
+    if target.placement:
+        only, exclude, adds = _placed(model, only, exclude, target.quantized_op_types(), ranges)
     # positional: the keyword names changed across onnxruntime releases, the order did not
     quantizer = QDQQuantizer(copy.deepcopy(model), True, False, QuantType.QInt8,
                              getattr(QuantType, target.activation_type), data, list(only), list(exclude),
                              target.quantized_op_types(), copy.deepcopy(target.extra_options))
     quantizer.quantize_model()
     quantizer.model.topological_sort()   # as quantize_static does before saving; Q/DQ are appended unsorted
-    return quantizer.model.model
+    quantized = quantizer.model.model
+    drop_main_input_qdq(quantized, adds)
+    return quantized
+
+
+def _placed(model: onnx.ModelProto, only: Sequence[str], exclude: Sequence[str], op_types: Sequence[str],
+            ranges: Ranges) -> Tuple[List[str], List[str], List[ResidualAdd]]:
+    """(only, exclude) for ONNX Runtime's quantizer under NVIDIA's placement, and the residual Adds: the weighted
+    layers asked for, the Adds and MaxPools that go with them (those with calibrated inputs), every other node of
+    ``op_types`` excluded."""
+    weighted = [n.name for n in model.graph.node if n.op_type in WEIGHTED_OPS and (not only or n.name in only)
+                and n.name not in exclude]
+    keep, adds = choose_nodes(model, weighted)
+    uncalibrated = {n.name for n in model.graph.node if n.name in keep and n.op_type not in WEIGHTED_OPS
+                    and any(name not in ranges for name in n.input)}
+    keep, adds = keep - uncalibrated, [a for a in adds if a.node not in uncalibrated]
+    # an empty nodes_to_quantize means "all" to ONNX Runtime: exclude the rest instead
+    return [], [n.name for n in model.graph.node if n.op_type in op_types and n.name not in keep], adds
 
 
 def _check_ready(model: onnx.ModelProto) -> None:
@@ -390,7 +493,7 @@ def rank_sensitivity(base: onnx.ModelProto, ranges: Ranges, inputs: Sequence[np.
     key = output_kind(base)
     refs = [run_session(ref_sess, x)[key] for x in inputs]
     errors = {}
-    op_types = set(target.quantized_op_types())
+    op_types = set(target.ranked_op_types())
     for node in (n.name for n in base.graph.node if n.op_type in op_types):
         sess = ort_session(quantize_qdq(base, ranges, only=[node], target=target))
         outs = [run_session(sess, x)[key] for x in inputs]

@@ -37,6 +37,11 @@ class Int8Options:
         sensitivity_images: images per layer for the sensitivity ranking.
         target: "tensorrt" (symmetric Q/DQ on Conv inputs, TensorRT-ready; OpenVINO runs it as INT8 too) or
             "cpu" (ONNX Runtime's uint8 layout).
+        trt_version: the TensorRT that will build the graph: "10", "11", "rtx" (opset 19, strongly typed
+            builders) or "8.5"/"8.6" (opset 17, JetPack 5 / 6.0); None: 10 and later.
+        high_precision: what the layers left out of INT8 run in: "fp16" (an FP16-typed graph whose Q/DQ scales
+            are FP16, opset 19) or "fp32"; None: fp16 for TensorRT 10+ and RTX, fp32 for 8.x (whose weakly
+            typed builder mixes INT8 with FP16 by its own flags) and for the cpu target.
         progress: show progress bars.
         report: write a JSON report (``int8_report``) here.
     """
@@ -53,6 +58,8 @@ class Int8Options:
     max_drop: float = 1.0
     sensitivity_images: int = 4
     target: str = "tensorrt"
+    trt_version: Optional[str] = None
+    high_precision: Optional[str] = None
     progress: bool = True
     report: Optional[Path] = None
 

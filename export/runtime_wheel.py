@@ -26,7 +26,7 @@ def build_runtime_wheel(out_dir: PathLike, *, python: str = sys.executable) -> P
     """Build the ``fcnseg-runtime`` wheel (``runtime/pyproject.toml``) into ``out_dir``; returns its path.
 
     The runtime and core sources are copied to a temporary folder first, so the build leaves nothing in the tree.
-    Uses ``pip wheel --no-build-isolation`` (no download: setuptools >= 77 must be installed).
+    Uses ``pip wheel --no-build-isolation`` (no download: setuptools >= 61 must be installed).
     """
     src = Path(runtime.__file__).resolve().parent
     core_src = Path(core.__file__).resolve().parent
@@ -45,7 +45,7 @@ def build_runtime_wheel(out_dir: PathLike, *, python: str = sys.executable) -> P
         if proc.returncode or not wheels:
             last = (proc.stdout.strip().splitlines() or ["no output"])[-1]
             raise FcnsegError(f"expected pip to build the runtime wheel, got exit code {proc.returncode} ({last}); "
-                              "try `pip install 'setuptools>=77'` in this environment")
+                              "try `pip install 'setuptools>=61'` in this environment")
         dest = Path(out_dir) / wheels[0].name
         with atomic_path(dest) as t:
             shutil.copyfile(wheels[0], t)

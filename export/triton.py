@@ -136,8 +136,13 @@ def network_config(name: str, model: Path, io: ModelIO, batching: Batching, onnx
         kind = dict(backend="openvino", filename="model.onnx")
     else:
         kind = dict(platform="onnxruntime_onnx", filename="model.onnx")
-    return model_config(name, io.inputs, io.outputs, max_batch=max_batch, batching=batching,
-                        preferred=preferred, **kind)
+    config = model_config(name, io.inputs, io.outputs, max_batch=max_batch, batching=batching,
+                          preferred=preferred, **kind)
+    if io.fp16_qdq and config.platform == "onnxruntime_onnx":
+        # ONNX Runtime's WeightBiasQuantization breaks FP16 Q/DQ graphs and Triton's backend cannot turn off one
+        # optimizer: all graph optimizations off (level -1) keeps the masks right (or serve it with openvino).
+        config.optimization.graph.level = -1
+    return config
 
 
 def python_config(name: str, role: str, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], *,

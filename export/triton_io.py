@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from ..core.errors import FcnsegError
-from ..core.metadata import ModelMetadata
+from ..core.metadata import PREFIX, ModelMetadata
 from ..core.sidecar import EngineSidecar, sidecar_path
 from .onnx_graph import load_onnx, read_metadata
 
@@ -39,6 +39,7 @@ class ModelIO:
     max_batch: Optional[int]
     metadata: ModelMetadata
     profile: Optional[Dict[str, Any]] = None
+    fp16_qdq: bool = False   # an INT8 graph with FP16 elsewhere: ONNX Runtime must run it unoptimized (see triton)
 
     @property
     def result(self) -> TensorSpec:
@@ -62,7 +63,9 @@ def read_onnx_io(path: PathLike) -> ModelIO:
 
     inputs = [spec(v) for v in model.graph.input if v.name not in init]
     outputs = [spec(v)[0] for v in model.graph.output]
-    return ModelIO([s for s, _ in inputs], outputs, inputs[0][1], read_metadata(model)[0])
+    meta, props = read_metadata(model, str(path))
+    fp16_qdq = (props.get(PREFIX + "int8") or {}).get("high_precision") == "fp16"
+    return ModelIO([s for s, _ in inputs], outputs, inputs[0][1], meta, fp16_qdq=fp16_qdq)
 
 
 def read_plan_io(path: PathLike) -> ModelIO:

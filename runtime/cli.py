@@ -22,7 +22,8 @@ from .video.app import StreamOptions, run_stream, stream_options
 
 @click.command(cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, required=True, type=str)
-@click.option("--model", "-m", required=True, type=click.Path(path_type=Path),
+# readable=False: fcnseg's own check says "permission denied" (click's would say "is not readable; try -h")
+@click.option("--model", "-m", required=True, type=click.Path(path_type=Path, readable=False),
               help="Model file: .onnx, .plan/.engine (TensorRT) or .pth (PyTorch checkpoint).")
 @click.option("--out", "-o", required=True, type=str,
               help="Output folder (mirrors sub-folders of input folders); for streams a video file, folder or URL.")

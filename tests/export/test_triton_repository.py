@@ -194,3 +194,11 @@ def test_ensemble_steps_match_segmenter(r18_onnx):
         scores = session.run(None, {"input": x})[0][0]
         mask = postprocess_scores(scores, size)
         assert mask.shape == (h, w) and np.array_equal(mask, seg(image))
+
+
+def test_fp16_qdq_graph_runs_unoptimized_on_onnxruntime(r18_int8, r18_onnx, tmp_path):
+    """The default INT8 graph (FP16 elsewhere) needs ONNX Runtime without WeightBiasQuantization; Triton's backend
+    cannot turn one optimizer off, so its config turns graph optimization off; other graphs keep the default."""
+    int8 = parse(export_triton(r18_int8.path, tmp_path / "a", batching=Batching(kind="cpu")).config_path("fcn"))
+    fp32 = parse(export_triton(r18_onnx, tmp_path / "b", batching=Batching(kind="cpu")).config_path("fcn"))
+    assert int8.optimization.graph.level == -1 and fp32.optimization.graph.level == 0

@@ -211,3 +211,89 @@ def test_runtime_wheel_matches_the_package_version(runtime_wheel):
     found = {".".join(("fcnseg", pkg) + p.parent.relative_to(ROOT / pkg).parts)
              for pkg in ("runtime", "core") for p in (ROOT / pkg).rglob("__init__.py")}
     assert found == listed
+
+
+# ---------------------------------------------------------------- building the runtime from source on Python 3.8
+
+LAST_SETUPTOOLS_FOR_PY38 = "75.3.0"   # setuptools 75.3.x is the last release that runs on Python 3.8
+WHEELS_PY38 = "FCNSEG_WHEELS_PY38"   # a folder with a setuptools wheel for Python 3.8, for the offline 3.8 build
+
+
+def _stage_runtime(tmp: Path) -> Path:
+    """runtime/ and the ../core it ships, copied as they are in the checkout (the build then writes nothing here)."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "build", "*.egg-info")
+    for pkg in ("runtime", "core"):
+        shutil.copytree(ROOT / pkg, tmp / pkg, ignore=ignore)
+    return tmp / "runtime"
+
+
+def _build_leftovers() -> set:
+    return {str(p.relative_to(ROOT)) for pkg in ("runtime", "core") for p in (ROOT / pkg).iterdir()
+            if p.name == "build" or p.name.endswith(".egg-info")}
+
+
+def test_runtime_build_requirement_admits_python38():
+    """`pip install ./runtime` on JetPack 5's Python 3.8: the build backend it asks for must exist there."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    from packaging.requirements import Requirement
+
+    doc = tomllib.loads((ROOT / "runtime/pyproject.toml").read_text())
+    reqs = [Requirement(r) for r in doc["build-system"]["requires"]]
+    setuptools = [r for r in reqs if r.name == "setuptools" and (r.marker is None or r.marker.evaluate(
+        {"python_version": "3.8", "python_full_version": "3.8.10"}))]
+    assert setuptools, f"no setuptools requirement applies on Python 3.8: {doc['build-system']['requires']}"
+    for req in setuptools:
+        assert req.specifier.contains(LAST_SETUPTOOLS_FOR_PY38), \
+            f"{req} admits no setuptools that runs on Python 3.8 (the last is {LAST_SETUPTOOLS_FOR_PY38})"
+    # An SPDX string ("BSD-3-Clause") needs setuptools >= 77; the table form is read from setuptools 61 on.
+    assert isinstance(doc["project"].get("license", {}), dict), "license as a string needs setuptools >= 77"
+
+
+def test_runtime_builds_from_source_and_leaves_the_checkout_clean(tmp_path):
+    """The wheel builds from runtime/pyproject.toml with this environment's setuptools (no download)."""
+    before = _build_leftovers()
+    src = _stage_runtime(tmp_path / "src")
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", *PIP, "-w",
+          str(tmp_path / "dist"), str(src)], timeout=300)
+    wheel = next((tmp_path / "dist").glob("fcnseg_runtime-*-py3-none-any.whl"))
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as z:
+        meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+        names = z.namelist()
+    assert "Requires-Python: >=3.8" in meta.splitlines() and "License: BSD-3-Clause" in meta.splitlines()
+    assert "fcnseg/runtime/segmenter.py" in names and "fcnseg/core/errors.py" in names
+    assert _build_leftovers() == before, "building the runtime left build/ or .egg-info folders in the checkout"
+
+
+def _py38_build_args(python: str) -> Optional[list]:
+    """pip wheel's build arguments for ``python`` without a download, or None when it cannot build offline."""
+    wheels = os.environ.get(WHEELS_PY38)
+    if wheels and glob.glob(os.path.join(wheels, "setuptools-*.whl")):
+        return ["--no-index", "--find-links", wheels]     # an isolated build from local wheels
+    probe = subprocess.run([python, "-c", "import setuptools; print(setuptools.__version__)"],
+                           capture_output=True, text=True, timeout=60)
+    major = probe.stdout.strip().split(".")[0]
+    return ["--no-build-isolation"] if probe.returncode == 0 and major.isdigit() and int(major) >= 61 else None
+
+
+def test_runtime_builds_and_installs_on_python38(venvs, tmp_path):
+    """Built from source by Python 3.8 itself, installed into JetPack 5.1's environment, imported there."""
+    python = find_python("3.8")
+    if python is None or venvs["jetpack5.1"] is None:
+        pytest.skip("Python 3.8 (JetPack 5's) is not installed here (looked on PATH and in pyenv)")
+    args = _py38_build_args(python)
+    if args is None:
+        pytest.skip(f"Python 3.8 here ({python}) has no setuptools >= 61 and tests do not download one; set "
+                    f"{WHEELS_PY38} to a folder holding setuptools-{LAST_SETUPTOOLS_FOR_PY38}-py3-none-any.whl "
+                    f"(pip download --no-deps setuptools=={LAST_SETUPTOOLS_FOR_PY38}) to run it")
+    src = _stage_runtime(tmp_path / "src")
+    _run([python, "-m", "pip", "wheel", "-q", "--no-deps", *PIP, *args, "-w", str(tmp_path / "dist"), str(src)],
+         timeout=300)
+    wheel = next((tmp_path / "dist").glob("fcnseg_runtime-*-py3-none-any.whl"))
+    venv, pip = venvs["jetpack5.1"]
+    _run(pip + ["install", "-q", "--no-index", "--no-deps", "--force-reinstall", str(wheel)], timeout=120)
+    code = ("import sys, fcnseg.runtime, fcnseg.core.onnx_props; "
+            "print('%d.%d' % sys.version_info[:2], fcnseg.runtime.__file__)")
+    out = _run([str(venv / "bin/python"), "-c", code], cwd=str(tmp_path), timeout=120).stdout.split()
+    assert out[0] == "3.8" and Path(out[1]).is_relative_to(venv)

@@ -35,7 +35,7 @@ from ..runtime.backends.tensorrt import format_shape
 from . import chain
 from .options import EngineOptions, Int8Options
 from .runtime_wheel import build_runtime_wheel
-from .tensorrt import EngineSpec, Profile, engine_spec, profile_sidecar
+from .tensorrt import EngineSpec, Profile, dla_profile, engine_spec, profile_sidecar
 
 PathLike = Union[str, "os.PathLike[str]"]
 TEMPLATES = Path(__file__).with_name("templates")
@@ -84,10 +84,9 @@ def staging(dest: Path) -> Iterator[Path]:
 
 
 def bundle_profile(spec: EngineSpec, dla_core: Optional[int], explicit: bool) -> Profile:
-    """The profile to build with: the spec's; on a DLA without explicit shapes, fixed at opt (DLA is static)."""
-    if dla_core is None or explicit:
-        return spec.profile
-    return Profile(spec.profile.opt, spec.profile.opt, spec.profile.opt)
+    """The profile to build with: the spec's; on a DLA one shape, as ``fcn-export trt`` builds it there
+    (``tensorrt.dla_profile``: fixed at opt, or a dynamic profile given explicitly refused here, not on the device)."""
+    return dla_profile(spec.profile, dla_core, explicit=explicit)
 
 
 def make_bundle(model: PathLike, out: PathLike, *, engine: EngineOptions = EngineOptions(),

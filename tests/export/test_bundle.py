@@ -162,6 +162,8 @@ def test_refuses_non_empty_folder_unless_forced(graphs, wheel, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--gpu-fallback"], "expected --dla-core N with --gpu-fallback"),
     (["--int8-from", "x.onnx", "--calib-data", "voc"], "expected at most one of --int8-from and --calib-data"),
+    (["--dla-core", "0", "--min-shape", "1x3x64x64", "--opt-shape", "1x3x96x96", "--max-shape", "1x3x128x128"],
+     "expected one shape for --dla-core 0"),   # refused here, not by build_engine.sh on the device
 ])
 def test_cli_errors_are_one_line(graphs, tmp_path, args, message):
     result = CliRunner().invoke(export_main, ["bundle", str(graphs["fp32"]), "--out", str(tmp_path / "b"), *args])

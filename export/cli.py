@@ -226,9 +226,12 @@ def int8_cmd(model: str, int8: Int8Options, cache: Optional[str], report: Option
         report = _guard(report, artifacts.INT8_REPORT, [model], force, option="--report")
     options = replace(int8, cache=Path(cache) if cache else None, report=Path(report) if report else None)
     result = chain.lower(model, "int8", output, int8=options)
+    costs = ", ".join(f"{r.node} {r.cost:.2f}" for r in result.reverted)
+    reverted = f" (cost in mIoU points: {costs})" if costs else ""
+    by_design = f", float by design: {', '.join(result.float_by_design)}" if result.float_by_design else ""
     click.echo(f"{result.path}\tmIoU fp32 {result.miou_fp32 * 100:.2f} int8 {result.miou_int8 * 100:.2f} "
-               f"({-result.drop:+.2f} points), {len(result.excluded)} layers in float, "
-               f"{result.high_precision} elsewhere")
+               f"({-result.drop:+.2f} points), {len(result.reverted)} layers reverted to float for accuracy{reverted}"
+               f"{by_design}, {result.high_precision} elsewhere")
 
 
 @main.command("check")

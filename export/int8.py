@@ -26,9 +26,12 @@ go to a JSON cache and the quantizer is fed from them (``quantize_static`` would
 lets the accuracy fallback re-quantize without recalibrating.
 
 Accuracy: mIoU of INT8 vs FP32 on images that did not calibrate (ONNX Runtime CPU, FP32 elsewhere). When the drop
-exceeds the budget, each weighted layer's sensitivity is measured alone (quantize one layer, compare outputs with
-FP32 on a few images) and a bisection over the most sensitive layers (as Polygraphy's ``debug precision`` does)
-finds the fewest layers to keep in float. The FP16 lowering is then checked against that graph on the same images.
+exceeds the budget, what each quantized layer costs is measured on those same images (mIoU with that layer alone
+reverted to float, minus mIoU with every layer in INT8), and the costliest layers are reverted, one at a time in
+that order, until the drop is within budget: the fewest layers, each reported with its cost. Layers that are float
+by design (the sub-pixel upsampling Conv) are never ranked and are reported as such. Past ``MEASURED_LAYERS``
+candidates a cheap proxy (output error with one layer quantized alone) picks which to measure. The FP16 lowering
+is then checked against the chosen graph on the same images.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -130,6 +133,25 @@ TARGETS = {
 CACHE_FORMAT = "fcnseg-calibration-v2"   # v2: ranges of Add and MaxPool tensors too
 HIGH_PRECISIONS = ("fp16", "fp32")
 TRT_VERSIONS = ("8.5", "8.6", "10", "11", "rtx")   # examples; any MAJOR[.MINOR] works
+MEASURED_LAYERS = 32   # at most this many layers get a measured mIoU cost; past it a cheap proxy picks them
+
+
+@dataclass(frozen=True)
+class RevertedLayer:
+    """A layer the fallback put back in float to meet ``max_drop``.
+
+    Attributes:
+        node: its ONNX node name.
+        cost: the mIoU points quantizing it costs on the evaluation images: mIoU with it alone in float minus mIoU
+            with every layer in INT8 (for a layer past ``MEASURED_LAYERS``: what reverting it added to the layers
+            reverted before it).
+    """
+
+    node: str
+    cost: float
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"node": self.node, "cost_points": round(self.cost, 4)}
 
 
 @dataclass
@@ -142,12 +164,15 @@ class Int8Result:
         miou_fp32 / miou_int8: mIoU (0..1) on the evaluation split, ONNX Runtime CPU (INT8 with FP32 elsewhere;
             an FP16-elsewhere graph is checked against that one on the same images, ``verify_qdq_fp16``).
         comparison: the full ``MiouComparison`` (per-class deltas in points).
-        excluded: Conv/ConvTranspose nodes kept in float to meet ``max_drop``.
+        excluded: the node names of ``reverted``.
         high_precision: what the other layers run in ("fp16": FP16-typed graph, opset 19; "fp32").
         calibrated: False when the ranges came from the cache.
         num_calib_images: images calibration used (or the cache was made with).
         method: calibration method.
         seconds: wall time.
+        calibration_ids / evaluation_ids: the images that calibrated and those that measured.
+        reverted: layers reverted to float to meet ``max_drop``, costliest first, each with its measured cost.
+        float_by_design: layers never quantized whatever the budget (the sub-pixel upsampling Conv).
     """
 
     path: Path
@@ -163,6 +188,8 @@ class Int8Result:
     seconds: float = 0.0
     calibration_ids: List[str] = field(default_factory=list)
     evaluation_ids: List[str] = field(default_factory=list)
+    reverted: List[RevertedLayer] = field(default_factory=list)
+    float_by_design: List[str] = field(default_factory=list)
 
     @property
     def drop(self) -> float:
@@ -254,8 +281,9 @@ def _quantize(src: Path, out: Path, o: Int8Options) -> Int8Result:
         if o.cache is not None:
             write_text(o.cache, json.dumps({**key, "images": used, "ranges": ranges}, indent=1))
     evaluator = _Evaluator(eval_set, None, meta, o.progress)
-    quantized, cmp, excluded = _quantize_within_budget(base, ranges, evaluator, o.max_drop, o.sensitivity_images, tgt,
-                                                       keep_float=subpixel)
+    quantized, cmp, reverted, _ = _quantize_within_budget(base, ranges, evaluator, o.max_drop, o.sensitivity_images,
+                                                          tgt, keep_float=subpixel)
+    excluded = [r.node for r in reverted]
     high = high_precision(o)
     if high == "fp16":
         # checked on the images that measured the mIoU: a broken lowering is refused, nothing written
@@ -267,26 +295,28 @@ def _quantize(src: Path, out: Path, o: Int8Options) -> Int8Result:
     set_metadata(quantized, meta, {PREFIX + "int8": {
         "target": target, "method": method, "calib_split": o.calib_split, "num_images": used, "eval_split": o.eval_split,
         "num_eval_images": len(eval_ids), "miou_fp32": cmp.ref_miou, "miou_int8": cmp.test_miou,
-        "excluded": excluded, "subpixel_upsampling": subpixel, "high_precision": high,
-        "trt_version": o.trt_version}})
+        "excluded": excluded, "reverted": [r.to_dict() for r in reverted], "subpixel_upsampling": subpixel,
+        "high_precision": high, "trt_version": o.trt_version}})
     save_onnx(quantized, out)
     seconds = time.perf_counter() - t0
-    log.info("wrote %s (int8 Q/DQ, %s elsewhere, %d layers kept in float) in %.1f s", out, high, len(excluded),
-             seconds)
+    log.info("wrote %s (int8 Q/DQ, %s elsewhere, %d layers reverted to float for accuracy, %d float by design) in "
+             "%.1f s", out, high, len(excluded), len(subpixel), seconds)
     result = Int8Result(out, Path(o.cache) if o.cache is not None else None, cmp.ref_miou, cmp.test_miou, cmp,
-                        excluded, high, calibrated, used, method, seconds, calib_ids, eval_ids)
+                        excluded, high, calibrated, used, method, seconds, calib_ids, eval_ids, reverted, subpixel)
     if o.report is not None:
         write_text(o.report, json.dumps(int8_report(result, o.calib_split, o.eval_split, target), indent=1))
     return result
 
 
 def int8_report(result: Int8Result, calib_split: str, eval_split: str, target: str) -> Dict[str, Any]:
-    """The ``--report`` JSON: which images calibrated and which measured, both mIoUs, layers kept in float."""
+    """The ``--report`` JSON: which images calibrated and which measured, both mIoUs, the layers reverted to float
+    (``reverted``: node and measured cost in mIoU points; ``kept_in_float``: their names) and those float by design."""
     return {"model": str(result.path), "target": target, "method": result.method,
             "calib_split": calib_split, "eval_split": eval_split,
             "calibration_ids": list(result.calibration_ids), "evaluation_ids": list(result.evaluation_ids),
             "calibrated": result.calibrated, "miou_fp32": result.miou_fp32, "miou_int8": result.miou_int8,
             "drop_points": result.drop, "kept_in_float": list(result.excluded),
+            "reverted": [r.to_dict() for r in result.reverted], "float_by_design": list(result.float_by_design),
             "high_precision": result.high_precision}
 
 
@@ -452,56 +482,90 @@ def _predictor(model: onnx.ModelProto, meta: ModelMetadata) -> Any:
         return Segmenter.load(path, providers=["cpu"], size=meta.input_size)
 
 
+class Fallback(NamedTuple):
+    """What ``_quantize_within_budget`` chose: the graph, its comparison with FP32, the layers reverted to float
+    (costliest first) and the measured cost of every layer ranked (empty when none was needed)."""
+
+    model: onnx.ModelProto
+    comparison: MiouComparison
+    reverted: List[RevertedLayer]
+    costs: Dict[str, float]
+
+
 def _quantize_within_budget(base: onnx.ModelProto, ranges: Ranges, ev: _Evaluator, max_drop: float,
                             sensitivity_images: int, target: QuantTarget = TARGETS["tensorrt"],
-                            keep_float: Sequence[str] = ()) -> Tuple[onnx.ModelProto, MiouComparison, List[str]]:
-    """Quantize every layer but ``keep_float``; if the mIoU drop is over budget, bisect over the most sensitive."""
+                            keep_float: Sequence[str] = ()) -> Fallback:
+    """Quantize every layer but ``keep_float`` (float by design); if the mIoU drop is over budget, measure what
+    each quantized layer costs (``measure_costs``) and revert the costliest to float, one at a time, until it is
+    within budget."""
     ref = ev.confusion(base, "fp32 mIoU")
-    classes = ev.meta.classes
+    if keep_float:
+        log.info("float by design: %s", ", ".join(keep_float))
 
-    def attempt(exclude: List[str]) -> Tuple[onnx.ModelProto, MiouComparison]:
+    def attempt(exclude: Sequence[str]) -> Tuple[onnx.ModelProto, MiouComparison]:
         q = quantize_qdq(base, ranges, exclude=[*keep_float, *exclude], target=target)
-        cmp = compare_miou(ref, ev.confusion(q, f"int8 mIoU ({len(exclude)} float)"), tolerance=max_drop,
-                           classes=classes)
-        log.info("int8 with %d layers in float: mIoU %.2f vs fp32 %.2f (%+.2f points)", len(exclude),
+        cmp = compare_miou(ref, ev.confusion(q, f"int8 mIoU ({len(exclude)} reverted)"), tolerance=max_drop,
+                           classes=ev.meta.classes)
+        log.info("int8 with %d layers reverted to float: mIoU %.2f vs fp32 %.2f (%+.2f points)", len(exclude),
                  cmp.test_miou * 100, cmp.ref_miou * 100, cmp.delta)
         return q, cmp
 
-    best = attempt([])
-    if -best[1].delta <= max_drop:
-        _log_classes(best[1])
-        return best[0], best[1], []
-    order = rank_sensitivity(base, ranges, ev.inputs(sensitivity_images), target=target)
-    lo, hi, tried = 0, len(order), {}
-    while hi - lo > 1:   # excluding `lo` layers misses the budget; excluding `hi` meets it (all: FP32)
-        mid = (lo + hi) // 2
-        tried[mid] = attempt(order[:mid])
-        lo, hi = (lo, mid) if -tried[mid][1].delta <= max_drop else (mid, hi)
-    q, cmp = tried[hi] if hi in tried else attempt(order[:hi])
-    excluded = order[:hi]
-    log.info("kept in float to stay within %.2f mIoU points: %s", max_drop, ", ".join(excluded))
-    if hi == len(order):
+    q, cmp = attempt([])
+    if -cmp.delta <= max_drop:
+        _log_classes(cmp)
+        return Fallback(q, cmp, [], {})
+    layers = [n.name for n in base.graph.node if n.op_type in target.ranked_op_types() and n.name not in keep_float]
+    if len(layers) > MEASURED_LAYERS:   # e.g. the cpu target's every op: a cheap proxy picks the suspects
+        layers = rank_sensitivity(base, ranges, ev.inputs(sensitivity_images), target=target, keep_float=keep_float)
+    measured = layers[:MEASURED_LAYERS]
+    costs = measure_costs(lambda node: attempt([node])[1], measured, cmp.test_miou, getattr(ev, "progress", False))
+    order = sorted(measured, key=lambda k: -costs[k]) + layers[len(measured):]
+    reverted: List[RevertedLayer] = []
+    for node in order:
+        before = cmp.test_miou
+        q, cmp = attempt([*(r.node for r in reverted), node])
+        reverted.append(RevertedLayer(node, costs.get(node, (cmp.test_miou - before) * 100)))
+        if -cmp.delta <= max_drop:
+            break
+    log.info("reverted to float to stay within %.2f mIoU points: %s", max_drop,
+             ", ".join(f"{r.node} ({r.cost:+.2f})" for r in reverted))
+    if len(reverted) == len(layers):
         log.warning("warning: every quantizable layer had to stay in float; the graph has no INT8 layers left")
     _log_classes(cmp)
-    return q, cmp, excluded
+    return Fallback(q, cmp, reverted, costs)
+
+
+def measure_costs(miou_with_float: Callable[[str], MiouComparison], layers: Sequence[str], int8_miou: float,
+                  progress: bool = False) -> Dict[str, float]:
+    """Node name -> mIoU points it costs in INT8: the mIoU with it alone reverted to float (``miou_with_float``,
+    measured on the evaluation images) minus ``int8_miou`` (every layer in INT8)."""
+    from tqdm import tqdm
+
+    costs = {}
+    for node in tqdm(layers, desc="int8 sensitivity", unit="layer", disable=None if progress else True):
+        costs[node] = (miou_with_float(node).test_miou - int8_miou) * 100
+    top = sorted(costs, key=lambda k: -costs[k])[:5]
+    log.info("costliest layers in int8 (mIoU points): %s", ", ".join(f"{k} ({costs[k]:+.2f})" for k in top))
+    return costs
 
 
 def rank_sensitivity(base: onnx.ModelProto, ranges: Ranges, inputs: Sequence[np.ndarray], *,
-                     target: QuantTarget = TARGETS["tensorrt"]) -> List[str]:
-    """Quantizable node names, most sensitive first: each quantized alone, output error vs FP32."""
+                     target: QuantTarget = TARGETS["tensorrt"], keep_float: Sequence[str] = ()) -> List[str]:
+    """Quantizable node names but ``keep_float``, most suspicious first, by a cheap proxy for their mIoU cost: each
+    quantized alone, its output error vs FP32 on ``inputs``."""
     ref_sess = ort_session(base)
     key = output_kind(base)
     refs = [run_session(ref_sess, x)[key] for x in inputs]
     errors = {}
     op_types = set(target.ranked_op_types())
-    for node in (n.name for n in base.graph.node if n.op_type in op_types):
+    for node in (n.name for n in base.graph.node if n.op_type in op_types and n.name not in keep_float):
         sess = ort_session(quantize_qdq(base, ranges, only=[node], target=target))
         outs = [run_session(sess, x)[key] for x in inputs]
         # logits: mean abs error; masks: fraction of changed labels
         errors[node] = float(np.mean([np.mean(np.abs(o.astype(np.float32) - r)) if key == "logits"
                                       else np.mean(o != r) for o, r in zip(outs, refs)]))
     order = sorted(errors, key=lambda k: -errors[k])
-    log.info("most sensitive layers: %s", ", ".join(f"{k} ({errors[k]:.3g})" for k in order[:5]))
+    log.info("most suspicious layers by output error: %s", ", ".join(f"{k} ({errors[k]:.3g})" for k in order[:5]))
     return order
 
 

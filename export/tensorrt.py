@@ -24,15 +24,18 @@ shape; a default profile is fixed at opt), and hardware or version compatibility
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
 import os
 import re
+import sys
+import threading
 import time
 from dataclasses import dataclass, fields as dataclass_fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ..core.atomic import atomic_path, write_bytes
 from ..runtime.backends import tensorrt as trt_runtime
@@ -353,9 +356,146 @@ def set_dla(builder: trt.Builder, config: trt.IBuilderConfig, features: Features
         config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
 
 
-def build_plan(builder: trt.Builder, network: trt.INetworkDefinition, config: trt.IBuilderConfig) -> bytes:
-    """``build_serialized_network``; None (TensorRT's failure signal) becomes FcnsegError."""
-    serialized = builder.build_serialized_network(network, config)
+class BuildProgress:
+    """What an engine build shows on stderr: TensorRT's optimizer phases as tqdm bars (fed by ``progress_monitor``,
+    10+ and RTX), or one line with the elapsed time where the library reports nothing (8.x).
+
+    ``disable`` is tqdm's: None shows them only on a terminal. ``phases`` records every phase started, ``mode`` which
+    of the two ran ("phases" or "elapsed"). TensorRT calls the phase methods from its own threads, hence the lock.
+    """
+
+    def __init__(self, disable: Optional[bool] = None) -> None:
+        self.disable = disable
+        self.phases: List[str] = []
+        self.mode: Optional[str] = None
+        self._bars: Dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def phase_start(self, name: str, parent: Optional[str], num_steps: int) -> None:
+        with self._lock:
+            self.phases.append(name)
+            depth = len(self._bars)
+            self._bars[name] = _tqdm(total=num_steps, desc=f"{'  ' * depth}{name}", unit="step", leave=depth == 0,
+                                     position=depth, disable=self.disable)
+
+    def step_complete(self, name: str, step: int) -> None:
+        with self._lock:
+            bar = self._bars.get(name)
+            if bar is not None:
+                bar.update(step + 1 - bar.n)
+
+    def phase_finish(self, name: str) -> None:
+        with self._lock:
+            bar = self._bars.pop(name, None)
+            if bar is not None:
+                bar.close()
+
+    @contextlib.contextmanager
+    def elapsed(self, desc: str) -> Iterator[None]:
+        """``desc`` and the seconds so far, redrawn every second until the block ends."""
+        self.mode = "elapsed"
+        bar = _tqdm(total=None, desc=desc, bar_format="{desc}: {elapsed}", disable=self.disable)
+        stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(1.0):
+                bar.refresh()
+
+        thread = threading.Thread(target=tick, name="fcnseg-build-elapsed", daemon=True)
+        if not bar.disable:
+            thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if thread.is_alive():
+                thread.join()
+            bar.close()
+
+    def close(self) -> None:
+        with self._lock:
+            for bar in self._bars.values():
+                bar.close()
+            self._bars.clear()
+
+
+def _tqdm(**kwargs: Any) -> Any:
+    """A tqdm bar on stderr; a silent stand-in when tqdm is missing (the build must not depend on it)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(file=sys.stderr, **kwargs)
+
+
+class _NoBar:
+    disable, n = True, 0
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def refresh(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_monitor(module: Any, progress: BuildProgress) -> Optional[Any]:
+    """A ``module.IProgressMonitor`` (TensorRT 10+, TensorRT for RTX) forwarding to ``progress``; None before 10.
+
+    Nothing it does raises into TensorRT: an error is logged once and the build goes on (``step_complete`` returns
+    True, which TensorRT reads as "continue").
+    """
+    base = getattr(module, "IProgressMonitor", None)
+    if base is None:
+        return None
+
+    class Monitor(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            base.__init__(self)   # pybind11 trampolines need the base initialised explicitly
+            self.failed = False
+
+        def _forward(self, method: str, *args: Any) -> None:
+            try:
+                getattr(progress, method)(*args)
+            except Exception as e:  # never into TensorRT's C++ stack
+                if not self.failed:
+                    log.debug("build progress display failed (%s: %s); the build goes on", type(e).__name__, e)
+                self.failed = True
+
+        def phase_start(self, phase_name: str, parent_phase: Optional[str], num_steps: int) -> None:
+            self._forward("phase_start", phase_name, parent_phase, num_steps)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            self._forward("step_complete", phase_name, step)
+            return True
+
+        def phase_finish(self, phase_name: str) -> None:
+            self._forward("phase_finish", phase_name)
+
+    return Monitor()
+
+
+def build_plan(builder: trt.Builder, network: trt.INetworkDefinition, config: trt.IBuilderConfig, *,
+               module: Any = None, progress: Optional[BuildProgress] = None) -> bytes:
+    """``build_serialized_network``, showing progress (``BuildProgress``: the phases through ``module``'s
+    ``IProgressMonitor`` where it has one, else the elapsed time); None (TensorRT's failure signal) becomes
+    FcnsegError."""
+    progress = progress if progress is not None else BuildProgress()
+    monitor = progress_monitor(module, progress) if hasattr(config, "progress_monitor") else None
+    try:
+        if monitor is not None:
+            progress.mode = "phases"
+            config.progress_monitor = monitor   # kept alive by `monitor` until the build returns
+            serialized = builder.build_serialized_network(network, config)
+        else:
+            with progress.elapsed("building engine"):
+                serialized = builder.build_serialized_network(network, config)
+    finally:
+        if monitor is not None:
+            config.progress_monitor = None
+        progress.close()
     if serialized is None:
         raise FcnsegError("expected TensorRT to build the engine, got None from build_serialized_network; see "
                           "the TensorRT log above, try a larger --workspace or a smaller --max-shape, and "
@@ -571,7 +711,7 @@ def build_engine_from_spec(spec: EngineSpec, *, output: PathLike) -> BuiltEngine
     set_dla(builder, config, features, spec, mode)
     parser = parse_onnx(network, logger, spec.onnx_path, features, nodes=spec.nodes,
                         native_instancenorm=bool(spec.hardware_compatibility or spec.version_compatible))
-    plan = build_plan(builder, network, config)
+    plan = build_plan(builder, network, config, module=trt)
     del parser  # the parser owns the weights until the plan is serialized
     seconds = time.perf_counter() - start
     if spec.timing_cache is not None and features.timing_cache:

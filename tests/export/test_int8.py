@@ -152,7 +152,8 @@ def test_int8_result_and_metadata(r18_int8):
     assert r.drop == pytest.approx((r.miou_fp32 - r.miou_int8) * 100)
     assert len(r.class_deltas) == 21 and "person" in r.class_deltas
     # 4 asked, but calibration takes at most half of the 6 val images: the other 3 measure (issue 9)
-    assert r.excluded == [] and r.calibrated and r.num_calib_images == 3 and r.method == "minmax"
+    assert r.excluded == [] and r.reverted == [] and r.calibrated and r.num_calib_images == 3 and r.method == "minmax"
+    assert r.float_by_design == ["/model/upscore8/up/Conv_subpixel"]   # reported as such, never as reverted
     assert len(r.evaluation_ids) == 3 and not set(r.calibration_ids) & set(r.evaluation_ids)
     meta, props = read_metadata(onnx.load(str(r.path)))
     assert meta.precision == "int8" and meta.arch == "fcn8s_resnet18" and meta.input_size == 64
@@ -210,47 +211,108 @@ def test_refuses_static_graph(r18_ckpt, tiny_voc, tmp_path):
         I.quantize_int8(static, tmp_path / "q.onnx", calib_root=tiny_voc, progress=False)
 
 
-class _FakeEvaluator:
-    """mIoU 1.0 unless one of ``harmful`` Conv nodes has quantized weights (then 0.5): a known budget breaker."""
+class _CostEvaluator:
+    """mIoU 1.0 minus the known ``costs`` (mIoU points) of every Conv whose weights are quantized; records which
+    layers were float in each graph it evaluated."""
 
-    def __init__(self, real, harmful):
-        self.real, self.harmful, self.meta, self.calls = real, set(harmful), real.meta, 0
+    def __init__(self, meta, costs):
+        self.meta, self.costs, self.progress, self.seen = meta, dict(costs), False, []
 
     def confusion(self, model, desc):
-        self.calls += 1
         producers = {o: n for n in model.graph.node for o in n.output}
-        hurt = any(n.name in self.harmful and producers.get(n.input[1]) is not None for n in model.graph.node)
+        convs = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")]
+        self.seen.append({n.name for n in convs if producers.get(n.input[1]) is None})
+        miou = 1.0 - sum(self.costs.get(n.name, 0.0) for n in convs if n.name not in self.seen[-1]) / 100
+        right = int(round(miou * 1_000_000))   # both classes' IoU = right / 1e6: mIoU to 1e-6
         cm = ConfusionMatrix(2)
-        target = np.array([0, 0, 1, 1], dtype=np.uint8)
-        cm.update(target, np.array([0, 1, 1, 1] if hurt else [0, 0, 1, 1], dtype=np.uint8))
+        cm.mat[:] = [[right, 1_000_000 - right], [0, right]]
         return cm
 
     def inputs(self, count):
-        return self.real.inputs(count)
+        return [np.zeros((1, 3, 32, 32), np.float32)] * count
 
 
-def test_sensitive_layers_stay_float_until_budget_met(r18_onnx, tiny_voc, caplog, monkeypatch):
-    base = onnx.shape_inference.infer_shapes(onnx.load(str(r18_onnx)))
-    meta, _ = read_metadata(base)
-    ranges = C.calibrate(base, C.VOCCalibrationReader(VOCLayout(tiny_voc, "val"), meta, num_images=2, progress=False),
-                         "minmax")
-    convs = [n.name for n in base.graph.node if n.op_type in ("Conv", "ConvTranspose")]
-    order = I.rank_sensitivity(base, ranges, I._Evaluator(VOCLayout(tiny_voc, "val"), 1, meta, False).inputs(1))
-    assert sorted(order) == sorted(convs)
-    harmful = order[:2]   # the two layers the ranking itself calls most sensitive
-    ev = _FakeEvaluator(I._Evaluator(VOCLayout(tiny_voc, "val"), 1, meta, False), harmful)
-    monkeypatch.setattr(I, "rank_sensitivity", lambda *a, **k: order)   # measured above; not twice
+def _conv_chain(layers=5):
+    """input -> (Conv 3x3 -> Relu) x layers -> logits: a graph the real quantizer handles in milliseconds."""
+    from onnx import helper
+
+    from fcnseg.core.metadata import ModelMetadata
+
+    rng = np.random.default_rng(0)
+    nodes, inits, ranges, x = [], [], {"input": (-2.0, 2.0)}, "input"
+    for i in range(layers):
+        out = "logits" if i == layers - 1 else f"r{i}"
+        cout = 2 if i == layers - 1 else 4
+        inits.append(numpy_helper.from_array(rng.standard_normal((cout, 3 if i == 0 else 4, 3, 3), np.float32), f"w{i}"))
+        nodes.append(helper.make_node("Conv", [x, f"w{i}"], [f"c{i}" if out != "logits" else out], name=f"conv{i}",
+                                      pads=[1, 1, 1, 1]))
+        if out != "logits":
+            nodes.append(helper.make_node("Relu", [f"c{i}"], [out], name=f"relu{i}"))
+            ranges.update({f"c{i}": (-3.0, 3.0), out: (0.0, 3.0)})
+        x = out
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2, 32, 32])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    helper.set_model_props(model, ModelMetadata(arch="tiny", input_size=32, num_classes=2).to_props())
+    return onnx.shape_inference.infer_shapes(model), ranges
+
+
+def test_fallback_reverts_the_fewest_layers_by_measured_cost(caplog):
+    """Measured costs, not graph order or an output-error proxy, decide: conv3 (0.6 points) then conv1 (0.5) bring a
+    1.4-point drop within 0.5; conv2 (0.3) stays INT8. conv4 is float by design: never measured, never reverted."""
+    base, ranges = _conv_chain()
+    ev = _CostEvaluator(read_metadata(base)[0], {"conv1": 0.5, "conv2": 0.3, "conv3": 0.6, "conv4": 9.0})
     with caplog.at_level(logging.INFO, logger="fcnseg"):
-        q, cmp, excluded = I._quantize_within_budget(base, ranges, ev, 1.0, 1)
-    assert excluded == harmful                      # the bisection finds exactly the prefix that is needed
-    assert cmp.delta == 0 and ev.calls <= 2 + int(np.ceil(np.log2(len(order)))) + 1
-    assert "kept in float" in caplog.text and harmful[0] in caplog.text
+        q, cmp, reverted, costs = I._quantize_within_budget(base, ranges, ev, 0.5, 1, keep_float=["conv4"])
+    assert [(r.node, round(r.cost, 3)) for r in reverted] == [("conv3", 0.6), ("conv1", 0.5)]
+    assert {k: round(v, 3) for k, v in costs.items()} == {"conv0": 0.0, "conv1": 0.5, "conv2": 0.3, "conv3": 0.6}
+    assert cmp.delta == pytest.approx(-0.3, abs=1e-3) and -cmp.delta <= 0.5
+    # fp32, all INT8, one graph per measured layer (conv4 never among them), then the greedy steps: 2 of them
+    assert len(ev.seen) == 2 + 4 + 2 and all("conv4" in s for s in ev.seen)
+    assert [s - {"conv4"} for s in ev.seen[2:6]] == [{"conv0"}, {"conv1"}, {"conv2"}, {"conv3"}]
     producers = {o: n for n in q.graph.node for o in n.output}
-    for node in q.graph.node:
-        if node.op_type in ("Conv", "ConvTranspose"):
-            quantized = producers.get(node.input[1]) is not None
-            assert quantized == (node.name not in harmful), node.name
-    assert check_trt_ready(q)
+    float_convs = {n.name for n in q.graph.node if n.op_type == "Conv" and producers.get(n.input[1]) is None}
+    assert float_convs == {"conv1", "conv3", "conv4"}
+    assert "float by design: conv4" in caplog.text and "reverted to float" in caplog.text
+    assert "conv3 (+0.60)" in caplog.text
+
+
+def test_fallback_within_budget_measures_nothing():
+    base, ranges = _conv_chain(3)
+    ev = _CostEvaluator(read_metadata(base)[0], {"conv1": 0.2})
+    _, cmp, reverted, costs = I._quantize_within_budget(base, ranges, ev, 0.5, 1)
+    assert reverted == [] and costs == {} and len(ev.seen) == 2 and cmp.delta == pytest.approx(-0.2, abs=1e-3)
+
+
+def test_fallback_past_the_measured_limit_takes_the_proxy_suspects(monkeypatch):
+    """More layers than MEASURED_LAYERS: the proxy picks which to measure; those past it follow in proxy order,
+    each reported with what reverting it added."""
+    base, ranges = _conv_chain()
+    monkeypatch.setattr(I, "MEASURED_LAYERS", 2)
+    monkeypatch.setattr(I, "rank_sensitivity", lambda *a, keep_float=(), **k: ["conv4", "conv0", "conv2", "conv1"])
+    ev = _CostEvaluator(read_metadata(base)[0], {"conv4": 0.1, "conv0": 0.2, "conv2": 0.7, "conv1": 0.05})
+    _, cmp, reverted, costs = I._quantize_within_budget(base, ranges, ev, 0.2, 1, keep_float=["conv3"])
+    assert set(costs) == {"conv4", "conv0"}
+    assert [(r.node, round(r.cost, 3)) for r in reverted] == [("conv0", 0.2), ("conv4", 0.1), ("conv2", 0.7)]
+    assert -cmp.delta == pytest.approx(0.05, abs=1e-3)
+
+
+def test_report_and_summary_name_each_reverted_layer_with_its_cost(r18_int8, monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from fcnseg.export import chain
+    from fcnseg.export.cli import main
+
+    result = replace(r18_int8, excluded=["/a/Conv"], reverted=[I.RevertedLayer("/a/Conv", 0.4321)])
+    report = I.int8_report(result, "val", "val", "tensorrt")
+    assert report["reverted"] == [{"node": "/a/Conv", "cost_points": 0.4321}] and report["kept_in_float"] == ["/a/Conv"]
+    assert report["float_by_design"] == ["/model/upscore8/up/Conv_subpixel"]
+    monkeypatch.setattr(chain, "lower", lambda *a, **k: result)
+    out = CliRunner().invoke(main, ["-q", "int8", str(tmp_path / "m.onnx"), "--calib-data", str(tmp_path),
+                                    "-o", str(tmp_path / "q.onnx")])
+    assert out.exit_code == 0, out.output
+    assert "1 layers reverted to float for accuracy (cost in mIoU points: /a/Conv 0.43)" in out.output
+    assert "float by design: /model/upscore8/up/Conv_subpixel, fp16 elsewhere" in out.output
 
 
 def test_cpu_target_uses_onnxruntime_int8_kernels_and_is_not_trt_ready(tmp_path, tiny_voc, r18_onnx):
@@ -309,6 +371,7 @@ def test_report_never_evaluates_where_it_calibrated(tiny_voc, tmp_path):
     assert not set(r["calibration_ids"]) & set(r["evaluation_ids"])
     assert r["calibration_ids"] == reports[1]["calibration_ids"]           # deterministic
     assert 0.0 <= r["miou_fp32"] <= 1.0 and 0.0 <= r["miou_int8"] <= 1.0 and r["kept_in_float"] == []
+    assert r["reverted"] == [] and r["float_by_design"] == []
 
 
 # --- high precision and TensorRT generation --------------------------------------------------------------

@@ -821,6 +821,60 @@ def test_dla_absent_from_the_api(fake_trt, tmp_path):
                        dla_core=0)
 
 
+# ---------------------------------------------------------------- build progress
+
+def recording_progress(monkeypatch):
+    made = []
+
+    class Recording(T.BuildProgress):
+        def __init__(self):
+            super().__init__(disable=False)   # shown even off a terminal
+            made.append(self)
+
+    monkeypatch.setattr(T, "BuildProgress", Recording)
+    return made
+
+
+@pytest.mark.parametrize("version", ["8.5.2", "8.6.2"])
+def test_tensorrt_8_builds_show_the_elapsed_time(monkeypatch, tmp_path, fp32_onnx, capsys, version):
+    """8.x has no IProgressMonitor: one elapsed-time line instead of TensorRT's phases."""
+    m = use_trt(monkeypatch, version)
+    assert not hasattr(m, "IProgressMonitor")
+    made = recording_progress(monkeypatch)
+    T.build_engine(fp32_onnx, output=tmp_path / "m.plan")
+    assert ("build",) in m.calls and len(made) == 1
+    assert made[0].mode == "elapsed" and made[0].phases == []
+    assert "building engine: 00:0" in capsys.readouterr().err
+
+
+def test_builds_work_without_tqdm(monkeypatch, tmp_path, fp32_onnx, capsys):
+    m = use_trt(monkeypatch, "8.5.2")
+    monkeypatch.setitem(sys.modules, "tqdm", None)   # import tqdm now raises ImportError
+    made = recording_progress(monkeypatch)
+    assert T.build_engine(fp32_onnx, output=tmp_path / "m.plan").path.read_bytes() == m.plan
+    assert made[0].mode == "elapsed" and "building engine:" not in capsys.readouterr().err
+
+
+def test_the_progress_monitor_never_raises_into_tensorrt():
+    class IProgressMonitor:   # what pybind11 gives a subclass to initialise
+        def __init__(self):
+            self.initialised = True
+
+    class Broken(T.BuildProgress):
+        def phase_start(self, *args):
+            raise RuntimeError("display broke")
+
+        step_complete = phase_finish = phase_start
+
+    monitor = T.progress_monitor(types.SimpleNamespace(IProgressMonitor=IProgressMonitor), Broken(disable=True))
+    assert isinstance(monitor, IProgressMonitor) and monitor.initialised
+    monitor.phase_start("Building engine", None, 3)
+    assert monitor.step_complete("Building engine", 0) is True   # True: TensorRT goes on
+    monitor.phase_finish("Building engine")
+    assert monitor.failed
+    assert T.progress_monitor(types.SimpleNamespace(), T.BuildProgress()) is None   # 8.x: nothing to subclass
+
+
 def test_dla_on_real_tensorrt_rtx_is_a_clear_error(tmp_path):
     pytest.importorskip("tensorrt_rtx", reason="needs TensorRT for RTX")
     from click.testing import CliRunner

@@ -33,8 +33,10 @@ class Int8Options:
         cache: calibration cache JSON; reused when it matches the model, method and images.
         eval_split / eval_images: split (and at most how many of its images) for the mIoU comparison; never
             an image calibration used.
-        max_drop: accepted mIoU drop in points; beyond it, sensitive layers stay in float.
-        sensitivity_images: images per layer for the sensitivity ranking.
+        max_drop: accepted mIoU drop in points; beyond it, the layers of highest measured mIoU cost (each reverted
+            alone, on the evaluation images) go back to float, the fewest that meet it.
+        sensitivity_images: images for the cheap output-error ranking (graphs of more than ``MEASURED_LAYERS``
+            quantized layers) and for the FP16-elsewhere check.
         target: "tensorrt" (symmetric Q/DQ on Conv inputs, TensorRT-ready; OpenVINO runs it as INT8 too) or
             "cpu" (ONNX Runtime's uint8 layout).
         trt_version: the TensorRT that will build the graph: "10", "11", "rtx" (opset 19, strongly typed

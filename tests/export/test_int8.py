@@ -15,11 +15,9 @@ import onnx
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from fcnseg.datasets import open_dataset as VOCLayout
 from fcnseg.datasets import for_model
 from fcnseg.eval.evaluate import TOLERANCES
 from fcnseg.eval.parity import compare_miou, evaluate
-from fcnseg.export import calibration as C
 from fcnseg.export import int8 as I
 from fcnseg.export.check import check_trt_ready
 from fcnseg.export.fp16 import ort_qdq_fp16_session
@@ -243,14 +241,16 @@ def _conv_chain(layers=5):
     for i in range(layers):
         out = "logits" if i == layers - 1 else f"r{i}"
         cout = 2 if i == layers - 1 else 4
-        inits.append(numpy_helper.from_array(rng.standard_normal((cout, 3 if i == 0 else 4, 3, 3), np.float32), f"w{i}"))
+        weight = rng.standard_normal((cout, 3 if i == 0 else 4, 3, 3), np.float32)
+        inits.append(numpy_helper.from_array(weight, f"w{i}"))
         nodes.append(helper.make_node("Conv", [x, f"w{i}"], [f"c{i}" if out != "logits" else out], name=f"conv{i}",
                                       pads=[1, 1, 1, 1]))
         if out != "logits":
             nodes.append(helper.make_node("Relu", [f"c{i}"], [out], name=f"relu{i}"))
             ranges.update({f"c{i}": (-3.0, 3.0), out: (0.0, 3.0)})
         x = out
-    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
+    graph = helper.make_graph(nodes, "chain",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2, 32, 32])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     helper.set_model_props(model, ModelMetadata(arch="tiny", input_size=32, num_classes=2).to_props())

@@ -228,3 +228,14 @@ def run_lock(folder: PathLike, command: str) -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.unlink(lock)
         os.close(fd)
+
+
+def file_sha256(path: "str | os.PathLike[str]") -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks (engines, graphs and bundles are hundreds of MB)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -17,7 +17,6 @@ An INT8 graph quantized here is the TensorRT 8.x one (opset 17, FP32 elsewhere):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Union
 
-from ..core.atomic import atomic_path, write_text
+from ..core.atomic import atomic_path, file_sha256, write_text
 from ..core.errors import FcnsegError
 from ..core.output_guard import check_output_dir
 from ..runtime.backends.tensorrt import format_shape
@@ -228,17 +227,9 @@ def _sidecar_template(spec: EngineSpec, profile: Profile, precision: str, onnx_n
                            gpu_fallback=gpu_fallback).to_dict()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _write_manifest(dest: Path, spec: EngineSpec, profile: Profile, graphs: Dict[str, Path],
                     sidecars: Dict[str, Dict[str, Any]], files: List[Path]) -> None:
     doc = {"format": 1, "model": spec.metadata.to_dict(), "input": spec.input_name, "profile": profile.to_dict(),
            "graphs": {p: {"onnx": g.name, "plan": f"fcn_{p}.plan", "sidecar": sidecars[p]} for p, g in graphs.items()},
-           "files": {str(f.relative_to(dest)): _sha256(f) for f in files}}
+           "files": {str(f.relative_to(dest)): file_sha256(f) for f in files}}
     write_text(dest / "bundle.json", json.dumps(doc, indent=2) + "\n")

@@ -51,7 +51,7 @@ import numpy as np
 import onnx
 
 from ..core.class_map import ClassMap
-from ..core.atomic import work_dir, write_text
+from ..core.atomic import file_sha256, work_dir, write_text
 from ..core.errors import FcnsegError
 from ..core.metadata import PREFIX, ModelMetadata
 from ..core.metrics import ConfusionMatrix
@@ -257,7 +257,7 @@ def _library_warnings_summarised() -> Iterator[List[str]]:
 def _quantize(src: Path, out: Path, o: Int8Options) -> Int8Result:
     """``quantize_int8`` once its options are checked: calibrate, quantize within budget, write ``out``."""
     t0 = time.perf_counter()
-    calib_root, method, target = o.calib_root, o.method, o.target
+    method, target = o.method, o.target
     tgt = TARGETS[target]
     model = load_onnx(src)
     meta, _ = read_metadata(model, str(src))
@@ -270,7 +270,7 @@ def _quantize(src: Path, out: Path, o: Int8Options) -> Int8Result:
     calib_set, eval_set = split_layouts(o.source(), o.calib_split, o.eval_split, o.num_images, o.eval_images,
                                         meta.num_classes)
     calib_ids, eval_ids = calib_set.ids, eval_set.ids
-    key = {"format": CACHE_FORMAT, "model_sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
+    key = {"format": CACHE_FORMAT, "model_sha256": file_sha256(src),
            "method": method, "num_images": o.num_images, "calib_split": o.calib_split, "target": target,
            "calib_ids_sha256": hashlib.sha256("\n".join(calib_ids).encode()).hexdigest()}
     ranges, calibrated, used = cached_ranges(o.cache, key)

@@ -25,7 +25,6 @@ shape; a default profile is fixed at opt), and hardware or version compatibility
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import logging
 import os
@@ -37,7 +36,7 @@ from dataclasses import dataclass, fields as dataclass_fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
-from ..core.atomic import atomic_path, write_bytes
+from ..core.atomic import atomic_path, file_sha256, write_bytes
 from ..runtime.backends import tensorrt as trt_runtime
 from ..runtime.backends.tensorrt import format_shape, import_tensorrt
 from ..core.errors import FcnsegError
@@ -422,7 +421,7 @@ class BuildProgress:
 def _tqdm(**kwargs: Any) -> Any:
     """A tqdm bar on stderr; a silent stand-in when tqdm is missing (the build must not depend on it)."""
     try:
-        from tqdm import tqdm
+        from tqdm import tqdm  # type: ignore[import-untyped]
     except ImportError:
         return _NoBar()
     return tqdm(file=sys.stderr, **kwargs)
@@ -453,7 +452,7 @@ def progress_monitor(module: Any, progress: BuildProgress) -> Optional[Any]:
 
     class Monitor(base):  # type: ignore[misc, valid-type]
         def __init__(self) -> None:
-            base.__init__(self)   # pybind11 trampolines need the base initialised explicitly
+            base.__init__(self)  # type: ignore[misc]  # pybind11 trampolines need the base initialised explicitly
             self.failed = False
 
         def _forward(self, method: str, *args: Any) -> None:
@@ -494,7 +493,7 @@ def build_plan(builder: trt.Builder, network: trt.INetworkDefinition, config: tr
                 serialized = builder.build_serialized_network(network, config)
     finally:
         if monitor is not None:
-            config.progress_monitor = None
+            config.progress_monitor = None  # type: ignore[assignment]  # pybind11 takes None: no monitor
         progress.close()
     if serialized is None:
         raise FcnsegError("expected TensorRT to build the engine, got None from build_serialized_network; see "
@@ -592,14 +591,6 @@ def onnx_reference(onnx_path: PathLike, plan: PathLike) -> str:
         return src.relative_to(folder).as_posix()
     except ValueError:
         return str(src)
-
-
-def file_sha256(path: PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def profile_sidecar(spec: EngineSpec, profile: Profile, precision: str, **fields: Any) -> EngineSidecar:

@@ -19,7 +19,6 @@ the PyTorch backend is found through ``fcnseg.backends``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import sys
@@ -27,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
 
+from ..core.atomic import file_sha256
 from ..core.errors import FcnsegError
 from ..core.sidecar import EngineSidecar, sm_name
 
@@ -129,7 +129,7 @@ def cached_engine(plan: Path, gpu: Dict[str, str], library: str, version: Option
 
 def _user_cache(plan: Path) -> Path:
     root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    digest = hashlib.sha256(plan.read_bytes()).hexdigest()[:16] if plan.is_file() else "unknown"
+    digest = file_sha256(plan)[:16] if plan.is_file() else "unknown"
     return root / "fcnseg" / "engines" / digest
 
 

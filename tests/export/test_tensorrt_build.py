@@ -25,6 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fcnseg.export import tensorrt as T
 from fcnseg.export.chain import rebuild_engine
+from fcnseg.core.atomic import file_sha256
 from fcnseg.core.errors import FcnsegError
 from fcnseg.core.metadata import ModelMetadata
 
@@ -895,7 +896,7 @@ def test_sidecar_names_an_onnx_elsewhere_by_its_absolute_path(fake_trt, tmp_path
         (tmp_path / folder).mkdir()
     onnx_path = tiny_onnx(tmp_path / "graphs" / "m.onnx")
     side = T.build_engine(onnx_path, output=tmp_path / "engines" / "m.plan").sidecar
-    assert side.onnx == str(onnx_path.resolve()) and side.onnx_sha256 == T.file_sha256(onnx_path)
+    assert side.onnx == str(onnx_path.resolve()) and side.onnx_sha256 == file_sha256(onnx_path)
     below = tiny_onnx(tmp_path / "engines" / "sub" / "n.onnx")
     assert T.build_engine(below, output=tmp_path / "engines" / "n.plan").sidecar.onnx == "sub/n.onnx"
 

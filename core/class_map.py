@@ -88,7 +88,7 @@ class ClassMap:
         if len(names) > MAX_CLASSES:
             raise FcnsegError(f"expected at most {MAX_CLASSES} classes (uint8 masks, 255 = ignore), got "
                               f"{len(names)} in {self.source or 'the class map'}")
-        given = [tuple(int(v) for v in c) for c in self.colours][:len(names)]
+        given = [_colour(c, self.source) for c in self.colours][:len(names)]
         colours = given + distinct_colours(len(names) - len(given), given)
         object.__setattr__(self, "names", names)
         object.__setattr__(self, "colours", tuple(colours))
@@ -103,10 +103,6 @@ class ClassMap:
                     raise FcnsegError(f"expected distinct class {what} in {self.source or 'the class map'}, got "
                                       f"{shown!r} for classes {seen[v]} and {i}; rename or recolour one of them")
                 seen[v] = i
-        for c in self.colours:
-            if len(c) != 3 or not all(0 <= v <= 255 for v in c):
-                raise FcnsegError(f"expected colours of three values 0..255 in {self.source or 'the class map'}, "
-                                  f"got {list(c)}")
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -153,7 +149,9 @@ class ClassMap:
         """A class map from parsed JSON/YAML (see the module docstring for the shapes)."""
         ignore = IGNORE_INDEX
         if isinstance(obj, Mapping):
-            ignore = int(obj.get("ignore_index", IGNORE_INDEX))
+            ignore = obj.get("ignore_index", IGNORE_INDEX)
+            if isinstance(ignore, bool) or not isinstance(ignore, int) or not 0 <= ignore <= 255:
+                raise FcnsegError(f"expected ignore_index an integer 0..255 in {source!r}, got {ignore!r}; try 255")
             obj = obj.get("classes")
         if not isinstance(obj, list):
             raise FcnsegError(f"expected a list of classes (or {{\"classes\": [...]}}) in {source!r}, got "
@@ -164,7 +162,7 @@ class ClassMap:
                 names.append(str(entry.get("name", "")))
                 colour = entry.get("color", entry.get("colour"))
                 if colour is not None:
-                    colours.append(tuple(int(v) for v in colour))
+                    colours.append(_colour(colour, source))
             else:
                 names.append(str(entry))
         if colours and len(colours) != len(names):
@@ -236,6 +234,18 @@ class ClassMap:
             elif v != void:
                 unknown.append(((v >> 16) & 255, (v >> 8) & 255, v & 255))
         return lut[inverse].reshape(code.shape), unknown
+
+
+def _colour(value: Any, source: str) -> Colour:
+    """``[r, g, b]`` of integers 0..255 as a tuple, or a one-line error naming the class file."""
+    try:
+        colour = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        colour = ()
+    if len(colour) != 3 or not all(0 <= v <= 255 for v in colour) or isinstance(value, str):
+        raise FcnsegError(f"expected colours of three values 0..255 in {source or 'the class map'}, got {value!r}; "
+                          "try [128, 64, 128]")
+    return colour   # type: ignore[return-value]
 
 
 def _parse_json(text: str, path: Path) -> Any:

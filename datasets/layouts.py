@@ -77,10 +77,11 @@ class LabelDecoder:
 
 
 def out_of_map(arr: np.ndarray, class_map: ClassMap) -> np.ndarray:
-    """Values of an index label that are neither a class id nor the ignore index."""
+    """Values of an index label that are neither a class id nor the ignore index (negative ones of 32-bit "I"
+    labels included: cast to uint8 they would pass for valid ids)."""
     # bincount of uint8 labels: one pass, no sort (np.unique sorts every pixel)
     values = np.flatnonzero(np.bincount(arr.ravel(), minlength=256)) if arr.dtype == np.uint8 else np.unique(arr)
-    return values[(values >= class_map.num_classes) & (values != class_map.ignore_index)]
+    return values[((values >= class_map.num_classes) | (values < 0)) & (values != class_map.ignore_index)]
 
 
 # ---------------------------------------------------------------- the dataset

@@ -136,7 +136,7 @@ def _count_label(dataset: PairDataset, label: Image.Image, path: Path, name: str
         bad = _unknown_colour_pixels(rgb, ids, unknown, cm.ignore_index)
     elif kind == "index":
         values, counts = _histogram(np.asarray(label))
-        wrong = np.union1d(out_of_map(values, cm), values[values < 0])   # out_of_map lets negative "I" values by
+        wrong = out_of_map(values, cm)
         bad = {int(v): int(counts[values == v].sum()) for v in wrong}
     else:
         values, counts = _histogram(dataset.decoder.decode(label, cm, path))

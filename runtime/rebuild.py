@@ -116,15 +116,21 @@ def cached_engine(plan: Path, gpu: Dict[str, str], library: str, version: Option
     name = re.sub(r"[^A-Za-z0-9]+", "-", str(gpu.get("name", "gpu"))).strip("-").lower() or "gpu"
     key = f"{name}_sm{str(gpu.get('compute_capability', '')).replace('.', '')}_{library}-{version or 'unknown'}"
     beside = plan.parent / f"{plan.name}.rebuilt"
-    for folder in (beside, _user_cache(plan)):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            continue
-        if os.access(folder, os.W_OK):
-            return folder / f"{key}{plan.suffix}"
-    raise FcnsegError(f"expected a writable folder for the rebuilt engine ({beside} or {_user_cache(plan)}), got "
+    if _writable(beside):
+        return beside / f"{key}{plan.suffix}"
+    user = _user_cache(plan)   # hashes the engine (hundreds of MB): only when the folder beside it is refused
+    if _writable(user):
+        return user / f"{key}{plan.suffix}"
+    raise FcnsegError(f"expected a writable folder for the rebuilt engine ({beside} or {user}), got "
                       "neither; try running where the engine's folder can be written, or set XDG_CACHE_HOME")
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
 
 
 def _user_cache(plan: Path) -> Path:

@@ -98,3 +98,17 @@ def test_metadata_carries_the_map():
     assert back.classes == ["sky", "road", "crack"] and back.palette == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
     with pytest.raises(FcnsegError, match="the model's 3 classes, got 2"):
         meta.with_classes(ClassMap(("a", "b")))
+
+
+@pytest.mark.parametrize("content, match", [
+    ({"classes": [{"name": "a", "color": "red"}]}, "expected colours of three values 0..255 .* got 'red'"),
+    ({"classes": [{"name": "a", "color": [1, 2, 300]}]}, "got \\[1, 2, 300\\]"),
+    ({"classes": [{"name": "a", "color": 5}]}, "got 5"),
+    ({"classes": ["a"], "ignore_index": "x"}, "expected ignore_index an integer 0..255"),
+])
+def test_malformed_values_in_a_class_file_are_one_line(tmp_path, content, match):
+    """Was a ValueError/TypeError traceback out of int()."""
+    path = tmp_path / "classes.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(FcnsegError, match=match):
+        ClassMap.read(path)

@@ -225,3 +225,15 @@ def test_cli_check_prints_the_report_and_exits_0_or_2(voc, tmp_path):
     assert refused.exit_code == 2 and refused.stdout == ""   # refused before the scan
     assert "x.png exists and is not an fcnseg class-frequency chart" in refused.stderr
     assert runner.invoke(main, ["check", str(tmp_path / "nowhere")]).exit_code == 2
+
+
+def test_negative_ids_of_32_bit_labels_are_outside_the_map():
+    """out_of_map (the one check the reader and the report share) names negative "I" values: cast to uint8 they
+    would pass for class ids."""
+    import numpy as np
+
+    from fcnseg.core.class_map import ClassMap
+    from fcnseg.datasets.layouts import out_of_map
+
+    arr = np.array([[0, 1, -1], [255, 2, 7]], dtype=np.int32)
+    assert out_of_map(arr, ClassMap(("a", "b", "c"))).tolist() == [-1, 7]

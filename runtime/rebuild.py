@@ -9,7 +9,7 @@ this machine's GPU and installed library:
 - it does not, with ``rebuild="never"`` (the default): one line says why and how to rebuild (``--rebuild auto``);
 - it does not, with ``rebuild="auto"``: the engine is rebuilt once from the ONNX the sidecar names (beside the
   engine, or ``onnx=``), with a line naming the reason and one giving the time taken, into a cache keyed by the
-  GPU, its compute capability and the TensorRT version: ``<plan>.rebuilt/`` beside the engine where that folder
+  GPU, its compute capability, the TensorRT version and what the engine was built from (``source_id``): ``<plan>.rebuilt/`` beside the engine where that folder
   can be written, else ``~/.cache/fcnseg/engines/<engine hash>/``. The next load finds it there.
 
 The rebuild itself needs the builder (``fcnseg.export``), which the torch-free runtime does not import: it is
@@ -69,7 +69,8 @@ def engine_for_gpu(plan: PathLike, *, rebuild: str = "never", onnx: Optional[Pat
         raise FcnsegError(f"cannot run TensorRT engine {path.name!r} here: {reason}; try --rebuild auto (rebuilds it "
                           f"once from {source.name if source else 'its ONNX'} and caches it), or `fcn-export trt "
                           f"{source or 'MODEL.onnx'}` on this machine")
-    target = cached_engine(path, gpu, sidecar.library, installed or _installed_version(sidecar.library))
+    target = cached_engine(path, gpu, sidecar.library, installed or _installed_version(sidecar.library),
+                           source_id(path, sidecar))
     out = say or (lambda line: print(line, file=sys.stderr))
     if target.is_file():
         out(f"fcnseg: {path.name} does not fit this GPU ({reason}); using the engine rebuilt for it earlier: {target}")
@@ -111,10 +112,18 @@ def _portable(hardware: Optional[str], cc: str) -> bool:
         return False
 
 
-def cached_engine(plan: Path, gpu: Dict[str, str], library: str, version: Optional[str]) -> Path:
-    """Where the engine rebuilt for ``gpu`` and ``library`` ``version`` lives (the folder is created)."""
+def source_id(plan: Path, sidecar: EngineSidecar) -> str:
+    """What the engine was built from, short: its ONNX's recorded SHA-256, else the engine file's own. Part of the
+    cache key, so an engine replaced by another model is never answered with the old model's rebuild."""
+    return (sidecar.onnx_sha256 or file_sha256(plan))[:12]
+
+
+def cached_engine(plan: Path, gpu: Dict[str, str], library: str, version: Optional[str], source: str) -> Path:
+    """Where the engine built from ``source`` (``source_id``) and rebuilt for ``gpu`` and ``library`` ``version``
+    lives (the folder is created)."""
     name = re.sub(r"[^A-Za-z0-9]+", "-", str(gpu.get("name", "gpu"))).strip("-").lower() or "gpu"
-    key = f"{name}_sm{str(gpu.get('compute_capability', '')).replace('.', '')}_{library}-{version or 'unknown'}"
+    key = (f"{name}_sm{str(gpu.get('compute_capability', '')).replace('.', '')}_{library}-{version or 'unknown'}"
+           f"_{source}")
     beside = plan.parent / f"{plan.name}.rebuilt"
     if _writable(beside):
         return beside / f"{key}{plan.suffix}"

@@ -12,7 +12,7 @@ import pytest
 from fcnseg.core.errors import FcnsegError
 from fcnseg.core.metadata import ModelMetadata
 from fcnseg.core.sidecar import EngineSidecar, sidecar_path
-from fcnseg.runtime.rebuild import cached_engine, engine_for_gpu, mismatch
+from fcnseg.runtime.rebuild import cached_engine, engine_for_gpu, mismatch, source_id
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None,
                                 reason="needs TensorRT for RTX (pip install tensorrt-rtx) to build engines on a CPU")
@@ -52,8 +52,11 @@ def test_rebuilt_once_then_found_in_the_cache(sm86_plan):
     version = EngineSidecar.read(sm86_plan).library_version
     lines: list = []
     first = engine_for_gpu(sm86_plan, rebuild="auto", gpu=ADA, installed=version, say=lines.append)
-    assert first == cached_engine(sm86_plan, ADA, "tensorrt_rtx", version) and first.parent.name == "m.plan.rebuilt"
-    assert first.name == f"nvidia-geforce-rtx-4090_sm89_tensorrt_rtx-{version}.plan"
+    source = EngineSidecar.read(sm86_plan).onnx_sha256[:12]
+    assert len(source) == 12 and source_id(sm86_plan, EngineSidecar.read(sm86_plan)) == source
+    assert first == cached_engine(sm86_plan, ADA, "tensorrt_rtx", version, source)
+    assert first.parent.name == "m.plan.rebuilt"
+    assert first.name == f"nvidia-geforce-rtx-4090_sm89_tensorrt_rtx-{version}_{source}.plan"
     rebuilt = EngineSidecar.read(first)
     assert rebuilt.compute_capabilities == ["8.9"] and json.loads(sidecar_path(first).read_text())
     assert lines[0].startswith("fcnseg: rebuilding m.plan from m.onnx for NVIDIA GeForce RTX 4090: built for sm_86")
@@ -88,3 +91,24 @@ def test_hardware_compatibility_decides_what_fits():
     assert mismatch(side("ampere+"), turing, "10.3.0") == "built on sm_80 (ampere+); this GPU is sm_75 (Tesla T4)"
     assert mismatch(side("same-cc"), ADA, "10.3.0").startswith("built on sm_80 (same-cc)")
     assert mismatch(side(None), {"name": "A100", "compute_capability": "8.0"}, "10.3.0") is None
+
+
+def test_an_engine_replaced_by_another_model_is_not_answered_from_the_cache(sm86_plan, tmp_path, conv_onnx_factory):
+    """The cache key holds what the engine was built from: a new model's engine under the old name is rebuilt,
+    never served the old model's rebuild."""
+    import shutil
+
+    from fcnseg.export.tensorrt import build_engine
+
+    version = EngineSidecar.read(sm86_plan).library_version
+    plan = tmp_path / "m.plan"
+    for name in ("m.plan", "m.plan.json", "m.onnx"):
+        shutil.copy(sm86_plan.parent / name, tmp_path / name)
+    old = engine_for_gpu(plan, rebuild="auto", gpu=ADA, installed=version, say=lambda line: None)
+    other = conv_onnx_factory(tmp_path / "m.onnx", ModelMetadata(num_classes=5, min_size=32, max_size=128))
+    build_engine(other, output=plan, library="tensorrt_rtx", compute_capabilities=["8.6"],
+                 min_shape=(1, 3, 32, 32), opt_shape=(1, 3, 64, 64), max_shape=(2, 3, 128, 128))
+    lines: list = []
+    new = engine_for_gpu(plan, rebuild="auto", gpu=ADA, installed=version, say=lines.append)
+    assert new != old and old.is_file() and lines[0].startswith("fcnseg: rebuilding m.plan")
+    assert EngineSidecar.read(new).model_metadata().num_classes == 5

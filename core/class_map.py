@@ -214,7 +214,8 @@ class ClassMap:
         ids, unknown = self.lookup_colours(rgb)
         if unknown:
             shown = ", ".join(f"({r},{g},{b})" for r, g, b in unknown[:3])
-            raise FcnsegError(f"expected only the colours of the class map{' ' + self.source if self.source else ''} in colour labels, "
+            where = f" {self.source}" if self.source else ""
+            raise FcnsegError(f"expected only the colours of the class map{where} in colour labels, "
                               f"got {len(unknown)} others ({shown}) in {source or 'a label image'}; add them to "
                               "the class file or fix the labels")
         return ids

@@ -9,8 +9,9 @@ this machine's GPU and installed library:
 - it does not, with ``rebuild="never"`` (the default): one line says why and how to rebuild (``--rebuild auto``);
 - it does not, with ``rebuild="auto"``: the engine is rebuilt once from the ONNX the sidecar names (beside the
   engine, or ``onnx=``), with a line naming the reason and one giving the time taken, into a cache keyed by the
-  GPU, its compute capability, the TensorRT version and what the engine was built from (``source_id``): ``<plan>.rebuilt/`` beside the engine where that folder
-  can be written, else ``~/.cache/fcnseg/engines/<engine hash>/``. The next load finds it there.
+  GPU, its compute capability, the TensorRT version and what the engine was built from (``source_id``):
+  ``<plan>.rebuilt/`` beside the engine where that folder can be written, else
+  ``~/.cache/fcnseg/engines/<engine hash>/``. The next load finds it there.
 
 The rebuild itself needs the builder (``fcnseg.export``), which the torch-free runtime does not import: it is
 found through the ``fcnseg.rebuilders`` entry point (``tensorrt = fcnseg.export.chain:rebuild_engine``), as

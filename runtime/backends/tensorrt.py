@@ -507,14 +507,18 @@ class _RuntimeCacheFile:
     """TensorRT for RTX's runtime cache (kernels compiled on the GPU at run time) kept in a file beside the engine.
 
     One ``IRuntimeCache`` serves every thread: each context gets its own ``IRuntimeConfig`` holding it. The file is
-    read before the first context (a cache from another GPU or driver is rejected by TensorRT and then replaced)
-    and written atomically at ``close``.
+    read before the first context (a cache of ours from another GPU or driver is rejected by TensorRT and then
+    replaced) and written atomically at ``close``, after ``MAGIC``: a file of that name without it is not ours and
+    is left as it is (no cache is kept then).
     """
+
+    MAGIC = b"fcnseg-rtx-runtime-cache\n"
 
     def __init__(self, engine: Any, path: Path) -> None:
         self.path = path
         self.cache = engine.create_runtime_config().create_runtime_cache()
         self.loaded: Optional[bool] = None   # None: not read yet; then whether TensorRT took the file's contents
+        self.foreign = False                 # the file is someone else's: never written
 
     @classmethod
     def for_engine(cls, engine: Any, path: Path) -> Optional["_RuntimeCacheFile"]:
@@ -544,18 +548,24 @@ class _RuntimeCacheFile:
             warnings.warn(f"could not read the runtime cache {str(self.path)!r} ({e}); starting with an empty one",
                           RuntimeCacheWarning, stacklevel=5)
             return False
+        if not data.startswith(self.MAGIC):
+            self.foreign = True
+            warnings.warn(f"{str(self.path)!r} is not an fcnseg runtime cache; it is left as it is and kernels are "
+                          "compiled again at each start: move it away to keep a cache", RuntimeCacheWarning,
+                          stacklevel=5)
+            return False
         try:
-            return bool(self.cache.deserialize(data))   # False: another GPU, driver or version; replaced at close
+            return bool(self.cache.deserialize(data[len(self.MAGIC):]))   # False: another GPU, driver or version; replaced at close
         except Exception as e:  # a damaged file must not stop inference: the cache is an optimisation
             warnings.warn(f"TensorRT could not read the runtime cache {str(self.path)!r} ({one_line(e, 200)}); "
                           "starting with an empty one", RuntimeCacheWarning, stacklevel=5)
             return False
 
     def save(self) -> None:
-        if self.loaded is None:
-            return   # no context ran: nothing was compiled, and the file (if any) stays as it is
+        if self.loaded is None or self.foreign:
+            return   # no context ran (nothing was compiled), or the file is not ours: it stays as it is
         try:
-            write_bytes(self.path, bytes(memoryview(self.cache.serialize())))
+            write_bytes(self.path, self.MAGIC + bytes(memoryview(self.cache.serialize())))
         except Exception as e:  # close() must still free the GPU memory: say so and go on
             warnings.warn(f"could not write the runtime cache {str(self.path)!r} ({one_line(e, 200)}); the next start "
                           "compiles its kernels again", RuntimeCacheWarning, stacklevel=4)

@@ -343,12 +343,28 @@ def test_rtx_runtime_cache_is_kept_beside_the_engine(monkeypatch, tmp_path, cuda
 
 
 def test_rtx_runtime_cache_from_elsewhere_is_replaced(monkeypatch, tmp_path, cuda):
+    """Our cache from another GPU or driver (TensorRT refuses its contents) is replaced at close."""
+    from fcnseg.runtime.backends.tensorrt import _RuntimeCacheFile
+
     plan = write_plan(tmp_path / "rtx.plan", "rtx")
-    runtime_cache_path(plan).write_bytes(b"a cache from another GPU")
+    runtime_cache_path(plan).write_bytes(_RuntimeCacheFile.MAGIC + b"a cache from another GPU")
     b, trt = load(monkeypatch, plan, cuda, "rtx")
     b.infer(batch(1, 8, 8))
     b.close()
-    assert trt._fake.cache_loaded == [] and runtime_cache_path(plan).read_bytes().startswith(b"FAKERTCACHE1")
+    assert trt._fake.cache_loaded == []
+    assert runtime_cache_path(plan).read_bytes().startswith(_RuntimeCacheFile.MAGIC + b"FAKERTCACHE1")
+
+
+def test_a_file_named_like_the_runtime_cache_that_is_not_ours_is_left_alone(monkeypatch, tmp_path, cuda):
+    """No command replaces a file the user did not name: without fcnseg's header it is not a cache of ours."""
+    plan = write_plan(tmp_path / "rtx.plan", "rtx")
+    runtime_cache_path(plan).write_bytes(b"my notes")
+    b, trt = load(monkeypatch, plan, cuda, "rtx")
+    with pytest.warns(RuntimeWarning, match="is not an fcnseg runtime cache; it is left as it is"):
+        x = batch(1, 8, 8)
+        np.testing.assert_array_equal(b.infer(x)["logits"], reference(x))
+    b.close()
+    assert runtime_cache_path(plan).read_bytes() == b"my notes" and trt._fake.cache_loaded == []
 
 
 def test_rtx_runtime_cache_that_cannot_be_read_or_written_only_warns(monkeypatch, tmp_path, cuda):

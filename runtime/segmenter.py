@@ -105,8 +105,8 @@ class Segmenter:
             options: ``size``, ``mode``, ``tile``, ``stride``, ``classes``: see the class docstring.
             num_threads: CPU threads for OpenVINO, ONNX Runtime (intra-op) or PyTorch.
             precision_hint: OpenVINO's precision for the layers not in INT8: "f32" or "bf16" (faster where the
-                CPU has BF16 instructions); default f32 for FP32/FP16 graphs (parity), OpenVINO's own default
-                for the device for INT8 graphs.
+                CPU has BF16 instructions, within the FP16 parity tolerance); default OpenVINO's own for the
+                device (bf16 where the CPU has it, else f32); "f32" for exact parity.
         """
         return cls(load_backend(path, backend=backend, providers=providers, num_threads=num_threads,
                                 precision_hint=precision_hint, rebuild=rebuild, onnx=onnx), **options)

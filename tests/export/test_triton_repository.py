@@ -183,7 +183,7 @@ def test_cli_refuses_existing_models_unless_force(r18_onnx, tmp_path):
 
 def test_ensemble_steps_match_segmenter(r18_onnx):
     """Preprocess (PNG bytes) -> network -> postprocess gives the Segmenter's mask at the image's size."""
-    seg = Segmenter.load(r18_onnx)
+    seg = Segmenter.load(r18_onnx, precision_hint="f32")   # OpenVINO exact (the default is bf16 where it can)
     session = ort.InferenceSession(str(r18_onnx), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(1)
     for h, w in ((48, 64), (71, 33)):

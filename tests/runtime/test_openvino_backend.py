@@ -57,8 +57,9 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pair(models):
-    """The logits model on OpenVINO (default choice) and on ONNX Runtime."""
-    ov, ort = Segmenter.load(models["logits"]), Segmenter.load(models["logits"], backend="onnxruntime")
+    """The logits model on OpenVINO (the default choice; f32, the exact-parity hint) and on ONNX Runtime."""
+    ov, ort = Segmenter.load(models["logits"], precision_hint="f32"), Segmenter.load(models["logits"],
+                                                                                     backend="onnxruntime")
     yield ov, ort
     ov.close()
     ort.close()
@@ -72,8 +73,20 @@ def test_openvino_is_the_default_for_onnx_and_reads_the_metadata(pair, models):
     ov, ort = pair
     assert ov.backend.name == "openvino" and ort.backend.name == "onnxruntime"
     assert ov.metadata == ort.metadata and ov.metadata.mean == META.mean and ov.backend.precision_hint == "f32"
-    assert Segmenter.load(models["mask"]).metadata.argmax is True
+    default = Segmenter.load(models["mask"])
+    assert default.metadata.argmax is True and default.backend.name == "openvino"
     assert Segmenter.load(models["logits"], providers=["cpu"]).backend.name == "onnxruntime"
+
+
+def test_the_default_hint_is_openvinos_own_for_the_device(models):
+    """No hint given: what OpenVINO itself picks for the CPU (bf16 where it has AVX-512 BF16 / AMX), any graph."""
+    import openvino as ov
+
+    own = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+    with Segmenter.load(models["logits"]) as seg:
+        assert seg.backend.precision_hint == (own if own in ("f32", "bf16") else "f32")
+        compiled = seg.backend._compiled(("u8", "mask"), None).compiled
+        assert compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == seg.backend.precision_hint
 
 
 @pytest.mark.parametrize("hw", [(17, 23), (40, 9), (16, 16)])
@@ -138,9 +151,8 @@ def test_precision_hints_and_bad_files(models, tmp_path):
         assert seg.backend.precision_hint == "bf16" and seg(image(16, 16)).shape == (16, 16)
     with pytest.raises(FcnsegError, match="f32, bf16"):
         Segmenter.load(models["logits"], precision_hint="fp8")
-    # FP32/FP16 graphs: f32 (parity); INT8 graphs: the device's own default when it is one of ours
-    assert [default_precision_hint(g, d) for g, d in (("fp32", "bf16"), ("int8", "bf16"), ("int8", "f16"))] == [
-        "f32", "bf16", "f32"]
+    # the device's own default when it is one of ours (a GPU's f16 is not: f32)
+    assert [default_precision_hint(d) for d in ("bf16", "f32", "f16")] == ["bf16", "f32", "f32"]
     with pytest.raises(FcnsegError, match="only with the openvino backend"):
         Segmenter.load(models["logits"], backend="onnxruntime", precision_hint="bf16")
     with pytest.raises(FcnsegError, match="expected a backend in openvino, onnxruntime"):

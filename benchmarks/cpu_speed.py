@@ -35,15 +35,26 @@ from .roofline import conv_peaks, graph_macs, roofline, roofline_chart, roofline
 DEFAULTS = dict(arch="fcn_resnet50", size=520, iters=20, calib_images=8)
 ARCHS = ("fcn_resnet50", "fcn8s_resnet18")   # what `make bench-cpu` measures
 # (model key, backend, mode, OpenVINO precision hint): the rows of one run, PyTorch FP32 eager first (the baseline).
+# A hint of None is the default fcnseg (e2e) or OpenVINO itself (model) picks: bf16 where the CPU has it.
 CPU_ROWS = (("pytorch", "pytorch", "model", None),
             ("fp32", "onnxruntime", "e2e", None), ("fp32", "onnxruntime", "model", None),
-            ("fp32", "openvino", "e2e", None), ("fp32", "openvino", "e2e", "bf16"), ("fp32", "openvino", "model", None),
+            ("fp32", "openvino", "e2e", None), ("fp32", "openvino", "e2e", "f32"), ("fp32", "openvino", "model", None),
             ("int8", "onnxruntime", "e2e", None), ("int8", "onnxruntime", "model", None),
             ("int8", "openvino", "e2e", None), ("int8", "openvino", "model", None),
+            ("int8_fp32", "onnxruntime", "e2e", None), ("int8_fp32", "openvino", "e2e", None),
+            ("int8_fp32", "openvino", "model", None),
             ("int8_cpu", "onnxruntime", "e2e", None), ("int8_cpu", "openvino", "model", None))
-GRAPHS = {"pytorch": "PyTorch FP32 eager", "fp32": "FP32 graph", "int8": "INT8 graph (fcn-export int8)",
-          "int8_cpu": "INT8 CPU-layout graph"}
+GRAPHS = {"pytorch": "PyTorch FP32 eager", "fp32": "FP32 graph", "int8": "INT8 graph (fcn-export int8, FP16 elsewhere)",
+          "int8_fp32": "INT8 graph, FP32 elsewhere (opset 17)", "int8_cpu": "INT8 CPU-layout graph"}
 BACKEND_TITLES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "pytorch": "PyTorch"}
+# The default paths before and after issue 21, side by side in one run: (before row, after row) of CPU_ROWS.
+# FP32 graphs ran in f32 on OpenVINO and now take its own default (bf16 where the CPU has it); `fcn-export int8`
+# wrote FP32 elsewhere and now writes FP16 elsewhere.
+BEFORE_AFTER = {
+    "FP32 graph, OpenVINO": (("fp32", "openvino", "e2e", "f32"), ("fp32", "openvino", "e2e", None)),
+    "INT8 graph, OpenVINO": (("int8_fp32", "openvino", "e2e", None), ("int8", "openvino", "e2e", None)),
+    "INT8 graph, ONNX Runtime": (("int8_fp32", "onnxruntime", "e2e", None), ("int8", "onnxruntime", "e2e", None)),
+}
 
 
 def cpu_speed_config(out: Path, *, arch: str = DEFAULTS["arch"], size: int = DEFAULTS["size"],
@@ -54,7 +65,8 @@ def cpu_speed_config(out: Path, *, arch: str = DEFAULTS["arch"], size: int = DEF
         out, data=DataSettings(num_train=1, num_val=calib_images, size=size),
         model=ModelSettings(arch=arch, random_init=True),
         # Random weights have no meaningful mIoU: evaluate on one image and accept any drop.
-        export=ExportSettings(models=("fp32", "int8", "int8_cpu"), stem=arch, verify_shapes=[(1, size, size)],
+        export=ExportSettings(models=("fp32", "int8", "int8_fp32", "int8_cpu"), stem=arch,
+                              verify_shapes=[(1, size, size)],
                               calib_images=calib_images, calib_method="minmax", int8_eval_images=1, max_drop=100.0),
         bench=BenchSettings(models=tuple(dict.fromkeys(row[0] for row in CPU_ROWS)), warmup=2, iters=iters,
                             rounds=4, threads=threads))
@@ -79,7 +91,8 @@ def cpu_specs(art: Artifacts, rows: Sequence[tuple] = CPU_ROWS) -> list:
 
 
 def summarize(results: list) -> dict:
-    """Speed-up of each row over the first (PyTorch FP32 eager), and per graph fcnseg end to end vs OpenVINO.
+    """Speed-up of each row over the first (PyTorch FP32 eager), per graph fcnseg end to end vs OpenVINO, and the
+    default paths before and after (``BEFORE_AFTER``).
 
     ``ahead_of_openvino``: OpenVINO's own model-only median / the Segmenter's end-to-end median (default backend
     and precision) on the same graph; above 1.0 the whole fcnseg path is faster than OpenVINO's model alone.
@@ -92,10 +105,46 @@ def summarize(results: list) -> dict:
     ahead = {}
     for r in results:
         if r.backend == "openvino" and r.mode == "e2e" and not r.extra.get("hint_requested"):   # the defaults
-            own = [o for o in results if o.model == r.model and o.backend == "openvino" and o.mode == "model"]
+            own = _openvino_model_only(results, r.model)
             if own:
-                ahead[Path(r.model).name] = own[0].e2e.median / r.e2e.median
-    return {"rows": rows, "ahead_of_openvino": ahead}
+                ahead[Path(r.model).name] = own.e2e.median / r.e2e.median
+    return {"rows": rows, "ahead_of_openvino": ahead, "before_after": before_after(results)}
+
+
+def _openvino_model_only(results: list, model: str) -> "object | None":
+    return next((o for o in results if o.model == model and o.backend == "openvino" and o.mode == "model"), None)
+
+
+def before_after(results: list) -> dict:
+    """Each ``BEFORE_AFTER`` path measured in this run: ms, ratio to PyTorch (the first row) and to OpenVINO's
+    own model-only run of the same graph (> 1: faster), the precision it ran in, and after/before (> 1: faster)."""
+    by_label, base, out = {r.label: r for r in results}, results[0].e2e.median, {}
+    for name, pair in BEFORE_AFTER.items():
+        got = [by_label.get(row_label(*row)) for row in pair]
+        if None in got:
+            continue
+        sides = {}
+        for side, r in zip(("before", "after"), got):
+            own = _openvino_model_only(results, r.model)
+            sides[side] = {"label": r.label, "ms": r.e2e.median, "precision": r.precision,
+                           "precision_hint": r.precision_hint, "vs_pytorch": base / r.e2e.median,
+                           "vs_openvino_model_only": own.e2e.median / r.e2e.median if own else None}
+        out[name] = {**sides, "after_vs_before": got[0].e2e.median / got[1].e2e.median}
+    return out
+
+
+def before_after_lines(summary: dict) -> list:
+    """One line per path and side: ms, precision, the two ratios; then after vs before."""
+    lines = []
+    for name, pair in summary["before_after"].items():
+        for side in ("before", "after"):
+            s = pair[side]
+            ov = f"x{s['vs_openvino_model_only']:.2f}" if s["vs_openvino_model_only"] else "-"
+            hint = f"/{s['precision_hint']}" if s["precision_hint"] else ""
+            lines.append(f"{name} {side} ({s['precision']}{hint}): {s['ms']:.1f} ms, x{s['vs_pytorch']:.2f} vs "
+                         f"PyTorch, {ov} vs OpenVINO model only (same graph)")
+        lines.append(f"{name}: after vs before x{pair['after_vs_before']:.2f} (> 1: faster)")
+    return lines
 
 
 def step_cpu_bench(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
@@ -131,6 +180,7 @@ def step_summary(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
              for name, s in summary["rows"].items()]
     lines += [f"{name}: fcnseg end to end vs OpenVINO model only (own defaults), same graph: x{ratio:.2f}"
               for name, ratio in summary["ahead_of_openvino"].items()]
+    lines += before_after_lines(summary)
     report.add("summary", summary, [(f"{cfg.model.arch} {cfg.data.size}x{cfg.data.size}, batch 1",
                                      "\n".join(lines))])
 

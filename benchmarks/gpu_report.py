@@ -7,11 +7,13 @@ between this machine's environment (``gpu_env``) and PyTorch on CUDA (``torch_cu
    Runtime providers);
 2. a dataset (synthetic VOC unless ``--data-path``) and a model (``--checkpoint``, or ``fcn8s_resnet18``
    trained for ``--epochs`` on CUDA with AMP);
-3. ONNX FP32, FP16 and INT8 (calibrated on val), plus FP16 and INT8 TensorRT engines when TensorRT imports;
+3. ONNX FP32, FP16 and INT8 (calibrated on val; FP16 elsewhere, and FP32 elsewhere for timing), plus FP16 and
+   INT8 TensorRT engines when TensorRT imports (the FP32-elsewhere INT8 engine only where a GPU runs it);
 4. the parity table (checkpoint vs every exported model, same images, same runtime code path);
 5. latency: TensorRT engines and ONNX Runtime (CPU) through the runtime, and PyTorch on CUDA (FP32, FP16,
    channels-last FP16, CUDA-graph FP16; CUDA events) for the trained model and an FCN-ResNet50; speed-ups
-   are ratios measured within this run.
+   are ratios measured within this run;
+6. the INT8 engine with FP16 elsewhere against the one with FP32 elsewhere, per shape and batch.
 
 ``gpu_report.md`` and ``gpu_report.json`` are rewritten (atomically) after every step, so an interrupted
 run still leaves a readable report. The exit code is 1 when a parity tolerance failed or a step raised;
@@ -25,15 +27,17 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import click
 
 from ..core.cli_args import packed
 from ..core.errors import FcnsegError, cli_errors
 from ..core.shapes import parse_hw
+from ..eval.tables import format_table
 from .gpu_env import environment_report, environment_table
-from .pipeline import Artifacts, BenchSettings, DataSettings, ExportSettings, ModelSettings, PipelineConfig
+from .pipeline import (Artifacts, BenchSettings, DataSettings, EngineSettings, ExportSettings, ModelSettings,
+                       PipelineConfig)
 from .report import Report, SkipStage, echo, need, optional_path, parse_list, run_steps, to_jsonable, write_json
 from .steps import (bench_step, step_data, step_engines, step_export_fp16, step_export_int8, step_export_onnx,
                     step_model, step_parity)
@@ -42,6 +46,8 @@ from .torch_cuda import (TORCH_ARCHS, TORCH_MODES, TorchMode, bench_torch_cuda, 
 from .report import render_markdown
 
 MODEL = ModelSettings(epochs=6, amp=True, workers=min(8, os.cpu_count() or 1))
+# INT8 engines with FP16 elsewhere (the default graph) and with FP32 elsewhere, timed side by side where a GPU is.
+ENGINES = EngineSettings(precisions=("fp16", "int8", "int8_fp32"), timing_only=("int8_fp32",))
 BENCH = BenchSettings(models=("engines",), shapes=((520, 520), (375, 500)), batches=(1, 8), warmup=10, iters=100,
                       rounds=5)
 ORT_ITERS = 10
@@ -72,7 +78,7 @@ def gpu_report_config(out: Path, *, checkpoint: Optional[Path] = None, data: Dat
     return GpuReportConfig(
         out, data=data,
         model=dataclasses.replace(MODEL, checkpoint=checkpoint, epochs=epochs),
-        export=ExportSettings(models=("fp32", "fp16", "int8"), int8_eval_images=limit),
+        export=ExportSettings(models=("fp32", "fp16", "int8", "int8_fp32"), int8_eval_images=limit), engines=ENGINES,
         bench=dataclasses.replace(BENCH, shapes=tuple(shapes), batches=tuple(batches), warmup=warmup, iters=iters),
         parity_limit=limit, ort_iters=ort_iters)
 
@@ -114,6 +120,25 @@ def step_summary(cfg: GpuReportConfig, art: Artifacts, report: Report) -> None:
     need(rows, "latency results")
     report.add("summary", rows, [("model-only latency of every runtime (ms per batch; ratios within this run)",
                                   summary_table(rows))])
+    pairs = int8_elsewhere(art.bench, f"{cfg.export.stem}_int8.plan", f"{cfg.export.stem}_int8_fp32.plan")
+    if pairs:
+        report.add("summary", {"int8_fp16_vs_fp32_elsewhere": pairs}, [(
+            "INT8 engines: FP16 elsewhere vs FP32 elsewhere (ms per batch, TensorRT infer stage; > 1: FP16 faster)",
+            format_table(["shape", "batch", "FP16 elsewhere", "FP32 elsewhere", "x"],
+                         [[p["shape"], p["batch"], p["fp16_ms"], p["fp32_ms"], p["x"]] for p in pairs]))])
+
+
+def int8_elsewhere(results: Sequence[Any], fp16_plan: str, fp32_plan: str) -> List[Dict[str, Any]]:
+    """Per (shape, batch) measured for both engines: the INT8 engine with FP16 elsewhere against the one with FP32
+    elsewhere, in this run (issue 21: NVIDIA builds INT8 with FP16 elsewhere; this says what it gains)."""
+    infer = {(Path(r.model).name, tuple(r.shape), r.batch): r.stages["infer"].median for r in results}
+    out = []
+    for (name, shape, batch), ms in infer.items():
+        other = infer.get((fp32_plan, shape, batch))
+        if name == fp16_plan and other:
+            out.append({"shape": "x".join(map(str, shape)), "batch": batch, "fp16_ms": ms, "fp32_ms": other,
+                        "x": other / ms})
+    return out
 
 
 STEPS = (("environment", step_environment), ("data", step_data), ("model", step_model),

@@ -30,7 +30,10 @@ from .gpu_env import gpu_count
 
 Shape = Tuple[int, ...]
 VAL_LIST = "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt"   # written last by synthesize: present = complete
-INT8_TARGETS = {"int8": "tensorrt", "int8_cpu": "cpu"}          # model key -> quantize_int8 target
+# model key -> (quantize_int8 target, what the other layers run in; None: the target's default). "int8_fp32" is
+# the TensorRT graph with FP32 elsewhere (opset 17, TensorRT 8.x; the default before FP16 elsewhere), measured
+# beside the default "int8" where a run compares the two.
+INT8_MODELS = {"int8": ("tensorrt", None), "int8_fp32": ("tensorrt", "fp32"), "int8_cpu": ("cpu", None)}
 SHOWCASE_MODELS = ("int8_cpu", "int8", "fp32")                   # overlays and video: the first exported of these
 
 
@@ -78,6 +81,8 @@ class EngineSettings:
     """TensorRT engines from the FP16 and INT8 graphs (built wherever a TensorRT library imports)."""
 
     precisions: Tuple[str, ...] = ("fp16", "int8")
+    # built only where a GPU runs them: their one use is a latency comparison (INT8 with FP32 elsewhere)
+    timing_only: Tuple[str, ...] = ()
     library: str = "auto"                            # "tensorrt", "tensorrt_rtx" or "auto"
     compute_capabilities: Optional[Tuple[str, ...]] = None
 
@@ -218,10 +223,12 @@ def int8_from_onnx(onnx_path: Any, output: Optional[Path] = None, *, int8: Int8O
     return chain.lower(onnx_path, "int8", output, int8=int8)
 
 
-def int8_options(e: ExportSettings, calib_root: Path, target: str, cache: Path) -> Int8Options:
-    """The INT8 options of one pipeline graph; settings left as None keep ``Int8Options``' defaults."""
+def int8_options(e: ExportSettings, calib_root: Path, key: str, cache: Path) -> Int8Options:
+    """The INT8 options of the pipeline graph ``key`` (``INT8_MODELS``); settings left as None keep
+    ``Int8Options``' defaults."""
+    target, high = INT8_MODELS[key]
     given = {"num_images": e.calib_images, "method": e.calib_method, "eval_images": e.int8_eval_images,
-             "max_drop": e.max_drop}
+             "max_drop": e.max_drop, "high_precision": high}
     return replace(Int8Options(calib_root=calib_root, target=target, cache=cache),
                    **{k: v for k, v in given.items() if v is not None})
 

@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 from ..core.backend_names import PARITY_PRECISION_HINT, BackendChoice
 from ..core.errors import FcnsegError
 from ..export.options import EngineOptions
-from .pipeline import (INT8_TARGETS, Artifacts, PipelineConfig, checkpoint_for, engine_from_onnx, engine_profile,
+from .pipeline import (INT8_MODELS, Artifacts, PipelineConfig, checkpoint_for, engine_from_onnx, engine_profile,
                        engine_row, engine_table, fp16_from_onnx, gpu_here, int8_from_onnx, int8_options,
                        onnx_from_checkpoint, synthetic_voc)
 from .report import Report, SkipStage, need, write_chart, write_json
@@ -23,7 +23,7 @@ from ..train.rundir import read_metrics
 from ..runtime.backends.tensorrt import import_tensorrt
 from ..eval.evaluate import class_delta_table, compare_models, parity_table
 from ..eval.plots import parity_charts
-from ..runtime.backends.openvino import openvino_available
+from ..runtime.backends.openvino import device_precision_hint, openvino_available
 from . import bench
 from .bench import bench_table
 from ..runtime import Segmenter, overlay_with_legend, save_image
@@ -91,19 +91,21 @@ def step_export_fp16(cfg: PipelineConfig, art: Artifacts, report: Report) -> Non
 
 def step_export_int8(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
     e, rows = cfg.export, []
-    keys = [k for k in INT8_TARGETS if k in e.models]
+    keys = [k for k in INT8_MODELS if k in e.models]
     for key in need(keys, "an INT8 model in the configuration"):
-        suffix = key[len("int8"):]
-        options = int8_options(e, need(art.data, "a dataset"), INT8_TARGETS[key], cfg.out / f"calib{suffix}.json")
+        target = INT8_MODELS[key][0]   # one calibration cache per target: int8_fp32 reuses int8's ranges
+        options = int8_options(e, need(art.data, "a dataset"), key,
+                               cfg.out / f"calib{'_cpu' if target == 'cpu' else ''}.json")
         res = int8_from_onnx(need(art.models.get("fp32"), "the FP32 ONNX"), cfg.out / f"{e.stem}_{key}.onnx",
                              int8=options)
         art.models[key] = res.path
-        rows.append([INT8_TARGETS[key], res.method, res.num_calib_images, res.miou_fp32 * 100, res.miou_int8 * 100,
-                     res.drop, len(res.excluded)])
-    report.add("export int8", [dict(zip(("target", "method", "calib_images", "miou_fp32", "miou_int8", "drop_points",
-                                         "kept_in_float"), r)) for r in rows],
+        rows.append([target, res.high_precision, res.method, res.num_calib_images, res.miou_fp32 * 100,
+                     res.miou_int8 * 100, res.drop, len(res.excluded)])
+    report.add("export int8", [dict(zip(("target", "high_precision", "method", "calib_images", "miou_fp32", "miou_int8",
+                                         "drop_points", "kept_in_float"), r)) for r in rows],
                [("INT8 vs FP32 (ONNX Runtime, val)", format_table(
-                   ["layout", "method", "calib images", "mIoU fp32", "mIoU int8", "drop", "kept in float"], rows))])
+                   ["layout", "elsewhere", "method", "calib images", "mIoU fp32", "mIoU int8", "drop", "kept in float"],
+                   rows))])
 
 
 def step_engines(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
@@ -118,6 +120,8 @@ def step_engines(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
                             opt_shape=opt, max_shape=hi, timing_cache=cfg.out / "trt_timing.cache")
     runnable = gpu_here()
     for precision in s.precisions:
+        if precision in s.timing_only and not runnable:
+            continue
         src = need(art.models.get(precision), f"the {precision} ONNX")
         plan = engine_from_onnx(src, cfg.out / f"{cfg.export.stem}_{precision}.plan", options)
         art.engines.append(engine_row(plan, runnable=runnable))
@@ -129,9 +133,14 @@ def step_parity(cfg: PipelineConfig, art: Artifacts, report: Report) -> None:
     paths += [str(p) for p in art.runnable_engines()]
 
     backends = [b for b in cfg.parity_backends if b != "openvino" or openvino_available()]
+    # OpenVINO's rows in f32 (exact parity), and again in bf16 where that is the CPU's default (held to FP16's
+    # tolerance): the precision a user gets without --precision-hint.
+    own = device_precision_hint() if "openvino" in backends else PARITY_PRECISION_HINT
+    extra = [own] if own != PARITY_PRECISION_HINT else []
     with _true_fp32():
         result = compare_models(paths, str(need(art.data, "a dataset")), "val", limit=cfg.parity_limit,
-                                run=BackendChoice(tuple(backends) or (None,), precision_hint=PARITY_PRECISION_HINT))
+                                run=BackendChoice(tuple(backends) or (None,), precision_hint=PARITY_PRECISION_HINT),
+                                extra_hints=extra)
     art.parity = result
     write_json(cfg.out / "parity.json", result.to_dict())
     report.failures += [Path(r.path).name for r in result.failed]

@@ -1,5 +1,7 @@
+import dataclasses
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -194,10 +196,14 @@ def test_whole_report_on_cpu_with_a_tiny_model(tmp_path, monkeypatch):
     status = {s["name"]: s["status"] for s in doc["stages"]}
     assert all(v in ("ok", "skipped") for v in status.values()), [s for s in doc["stages"] if s["status"] == "error"]
     assert status["parity"] == status["bench onnxruntime"] == status["summary"] == "ok"
-    assert [r["precision"] for r in doc["data"]["parity"]] == ["fp32", "fp32", "fp16", "int8"]
+    # INT8 with FP16 elsewhere (the default) and with FP32 elsewhere (for the GPU timing), both within tolerance
+    assert [r["precision"] for r in doc["data"]["parity"]] == ["fp32", "fp32", "fp16", "int8", "int8"]
+    assert [Path(r["path"]).name for r in doc["data"]["parity"]][-2:] == ["model_int8.onnx", "model_int8_fp32.onnx"]
     assert result.exit_code == doc["exit_code"] == (1 if doc["failures"] else 0)
     if doc["data"].get("engines") and not torch.cuda.is_available():   # built (TensorRT for RTX), not run here
         assert all(e["runnable"] is False for e in doc["data"]["engines"])
+        # the FP32-elsewhere INT8 engine is only for timing: not built where nothing can run it
+        assert [Path(e["path"]).name for e in doc["data"]["engines"]] == ["model_fp16.plan", "model_int8.plan"]
         assert "not executed here: no GPU" in (tmp_path / "out" / "gpu_report.md").read_text()
     assert {r["variant"] for r in doc["data"]["summary"]} >= {"model.onnx", "model_fp16.onnx", "model_int8.onnx"}
     if not torch.cuda.is_available():
@@ -209,6 +215,17 @@ def _bench_result(path, *, infer_ms):
     return BenchResult(model=path, backend="onnxruntime", precision="fp32", shape=(8, 8), batch=2, iters=1, e2e=s,
                        stages={k: s for k in ("preprocess", "h2d", "infer", "d2h", "postprocess")},
                        images_per_s=1.0, peak_host_mb=1.0)
+
+
+def test_int8_engines_fp16_against_fp32_elsewhere_per_shape_and_batch():
+    """The list the GPU report prints (issue 21): each shape and batch both INT8 engines ran at, side by side."""
+    rows = [_bench_result("/o/model_int8.plan", infer_ms=4.0), _bench_result("/o/model_int8_fp32.plan", infer_ms=6.0),
+            _bench_result("/o/model_fp16.plan", infer_ms=5.0)]
+    rows.append(dataclasses.replace(_bench_result("/o/model_int8.plan", infer_ms=9.0), batch=8))   # no pair
+    pairs = gr.int8_elsewhere(rows, "model_int8.plan", "model_int8_fp32.plan")
+    assert pairs == [{"shape": "8x8", "batch": 2, "fp16_ms": pytest.approx(4.0), "fp32_ms": pytest.approx(6.0),
+                      "x": pytest.approx(1.5)}]
+    assert gr.int8_elsewhere(rows[2:], "model_int8.plan", "model_int8_fp32.plan") == []
 
 
 def _model_eval(path, miou, tolerance):

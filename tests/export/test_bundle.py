@@ -1,5 +1,6 @@
 """``fcn-export bundle``: the folder is complete, its scripts parse, ``build_engine.sh`` builds real engines with
 TensorRT for RTX through ``fcn-export trt``, passes the profile and DLA flags to trtexec where that is the tool,
+picks the INT8 graph the TensorRT found parses (issue 21: opset 17 for 8.x, FP16 elsewhere at opset 19 for 10+),
 and the runtime wheel installs on Python 3.8."""
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 
 from fcnseg.export.options import EngineOptions, Int8Options
 from fcnseg.export.bundle import make_bundle
 from fcnseg.export.cli import main as export_main
+from fcnseg.export.fp16 import has_fp16_qdq, qdq_to_fp16
 from fcnseg.export.runtime_wheel import build_runtime_wheel
 from fcnseg.export.tensorrt import precision_of_onnx
 from fcnseg.core.errors import FcnsegError
@@ -42,6 +45,17 @@ def graphs(conv_onnx_factory, int8_qdq_factory, tmp_path_factory):
     meta = ModelMetadata(arch="conv", num_classes=NUM_CLASSES, input_size=64, min_size=32, max_size=256)
     fp32 = conv_onnx_factory(d / "conv.onnx", meta)
     return {"fp32": fp32, "int8": int8_qdq_factory(fp32, d / "conv_int8.onnx")}
+
+
+@pytest.fixture(scope="module")
+def both_bundle(conv_onnx_factory, tiny_voc, wheel, tmp_path_factory):
+    """A --calib-data bundle of the 2-conv net with VOC's 21 classes, calibrated on the tiny synthetic VOC: both
+    INT8 graphs (opset 17 with FP32 elsewhere, opset 19 with FP16 elsewhere), from one calibration."""
+    d = tmp_path_factory.mktemp("bundle_voc")
+    meta = ModelMetadata(arch="conv", num_classes=21, input_size=64, min_size=32, max_size=256)
+    fp32 = conv_onnx_factory(d / "conv21.onnx", meta)
+    int8 = Int8Options(calib_root=tiny_voc, num_images=3, max_drop=100.0, progress=False)
+    return make_bundle(fp32, d / "both", int8=int8, runtime_wheel=wheel, engine=SHAPES)
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +220,27 @@ def test_build_engine_sh_with_tensorrt_rtx(bundle, precision):
     assert sidecar.model_metadata().classes == read_onnx_metadata(bundle.path / "fcn_fp16.onnx").classes
     again = run_script(bundle.path, precision, "--library", "tensorrt_rtx", path=path)
     assert again.returncode == 2 and "expected no engine at" in again.stderr and "--force" in again.stderr
+    # this bundle's INT8 graph is the opset-17 one (--int8-from): the sidecar names what was parsed
+    assert Path(sidecar.onnx).name == f"fcn_{precision}.onnx"
+
+
+def test_build_engine_sh_with_tensorrt_rtx_takes_the_fp16_elsewhere_graph(both_bundle, tmp_path):
+    """TensorRT for RTX is strongly typed: of a bundle's two INT8 graphs it builds fcn_int8_fp16.onnx."""
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT for RTX (pip install tensorrt-rtx) builds engines on a CPU")
+    d = copy_bundle(both_bundle.path, tmp_path / "b")
+    proc = run_script(d, "int8", "--library", "tensorrt_rtx", path=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}")
+    assert proc.returncode == 0, proc.stderr
+    assert "int8: fcn_int8_fp16.onnx (TensorRT for RTX " in proc.stdout and "strongly typed" in proc.stdout
+    sidecar = EngineSidecar.read(d / "fcn_int8.plan")
+    assert Path(sidecar.onnx).name == "fcn_int8_fp16.onnx" and sidecar.precision == "int8"
+    assert sidecar.library == "tensorrt_rtx" and (d / "fcn_int8.plan").stat().st_size > 0
+    assert not (d / "fcn_int8_fp16.plan").exists()
+
+
+def copy_bundle(src: Path, dest: Path) -> Path:
+    """A copy of a bundle without the engines a test built in it."""
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("*.plan", "*.plan.json"))
+    return dest
 
 
 FAKE_TRTEXEC = """\
@@ -218,21 +253,31 @@ for a in "$@"; do case "$a" in --saveEngine=*) printf PLAN > "${{a#--saveEngine=
 """
 
 
+STRONGLY = "  --stronglyTyped  Strongly typed\\n"   # in the help of trtexec 9+
+TRT85, TRT103 = ("8502", ""), ("100300", STRONGLY)    # JetPack 5.1 and JetPack 6.1's trtexec
+
+
+def fake_trtexec(folder: Path, version: str, strongly: str) -> tuple[str, Path]:
+    """(PATH with a fake trtexec of ``version`` and no fcn-export, the file its arguments go to)."""
+    fake = folder / "bin" / "trtexec"
+    fake.parent.mkdir(parents=True)
+    log = folder / "trtexec_args.txt"
+    fake.write_text(FAKE_TRTEXEC.format(version=version, strongly=strongly, log=log))
+    fake.chmod(0o755)
+    return f"{fake.parent}{os.pathsep}/usr/bin{os.pathsep}/bin", log
+
+
 @pytest.mark.parametrize("version,strongly,dla,expected", [
     ("8502", "", True, ["--fp16", "--useDLACore=0", "--allowGPUFallback"]),             # JetPack 5.1, TensorRT 8.5
-    ("100300", "  --stronglyTyped  Strongly typed\\n", False, ["--stronglyTyped"]),       # JetPack 6.1, TensorRT 10.3
-    ("100300", "  --stronglyTyped  Strongly typed\\n", True, ["--fp16", "--useDLACore=0", "--allowGPUFallback"]),
+    ("100300", STRONGLY, False, ["--stronglyTyped"]),                                  # JetPack 6.1, TensorRT 10.3
+    ("100300", STRONGLY, True, ["--fp16", "--useDLACore=0", "--allowGPUFallback"]),
 ])
 def test_build_engine_sh_with_trtexec(graphs, wheel, tmp_path, version, strongly, dla, expected):
     # on a DLA without shapes: fixed at the default opt shape
     engine = EngineOptions(dla_core=0, gpu_fallback=True) if dla else SHAPES
     b = make_bundle(graphs["fp32"], tmp_path / "b", runtime_wheel=wheel, engine=engine)
-    fake = tmp_path / "bin" / "trtexec"
-    fake.parent.mkdir()
-    log = tmp_path / "trtexec_args.txt"
-    fake.write_text(FAKE_TRTEXEC.format(version=version, strongly=strongly, log=log))
-    fake.chmod(0o755)
-    proc = run_script(b.path, "fp16", path=f"{fake.parent}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    path, log = fake_trtexec(tmp_path, version, strongly)
+    proc = run_script(b.path, "fp16", path=path)
     assert proc.returncode == 0, proc.stderr
     args = log.read_text().split()
     opt = json.loads((b.path / "bundle.json").read_text())["profile"]["opt"]
@@ -249,6 +294,124 @@ def test_build_engine_sh_with_trtexec(graphs, wheel, tmp_path, version, strongly
     major = int(version[:-4]) if len(version) > 4 else int(version[0])
     assert sidecar.library_version.split(".")[0] == str(major) and sidecar.dla_core == (0 if dla else None)
     assert sidecar.gpu_fallback == dla and sidecar.model_metadata().num_classes == NUM_CLASSES
+
+
+@pytest.mark.parametrize("trt,args,graph,flags,why", [
+    (TRT85, [], "fcn_int8.onnx", ["--int8", "--fp16"], "TensorRT 8.5.2 parses opset <= 17"),
+    (TRT103, [], "fcn_int8_fp16.onnx", ["--stronglyTyped"], "TensorRT 10.3.0 is strongly typed"),
+    (TRT103, ["--high-precision", "fp32"], "fcn_int8.onnx", ["--stronglyTyped"], "--high-precision fp32"),
+    (TRT103, ["--high-precision", "fp16"], "fcn_int8_fp16.onnx", ["--stronglyTyped"], "--high-precision fp16"),
+], ids=["trt8.5", "trt10.3", "trt10.3-fp32", "trt10.3-fp16"])
+def test_build_engine_sh_int8_takes_the_graph_its_tensorrt_parses(both_bundle, tmp_path, trt, args, graph, flags,
+                                                                 why):
+    """Of a --calib-data bundle's two INT8 graphs, trtexec 8.5 gets the opset-17 one (FP32 elsewhere, --int8
+    --fp16), trtexec 10.3 the FP16-elsewhere one (strongly typed); the plan is fcn_int8.plan either way and its
+    sidecar names the graph built; --high-precision chooses instead."""
+    d = copy_bundle(both_bundle.path, tmp_path / "b")
+    path, log = fake_trtexec(tmp_path, *trt)
+    proc = run_script(d, "int8", *args, path=path)
+    assert proc.returncode == 0, proc.stderr
+    picked = [line for line in proc.stdout.splitlines() if line.startswith("int8: ")]
+    assert len(picked) == 1 and picked[0].startswith(f"int8: {graph} ({why}"), proc.stdout
+    seen = log.read_text().split()
+    assert [a for a in seen if a.startswith("--onnx=")] == [f"--onnx={d / graph}"]
+    assert f"--saveEngine={d / 'fcn_int8.plan'}" in seen and not list(d.glob("fcn_int8_fp16.plan*"))
+    assert [a for a in seen if a in ("--fp16", "--int8", "--stronglyTyped")] == flags
+    sidecar = EngineSidecar.read(d / "fcn_int8.plan")
+    assert sidecar.onnx == graph and sidecar.precision == "int8"
+    assert sidecar.library_version == {"8502": "8.5.2", "100300": "10.3.0"}[trt[0]]
+
+
+@pytest.mark.parametrize("which,trt,args,message", [
+    ("bundle", TRT103, ["int8", "--high-precision", "fp16"],
+     "expected fcn_int8_fp16.onnx (FP16 elsewhere) for --high-precision fp16, got a bundle without it"),
+    ("both_bundle", TRT85, ["int8", "--high-precision", "fp16"],
+     "expected TensorRT 10+ for fcn_int8_fp16.onnx (opset 19), got TensorRT 8.5.2"),
+    ("both_bundle", TRT85, ["fp16", "--high-precision", "fp32"], "expected --high-precision with int8"),
+    ("both_bundle", TRT85, ["int8", "--high-precision", "bf16"], "expected --high-precision fp32 or fp16, got 'bf16'"),
+])
+def test_build_engine_sh_refuses_a_graph_it_cannot_build(request, tmp_path, which, trt, args, message):
+    """One line, exit 2, trtexec never run, no plan."""
+    d = copy_bundle(request.getfixturevalue(which).path, tmp_path / "b")
+    path, log = fake_trtexec(tmp_path, *trt)
+    proc = run_script(d, *args, path=path)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    assert not log.exists() and not list(d.glob("*.plan*"))
+
+
+def test_int8_from_an_fp16_elsewhere_graph_ships_for_tensorrt_10(graphs, wheel, tmp_path):
+    """--int8-from an opset-19 FP16-elsewhere graph ships as it is, as fcn_int8_fp16.onnx (never under the name
+    TensorRT 8.x is given): trtexec 10.3 builds it, trtexec 8.5 is refused in one line."""
+    src = tmp_path / "conv_int8_fp16.onnx"
+    onnx.save(qdq_to_fp16(onnx.load(str(graphs["int8"]))), str(src))
+    b = make_bundle(graphs["fp32"], tmp_path / "b", int8_from=src, runtime_wheel=wheel, engine=SHAPES)
+    assert set(b.graphs) == {"fp16", "int8_fp16"} and not (b.path / "fcn_int8.onnx").exists()
+    assert sha256(b.graphs["int8_fp16"]) == sha256(src)
+    manifest = json.loads((b.path / "bundle.json").read_text())
+    assert manifest["graphs"]["int8_fp16"]["plan"] == "fcn_int8.plan" and "int8" not in manifest["graphs"]
+    assert "`fcn_int8_fp16.onnx` (opset 19, FP16 elsewhere): TensorRT 10+" in (b.path / "README.md").read_text()
+    path, log = fake_trtexec(tmp_path / "trt8", *TRT85)
+    refused = run_script(b.path, "int8", path=path)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and not log.exists()
+    assert "expected TensorRT 10+ for this bundle's only INT8 graph fcn_int8_fp16.onnx" in refused.stderr
+    path, log = fake_trtexec(tmp_path / "trt10", *TRT103)
+    proc = run_script(b.path, "int8", path=path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"--onnx={b.path / 'fcn_int8_fp16.onnx'}" in log.read_text().split()
+    assert EngineSidecar.read(b.path / "fcn_int8.plan").onnx == "fcn_int8_fp16.onnx"
+
+
+def test_int8_from_refuses_fp32_elsewhere_past_opset_17(graphs, tmp_path):
+    """An opset-19 graph with FP32 elsewhere is neither bundle INT8 graph: one line, exit 2, nothing left."""
+    model = onnx.version_converter.convert_version(onnx.load(str(graphs["int8"])), 19)
+    model.ir_version = 9
+    src = tmp_path / "in" / "conv_int8_opset19.onnx"
+    src.parent.mkdir()
+    onnx.save(model, str(src))
+    result = CliRunner().invoke(export_main, ["bundle", str(graphs["fp32"]), "--out", str(tmp_path / "b"),
+                                              "--int8-from", str(src)])
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert "expected --int8-from at opset <= 17 (fcn_int8.onnx, every JetPack) or FP16 elsewhere" in result.output
+    assert "got an FP32-elsewhere graph at opset 19" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def check_int8_graphs(b, arch: str) -> None:
+    """A --calib-data bundle's two INT8 graphs: fcn_int8.onnx at opset 17 with FP32 elsewhere (every JetPack),
+    fcn_int8_fp16.onnx lowered from it at opset 19 with FP16 elsewhere (TensorRT 10+), its fcnseg.int8 metadata
+    saying so and the rest kept; both in bundle.json with the plan fcn_int8.plan and an "int8" sidecar naming
+    their own ONNX; every file's SHA-256 in the manifest."""
+    d = b.path
+    assert set(b.graphs) == {"fp16", "int8", "int8_fp16"}
+    assert (b.graphs["int8"].name, b.graphs["int8_fp16"].name) == ("fcn_int8.onnx", "fcn_int8_fp16.onnx")
+    models = {k: onnx.load(str(b.graphs[k])) for k in ("int8", "int8_fp16")}
+    assert {k: [o.version for o in m.opset_import if o.domain in ("", "ai.onnx")] for k, m in models.items()} == \
+        {"int8": [17], "int8_fp16": [19]}
+    fp16 = onnx.TensorProto.FLOAT16
+    assert not any(t.data_type == fp16 for t in models["int8"].graph.initializer) and not has_fp16_qdq(models["int8"])
+    assert any(t.data_type == fp16 for t in models["int8_fp16"].graph.initializer) and has_fp16_qdq(models["int8_fp16"])
+    assert precision_of_onnx(b.graphs["int8"]) == "int8" and precision_of_onnx(b.graphs["int8_fp16"]) == "int8"
+    props = {k: {p.key: p.value for p in m.metadata_props} for k, m in models.items()}
+    info = {k: json.loads(p.pop("fcnseg.int8")) for k, p in props.items()}
+    assert (info["int8"]["high_precision"], info["int8"]["trt_version"]) == ("fp32", "8.5")
+    assert info["int8_fp16"] == {**info["int8"], "high_precision": "fp16", "trt_version": "10"}
+    assert props["int8_fp16"] == props["int8"] and read_onnx_metadata(b.graphs["int8_fp16"]).arch == arch
+    assert read_onnx_metadata(b.graphs["int8_fp16"]).precision == "int8"
+    manifest = json.loads((d / "bundle.json").read_text())
+    for key, name in (("int8", "fcn_int8.onnx"), ("int8_fp16", "fcn_int8_fp16.onnx")):
+        entry = manifest["graphs"][key]
+        assert (entry["onnx"], entry["plan"], entry["sidecar"]["precision"], entry["sidecar"]["onnx"]) == \
+            (name, "fcn_int8.plan", "int8", name)
+    names = sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and p.name != "bundle.json")
+    assert manifest["files"] == {n: sha256(d / n) for n in names} and "fcn_int8_fp16.onnx" in names
+    build = (d / "build_engine.sh").read_text()
+    assert 'GRAPHS="fp16 int8 int8_fp16"' in build and 'PRECISIONS="fp16 int8"' in build
+    readme = (d / "README.md").read_text()
+    assert "| 6.1 / 6.2 | 10.3 | `fcn_int8_fp16.onnx`" in readme and "| 5.1.x | 8.5.2 | `fcn_int8.onnx`" in readme
+
+
+def test_bundle_calibrates_once_for_both_int8_graphs(both_bundle):
+    check_int8_graphs(both_bundle, "conv")
 
 
 def _jetpack_compat():
@@ -305,8 +468,7 @@ def test_run_py_segments_a_video_through_the_stream_api(bundle, tmp_path):
 def test_bundle_quantizes_with_calib_data(r18_onnx, tiny_voc, wheel, tmp_path):
     """--calib-data: the INT8 graph is calibrated here (FCN-8s/ResNet-18 on the tiny synthetic VOC)."""
     b = make_bundle(r18_onnx, tmp_path / "b", int8=Int8Options(calib_root=tiny_voc), runtime_wheel=wheel)
-    assert set(b.graphs) == {"fp16", "int8"} and precision_of_onnx(b.graphs["int8"]) == "int8"
     assert read_onnx_metadata(b.graphs["int8"]).arch == "fcn8s_resnet18"
     assert "./build_engine.sh int8" in (b.path / "README.md").read_text()
-    import onnx   # every JetPack parses it: opset 17 (TensorRT 8.5/8.6), FP32 elsewhere (issue 21)
-    assert [o.version for o in onnx.load(str(b.graphs["int8"])).opset_import if o.domain in ("", "ai.onnx")] == [17]
+    # issue 21: opset 17 with FP32 elsewhere for every JetPack, opset 19 with FP16 elsewhere for TensorRT 10+
+    check_int8_graphs(b, "fcn8s_resnet18")

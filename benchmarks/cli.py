@@ -73,7 +73,7 @@ def power_options(fn: Callable) -> Callable:
 @shape_option("--shape", "shapes", multiple=True, default=["520x520"], help="HxW; repeatable")
 @click.option("--batch", "batches", multiple=True, type=click.IntRange(min=1), default=[1], help="repeatable")
 @timing_options
-@backend_options(multiple=True, hint_default="f32 for FP32/FP16 graphs, OpenVINO's own for INT8 graphs")
+@backend_options(multiple=True)
 @mode_options
 @click.option("--model-only", is_flag=True, help="also time each library alone on a preprocessed input "
               "(OpenVINO compiled with its own defaults)")

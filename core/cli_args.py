@@ -194,8 +194,17 @@ def packed(into: str, build: Callable[..., Any], names: Sequence[str]) -> Callab
     return decorate
 
 
-def backend_options(*, multiple: bool = False, hint_default: str = "f32 for FP32/FP16 graphs, OpenVINO's own "
-                    "for INT8 graphs") -> Callable:
+HINT_DEFAULT = "OpenVINO's own: bf16 where the CPU has it, else f32"
+
+
+def precision_hint_option(default: str = HINT_DEFAULT) -> Callable:
+    """``--precision-hint``: OpenVINO's precision for the layers not in INT8 (``PRECISION_HINTS``)."""
+    return click.option("--precision-hint", type=click.Choice(PRECISION_HINTS), default=None,
+                        help=f"OpenVINO precision for non-INT8 layers; bf16 is faster on CPUs with BF16, f32 exact "
+                             f"[default: {default}].")
+
+
+def backend_options(*, multiple: bool = False, hint_default: str = HINT_DEFAULT) -> Callable:
     """``--backend`` (repeatable where ``multiple``), ``--providers``, ``--precision-hint`` and ``--threads``,
     passed to the command as one ``backend: BackendChoice`` argument."""
     def choice(backend_names: Any, providers: Sequence[str], precision_hint: Optional[str],
@@ -213,9 +222,7 @@ def backend_options(*, multiple: bool = False, hint_default: str = "f32 for FP32
                                help="A TensorRT engine built for another GPU or TensorRT version: auto rebuilds it "
                                     "once from its ONNX and caches it beside the engine.")(wrapper)
         wrapper = threads_option()(wrapper)
-        wrapper = click.option("--precision-hint", type=click.Choice(PRECISION_HINTS), default=None,
-                               help=f"OpenVINO precision for non-INT8 layers; bf16 is faster on CPUs with BF16 "
-                                    f"[default: {hint_default}].")(wrapper)
+        wrapper = precision_hint_option(hint_default)(wrapper)
         wrapper = click.option("--providers", multiple=True,
                                help="ONNX Runtime providers in priority order, e.g. cuda,cpu (repeatable or "
                                     "comma-separated).")(wrapper)

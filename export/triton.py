@@ -280,21 +280,24 @@ def _network_files(net: Any, path: Path) -> Dict[str, Path]:
 
 def export_segmenter(model: PathLike, repo: PathLike, *, name: str = "fcnseg",
                      batching: Batching = Batching(kind="cpu"), size: Optional[int] = None,
-                     num_threads: Optional[int] = None, force: bool = False,
-                     view: Optional[Mapping[str, Any]] = None) -> TritonRepository:
+                     num_threads: Optional[int] = None, force: bool = False, view: Optional[Mapping[str, Any]] = None,
+                     precision_hint: Optional[str] = None) -> TritonRepository:
     """Write a repository with one Python-backend model running ``fcnseg.runtime.Segmenter`` on ``model``.
 
     Clients send ``image`` (UINT8 HxWx3 RGB, any size) and get ``mask`` (UINT8 HxW at that size); requests
     that arrive together are segmented in one call. Any file ``Segmenter.load`` opens works (``.onnx``,
     ``.plan`` with its sidecar, ``.pth``); the Triton Python environment needs fcnseg's runtime and the
-    model's inference library. ``size``, ``num_threads`` and ``view`` (``mode``, ``tile``, ``stride``: a
-    ``mode="slide"`` model segments large images in tiles) are passed to ``Segmenter.load``.
+    model's inference library. ``size``, ``num_threads``, ``view`` (``mode``, ``tile``, ``stride``: a
+    ``mode="slide"`` model segments large images in tiles) and ``precision_hint`` (OpenVINO's; None: its own for
+    the CPU, bf16 where it has it: masks may then differ in a few pixels with the batch Triton forms; "f32" is
+    exact) are passed to ``Segmenter.load``.
     """
     check_model_name(name)
     path = _check_model(model, (".onnx", ".plan", ".engine", ".pth", ".pt"))
     max_batch, preferred = resolve_batching(batching, None)
     params = {"fcnseg_model": "model" + path.suffix, "fcnseg_size": str(size or ""),
-              "fcnseg_num_threads": str(num_threads or ""), "fcnseg_view": json.dumps(dict(view or {}))}
+              "fcnseg_num_threads": str(num_threads or ""), "fcnseg_view": json.dumps(dict(view or {})),
+              "fcnseg_precision_hint": precision_hint or ""}
     config = python_config(name, "segmenter", [TensorSpec("image", "uint8", (-1, -1, 3), ragged=True)],
                            [TensorSpec("mask", "uint8", (-1, -1))], max_batch=max_batch, batching=batching,
                            preferred=preferred, parameters=params)

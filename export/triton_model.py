@@ -87,7 +87,9 @@ class TritonPythonModel:
 
             size = int(params["fcnseg_size"]) if params.get("fcnseg_size") else None
             view = json.loads(params.get("fcnseg_view") or "{}")   # mode, tile, stride (large images: slide)
-            self.segmenter = Segmenter.load(here / params["fcnseg_model"], size=size, num_threads=threads, **view)
+            hint = params.get("fcnseg_precision_hint") or None   # OpenVINO's; None: its own for the CPU
+            self.segmenter = Segmenter.load(here / params["fcnseg_model"], size=size, num_threads=threads,
+                                            precision_hint=hint, **view)
         elif self.role == "network":
             from fcnseg.runtime import load_backend
 

@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, Optional
 
 import click
 
-from ..core.cli_args import OneLineCommand, force_option, mode_options, packed
+from ..core.cli_args import OneLineCommand, force_option, mode_options, packed, precision_hint_option
 from ..core.errors import FcnsegError, cli_errors
 from .server import TritonInstall, TritonServer, serve_model
 
@@ -38,13 +38,14 @@ def port_options(fn: Callable) -> Callable:
               "[default: 500]")
 @force_option("replace a model folder of that name in --repo")
 @mode_options
+@precision_hint_option()
 @click.option("--triton-env", type=click.Path(file_okay=False), help="Python environment with nvidia-pytriton "
               "[default: $FCNSEG_TRITON_ENV, the project's .venv-triton, this Python]")
 @click.option("--timeout", type=float, default=120.0, help="seconds to wait for the server to be ready")
 @cli_errors
 def main(model: Optional[str], repo: Optional[str], name: str, ports: Dict[str, Any], max_batch: Optional[int],
          instances: int, max_queue_delay_us: Optional[int], force: bool, mode: Dict[str, Any],
-         triton_env: Optional[str], timeout: float) -> None:
+         precision_hint: Optional[str], triton_env: Optional[str], timeout: float) -> None:
     """Serve MODEL over HTTP and gRPC with Triton (dynamic batching, Prometheus metrics) until Ctrl-C.
 
     \b
@@ -56,7 +57,8 @@ def main(model: Optional[str], repo: Optional[str], name: str, ports: Dict[str, 
     ports = dict(ports, install=TritonInstall.find(triton_env), log=sys.stderr)
     if model:
         server = serve_model(model, repo=repo, name=name, max_batch=max_batch, instances=instances,
-                             max_queue_delay_us=max_queue_delay_us, force=force, view=mode, **ports)
+                             max_queue_delay_us=max_queue_delay_us, force=force, view=mode,
+                             precision_hint=precision_hint, **ports)
     else:
         server = TritonServer(repo, **ports)
     for signum in (signal.SIGINT, signal.SIGTERM):   # SIGINT too: a shell starts background jobs ignoring it

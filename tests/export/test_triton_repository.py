@@ -151,7 +151,10 @@ def test_segmenter_repository(r18_onnx, tmp_path):
     assert [(t.name, t.data_type, dims(t), t.allow_ragged_batch) for t in config.input] == \
         [("image", pb.TYPE_UINT8, [-1, -1, 3], True)]
     assert config.parameters["fcnseg_role"].string_value == "segmenter"
+    assert config.parameters["fcnseg_precision_hint"].string_value == ""   # OpenVINO's own for the server's CPU
     assert sorted(p.name for p in (tmp_path / "repo/fcnseg/1").iterdir()) == ["model.onnx", "model.py"]
+    exact = export_segmenter(r18_onnx, tmp_path / "exact", precision_hint="f32")   # fcn-serve --precision-hint f32
+    assert parse(exact.config_path("fcnseg")).parameters["fcnseg_precision_hint"].string_value == "f32"
 
 
 def test_network_on_python_backend(r18_onnx, tmp_path):

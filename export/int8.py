@@ -246,12 +246,17 @@ def _library_warnings_summarised() -> Iterator[List[str]]:
         return False
 
     # A filter on the root logger sees exactly the records logged on it (``logging.warning``), not fcnseg's own.
+    # ``logging.warning`` on a root logger without handlers also calls ``basicConfig``: the handler it adds is
+    # removed again, or every later fcnseg warning of the process would print a second time as "WARNING:...".
     root = logging.getLogger()
+    handlers = list(root.handlers)
     root.addFilter(collect)
     try:
         yield notes
     finally:
         root.removeFilter(collect)
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
 
 
 def _quantize(src: Path, out: Path, o: Int8Options) -> Int8Result:

@@ -84,3 +84,14 @@ def test_library_warnings_on_the_root_logger_are_summarised(capsys, caplog):
     assert len(notes) == 48 and notes[0] == "Expected bias to be a 1D tensor, layer 0"
     assert "Expected bias" not in capsys.readouterr().err
     assert [r.getMessage() for r in caplog.records] == ["fcnseg's own warning"]
+
+
+def test_a_librarys_basicconfig_does_not_outlive_the_summary():
+    """``logging.warning`` on a bare root logger installs basicConfig's handler; fcnseg's later warnings would then
+    print as "WARNING:fcnseg.export:..." (seen in make bench-cpu). Outside pytest, whose handlers hide it."""
+    code = ("import logging; from fcnseg.export.int8 import _library_warnings_summarised as s\n"
+            "with s():\n    logging.warning('Expected bias')\n"
+            "print(len(logging.getLogger().handlers)); logging.getLogger('fcnseg.export').warning('ours')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.split() == ["0"], r.stderr
+    assert r.stderr.splitlines() == ["ours"]   # once, as logging's last resort prints it

@@ -43,7 +43,7 @@ from .weights import check_pretrained
 from .plot import plot_metrics
 
 __all__ = ["TrainConfig", "criterion", "make_optimizer", "make_scheduler", "train_one_epoch", "evaluate",
-           "make_loaders", "build_model", "seed_epoch", "checkpoint_dict", "train"]
+           "make_loaders", "train_split", "build_model", "seed_epoch", "checkpoint_dict", "train"]
 
 
 def criterion(outputs: dict, target: torch.Tensor, weight: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -104,15 +104,16 @@ def evaluate(model, loader, device, num_classes: int, *, show: bool = True) -> C
     return cm
 
 
-def make_loaders(cfg: TrainConfig, dist_info: distributed.DistInfo) -> tuple[DataLoader, DataLoader]:
+def make_loaders(cfg: TrainConfig, dist_info: distributed.DistInfo,
+                 train_ds: Optional[SegmentationDataset] = None) -> tuple[DataLoader, DataLoader]:
     """Train loader (random crops, shuffled, last batch dropped) and val loader (batch 1, full images).
 
-    With ``cfg.check_data`` every image/label pair of both splits is checked first (see ``datacheck``).
-    The train sampler's generator is reseeded every epoch by :func:`seed_epoch`.
+    ``train_ds``: the train split as ``train_split`` opened it (None: opened here). With ``cfg.check_data`` every
+    image/label pair of both splits is checked first (see ``datacheck``). The train sampler's generator is
+    reseeded every epoch by :func:`seed_epoch`.
     """
     source = data_source(cfg)
-    train_ds, _ = get_dataset(source, "train", train=True, base_size=cfg.base_size, crop_size=cfg.crop_size,
-                              num_classes=cfg.num_classes)
+    train_ds = train_ds if train_ds is not None else train_split(cfg)
     val_ds, _ = get_dataset(source, cfg.val_split, train=False, base_size=cfg.base_size,
                             crop_size=cfg.crop_size, num_classes=cfg.num_classes)
     if len(train_ds) < cfg.batch_size * dist_info.world_size:
@@ -139,10 +140,15 @@ def data_source(cfg: TrainConfig) -> DataSource:
     return DataSource(cfg.data_path, cfg.layout, cfg.classes)
 
 
+def train_split(cfg: TrainConfig) -> SegmentationDataset:
+    """The run's train split with the training preset, its class map checked against ``--num-classes``."""
+    return get_dataset(data_source(cfg), "train", train=True, base_size=cfg.base_size, crop_size=cfg.crop_size,
+                       num_classes=cfg.num_classes)[0]
+
+
 def dataset_classes(cfg: TrainConfig) -> ClassMap:
     """The class map of the run's dataset (its train split), checked against ``--num-classes`` when given."""
-    dataset = SegmentationDataset(data_source(cfg), "train", num_classes=cfg.num_classes)
-    return dataset.class_map
+    return train_split(cfg).class_map
 
 
 def build_model(cfg: TrainConfig, device: torch.device, dist_info: distributed.DistInfo) -> tuple[nn.Module, nn.Module]:
@@ -235,29 +241,31 @@ def train(cfg: TrainConfig) -> dict:
         # The folder is checked first (a path under /proc or a file gets its own one-line error).
         prepare_output_dir(Path(cfg.output_dir), resume_epoch=point.start_epoch if point else None, force=cfg.force,
                            create=False)
-        class_map = _dataset_classes(cfg, point)     # the layout, split and class file
-        cfg = replace(cfg, num_classes=class_map.num_classes)
+        train_ds = _open_train_split(cfg, point)     # the layout, split and class file, opened once for the run
+        cfg = replace(cfg, num_classes=train_ds.num_classes)
         with run_lock(cfg.output_dir, "fcn-train") if dist_info.is_main else contextlib.nullcontext():
-            return _train(cfg, device, dist_info, point, class_map)
+            return _train(cfg, device, dist_info, point, train_ds)
     finally:
         distributed.cleanup()
 
 
-def _dataset_classes(cfg: TrainConfig, point: Optional[ResumePoint]) -> ClassMap:
-    """The dataset's class map; a resumed run must have been trained on as many classes."""
-    class_map = dataset_classes(cfg)
+def _open_train_split(cfg: TrainConfig, point: Optional[ResumePoint]) -> SegmentationDataset:
+    """The train split (its class map: the run's); a resumed run must have been trained on as many classes."""
+    train_ds = train_split(cfg)
+    class_map = train_ds.class_map
     saved = point.full.get("num_classes") if point else None
     if point is not None and saved not in (None, class_map.num_classes):
         raise FcnsegError(f"expected a checkpoint with the dataset's {class_map.num_classes} classes to resume, got "
                           f"{saved} in {point.path}; try --pretrained {point.path} to fine-tune from it instead")
-    return class_map
+    return train_ds
 
 
 def _train(cfg: TrainConfig, device: torch.device, dist_info: distributed.DistInfo,
-           point: Optional[ResumePoint], class_map: ClassMap) -> dict:
+           point: Optional[ResumePoint], train_ds: SegmentationDataset) -> dict:
     out = Path(cfg.output_dir)
     resume_epoch = point.start_epoch if point else None   # the folder was checked by train(), before the lock
-    train_loader, val_loader = make_loaders(cfg, dist_info)
+    class_map = train_ds.class_map
+    train_loader, val_loader = make_loaders(cfg, dist_info, train_ds)
     weight = class_weights(cfg.class_weights, data_source(cfg), class_map, device,
                            say=tqdm.write if dist_info.is_main else None)
     # created (and an old run moved aside) only once the data has passed its checks

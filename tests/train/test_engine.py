@@ -47,10 +47,18 @@ def two_images(tmp_path_factory):
     return synthesize(tmp_path_factory.mktemp("voc2"), num_train=2, num_val=1, size=40, seed=3, progress=False)
 
 
-def test_train_writes_checkpoints_log_plot_and_a_resumed_run_reproduces_it(two_images, tmp_path, capsys, one_thread):
+def test_train_writes_checkpoints_log_plot_and_a_resumed_run_reproduces_it(two_images, tmp_path, capsys, one_thread,
+                                                                           monkeypatch):
+    from fcnseg.train import data
+
+    opened = []
+    real_open = data.open_dataset
+    monkeypatch.setattr(data, "open_dataset", lambda root, split, **kw: opened.append(split) or real_open(root, split,
+                                                                                                           **kw))
     out = tmp_path / "run"
     cfg = dict(epochs=3, batch_size=2, aux_loss=True, base_size=40, crop_size=32)
     log = train(tiny_config(two_images, out, **cfg))
+    assert opened == ["train", "val"]   # each split listed (and a folder layout's masks sniffed) once per run
     assert 0.0 <= log["miou"] <= 1.0 and log["epoch"] == 2
     names = sorted(os.listdir(out))
     assert {"checkpoint.pth", "model_0.pth", "model_2.pth", "model_best.pth", "metrics.jsonl", "metrics.png"} <= set(names)

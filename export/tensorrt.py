@@ -692,7 +692,7 @@ def build_engine_from_spec(spec: EngineSpec, *, output: PathLike) -> BuiltEngine
              spec.profile)
     start = time.perf_counter()
     trt = features.module
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = build_logger(trt)
     builder = trt.Builder(logger)
     network = create_network(builder, features, strongly_typed=mode.strongly_typed)
     config = config_from_features(builder, features, mode=mode, profile=spec.profile, input_name=spec.input_name,
@@ -704,6 +704,7 @@ def build_engine_from_spec(spec: EngineSpec, *, output: PathLike) -> BuiltEngine
                         native_instancenorm=bool(spec.hardware_compatibility or spec.version_compatible))
     plan = build_plan(builder, network, config, module=trt)
     del parser  # the parser owns the weights until the plan is serialized
+    logger.say_repeats()
     seconds = time.perf_counter() - start
     if spec.timing_cache is not None and features.timing_cache:
         save_timing_cache(config, spec.timing_cache)
@@ -712,6 +713,36 @@ def build_engine_from_spec(spec: EngineSpec, *, output: PathLike) -> BuiltEngine
     save_engine(plan, out, sidecar)
     log.info("wrote %s (%.1f MB, %s, built in %.1f s)", out, len(plan) / 1e6, sidecar.describe(), seconds)
     return BuiltEngine(out, sidecar, seconds)
+
+
+def build_logger(trt: Any) -> Any:
+    """A TensorRT ``ILogger`` passing errors and warnings to fcnseg's log, each distinct message once.
+
+    ``trt.Logger(WARNING)`` prints every message: an FP16 Q/DQ graph gets TensorRT's "Converting conv activation
+    scales to fp32" once per convolution (48 lines for FCN-8s/ResNet-18). ``say_repeats()`` then says how often
+    each repeated. Severity is compared by member, not by int (pybind enums; the fakes keep that difference).
+    """
+    severity = trt.ILogger.Severity
+    levels = {severity.INTERNAL_ERROR: logging.ERROR, severity.ERROR: logging.ERROR, severity.WARNING: logging.WARNING}
+
+    class _Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.counts: Dict[str, int] = {}
+
+        def log(self, level: Any, msg: str) -> None:
+            if level not in levels:
+                return
+            self.counts[msg] = self.counts.get(msg, 0) + 1
+            if self.counts[msg] == 1:
+                log.log(levels[level], "TensorRT: %s", msg)
+
+        def say_repeats(self) -> None:
+            for msg, n in self.counts.items():
+                if n > 1:
+                    log.warning("TensorRT: the message above came %d times in all: %s", n, msg[:100])
+
+    return _Logger()
 
 
 # ---------------------------------------------------------------- rebuilding from the sidecar

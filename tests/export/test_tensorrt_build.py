@@ -155,9 +155,14 @@ def make_trt(version, *, rtx=False, dla_cores=None):
     flag_names = {v: k for k, v in ENUMS[release]["NetworkDefinitionCreationFlag"].items()}
     m.nptype = lambda dt: {"FLOAT": np.float32, "HALF": np.float16}[accept("nptype", dt, m.DataType).name]
 
-    class Logger:
+    class ILogger:
+        """The real bindings' abstract logger: Builder and OnnxParser take any ILogger; Logger is one."""
         Severity = make_enum("Severity", ENUMS[release]["Severity"])
 
+        def log(self, severity, msg):
+            raise RuntimeError('Tried to call pure virtual function "ILogger::log"')
+
+    class Logger(ILogger):
         def __init__(self, severity=None):
             self.severity = accept("Logger", severity, (Logger.Severity, type(None)))
 
@@ -251,7 +256,7 @@ def make_trt(version, *, rtx=False, dla_cores=None):
         return m.plan
 
     builder_attrs = {
-        "__init__": lambda self, logger: accept("Builder", logger, Logger) and None,
+        "__init__": lambda self, logger: accept("Builder", logger, ILogger) and None,
         "create_network": create_network,
         "create_builder_config": lambda self: Config(),
         "create_optimization_profile": lambda self: OptProfile(),
@@ -281,7 +286,7 @@ def make_trt(version, *, rtx=False, dla_cores=None):
     class OnnxParser:
         def __init__(self, network, logger):
             accept("OnnxParser", network, Network)
-            accept("OnnxParser", logger, Logger)
+            accept("OnnxParser", logger, ILogger)
 
         def parse_from_file(self, path):
             m.calls.append(("parse", accept("parse_from_file", path, str)))
@@ -298,7 +303,7 @@ def make_trt(version, *, rtx=False, dla_cores=None):
         OnnxParser.set_flag = lambda self, flag: m.calls.append(
             ("parser_flag", accept("set_flag", flag, m.OnnxParserFlag).name))
     m.OnnxParser = OnnxParser
-    m.Logger = Logger
+    m.ILogger, m.Logger = ILogger, Logger
     m.IBuilderConfig = Config
     m.ICudaEngine = type("ICudaEngine", (), {"device_memory_size_v2": 0} if major >= 10 else {})
     m.Runtime = type("Runtime", (), {})

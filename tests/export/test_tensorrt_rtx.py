@@ -368,3 +368,24 @@ def test_a_failing_progress_display_never_stops_the_build(conv_graph, tmp_path, 
     built = build_engine(conv_graph, output=tmp_path / "m.plan", library="tensorrt_rtx", compute_capabilities=["8.6"],
                          **SMALL)
     assert built.path.stat().st_size > 0 and made[0].mode == "phases"
+
+
+def test_tensorrt_warnings_come_once_each_with_how_often_they_repeated(conv_graph, int8_qdq_factory, tmp_path,
+                                                                        caplog):
+    """An FP16 Q/DQ graph: TensorRT for RTX warns "Converting conv ... scales to fp32" per convolution (48 lines for
+    FCN-8s/ResNet-18 in the demo); fcnseg's log carries each message once, then how often it came."""
+    import logging
+
+    from fcnseg.export.fp16 import qdq_to_fp16
+    from fcnseg.export.onnx_graph import load_onnx, save_onnx
+
+    fp16_qdq = tmp_path / "q16.onnx"
+    save_onnx(qdq_to_fp16(load_onnx(int8_qdq_factory(conv_graph, tmp_path / "q.onnx"))), fp16_qdq)
+    with caplog.at_level(logging.INFO, logger="fcnseg.export"):
+        build_engine(fp16_qdq, output=tmp_path / "m.plan", library="tensorrt_rtx", compute_capabilities=["8.6"],
+                     **SMALL)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("TensorRT: ")]
+    converting = [m for m in said if "Converting conv" in m]
+    assert converting and len(converting) == len(set(converting)), said   # each message once
+    repeats = [m for m in said if m.startswith("TensorRT: the message above came")]
+    assert repeats and all("times in all" in m for m in repeats), said

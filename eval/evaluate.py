@@ -60,6 +60,11 @@ class ModelEval:
         return self.status == "ok" and (self.comparison is None or bool(self.comparison))
 
     @property
+    def backend_label(self) -> str:
+        """The backend as tables and charts name it: ``openvino/bf16`` with OpenVINO's hint, else the backend."""
+        return f"{self.backend}/{self.precision_hint}" if self.precision_hint else self.backend
+
+    @property
     def tolerance_key(self) -> str:
         """The precision whose tolerance the row is held to: its graph's, FP16's for a float graph that OpenVINO
         ran in bf16 (the hint changes the arithmetic, so FP32's tolerance would fail it for what it is)."""
@@ -199,7 +204,7 @@ def parity_table(rows: Sequence[ModelEval]) -> str:
     body = []
     for r in rows:
         c = r.comparison
-        backend = f"{r.backend}/{r.precision_hint}" if r.precision_hint else r.backend
+        backend = r.backend_label
         body.append([r.format, backend, r.precision, r.verdict[:60], r.size_mb, r.miou * 100, c.delta if c else None,
                      c.tolerance if c else None, r.global_acc * 100, r.ms_per_image, Path(r.path).name])
     if any(r.mode != "resize" for r in rows):   # say how images met the network when it is not the default
@@ -215,7 +220,7 @@ def class_delta_table(rows: Sequence[ModelEval]) -> str:
     # A model evaluated on several backends appears once per backend: name the backend in its column then.
     names = [Path(r.path).name for r in compared]
     headers = ["class", f"IoU {Path(ref.path).name}"] + [
-        f"d {n} {r.backend}" if names.count(n) > 1 else f"d {n}" for n, r in zip(names, compared)]
+        f"d {n} {r.backend_label}" if names.count(n) > 1 else f"d {n}" for n, r in zip(names, compared)]
     body = [[name, ref.iou[i] * 100] + [float(r.comparison.class_delta[i]) for r in compared]
             for i, name in enumerate(ref.classes)]
     return format_table(headers, body)

@@ -216,7 +216,7 @@ def worst_row(rows: Sequence[Any]) -> Any:
 
 def row_label(row: Any) -> str:
     """``file (backend[/hint])``: the name of a row in charts."""
-    backend = f"{row.backend}/{row.precision_hint}" if getattr(row, "precision_hint", "") else row.backend
+    backend = row.backend_label
     return f"{Path(row.path).name} ({backend})" if backend else Path(row.path).name
 
 

@@ -31,9 +31,9 @@ def test_class_delta_columns_name_the_backend_when_a_model_runs_on_several():
 
     classes = ["background", "cat"]
 
-    def row(path, backend, delta):
+    def row(path, backend, delta, hint=""):
         r = ModelEval(path=path, format="ONNX", precision="int8", miou=0.5, global_acc=0.9, iou=[0.5, 0.5],
-                      classes=classes, backend=backend)
+                      classes=classes, backend=backend, precision_hint=hint)
         r.comparison = MiouComparison(0.5, 0.5, np.array([delta, -delta]), 1.0, classes)
         return r
 
@@ -42,3 +42,9 @@ def test_class_delta_columns_name_the_backend_when_a_model_runs_on_several():
     header = class_delta_table(rows).splitlines()[0].split("  ")
     assert [h.strip() for h in header if h.strip()] == ["class", "IoU ref.pth", "d m.onnx onnxruntime",
                                                          "d m.onnx openvino", "d other.onnx"]
+    # the same file on OpenVINO in f32 and in bf16 (the demo's parity step): two columns, told apart by the hint
+    rows = [row("ref.pth", "pytorch", 0.0), row("m.onnx", "openvino", 0.25, "f32"), row("m.onnx", "openvino", 0.5,
+                                                                                       "bf16")]
+    header = class_delta_table(rows).splitlines()[0].split("  ")
+    assert [h.strip() for h in header if h.strip()] == ["class", "IoU ref.pth", "d m.onnx openvino/f32",
+                                                         "d m.onnx openvino/bf16"]

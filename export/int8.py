@@ -507,12 +507,12 @@ def _quantize_within_budget(base: onnx.ModelProto, ranges: Ranges, ev: _Evaluato
     if keep_float:
         log.info("float by design: %s", ", ".join(keep_float))
 
-    def attempt(exclude: Sequence[str]) -> Tuple[onnx.ModelProto, MiouComparison]:
+    def attempt(exclude: Sequence[str], level: int = logging.INFO) -> Tuple[onnx.ModelProto, MiouComparison]:
         q = quantize_qdq(base, ranges, exclude=[*keep_float, *exclude], target=target)
         cmp = compare_miou(ref, ev.confusion(q, f"int8 mIoU ({len(exclude)} reverted)"), tolerance=max_drop,
                            classes=ev.meta.classes)
-        log.info("int8 with %d layers reverted to float: mIoU %.2f vs fp32 %.2f (%+.2f points)", len(exclude),
-                 cmp.test_miou * 100, cmp.ref_miou * 100, cmp.delta)
+        log.log(level, "int8 with %d layers reverted to float (latest: %s): mIoU %.2f vs fp32 %.2f (%+.2f points)",
+                len(exclude), exclude[-1] if exclude else "none", cmp.test_miou * 100, cmp.ref_miou * 100, cmp.delta)
         return q, cmp
 
     q, cmp = attempt([])
@@ -523,7 +523,9 @@ def _quantize_within_budget(base: onnx.ModelProto, ranges: Ranges, ev: _Evaluato
     if len(layers) > MEASURED_LAYERS:   # e.g. the cpu target's every op: a cheap proxy picks the suspects
         layers = rank_sensitivity(base, ranges, ev.inputs(sensitivity_images), target=target, keep_float=keep_float)
     measured = layers[:MEASURED_LAYERS]
-    costs = measure_costs(lambda node: attempt([node])[1], measured, cmp.test_miou, getattr(ev, "progress", False))
+    # each layer's measurement at DEBUG: the sensitivity bar shows the loop, "costliest layers" its outcome
+    costs = measure_costs(lambda node: attempt([node], logging.DEBUG)[1], measured, cmp.test_miou,
+                          getattr(ev, "progress", False))
     order = sorted(measured, key=lambda k: -costs[k]) + layers[len(measured):]
     reverted: List[RevertedLayer] = []
     for node in order:

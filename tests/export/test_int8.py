@@ -275,6 +275,10 @@ def test_fallback_reverts_the_fewest_layers_by_measured_cost(caplog):
     assert float_convs == {"conv1", "conv3", "conv4"}
     assert "float by design: conv4" in caplog.text and "reverted to float" in caplog.text
     assert "conv3 (+0.60)" in caplog.text
+    # at INFO: all INT8, then each greedy step; the 4 single-layer measurements are DEBUG (the bar shows the loop)
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    steps = [m.split(":")[1].split(")")[0].strip() for m in said if "layers reverted to float (latest" in m]
+    assert steps == ["none", "conv3", "conv1"]
 
 
 def test_fallback_within_budget_measures_nothing():

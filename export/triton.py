@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from ..core.atomic import current_umask, write_text
+from ..core.class_map import ClassMap
+from ..core.metadata import ModelMetadata
 from ..core.errors import FcnsegError, import_optional
 from ..core.sidecar import find_sidecar, sidecar_path
 from ..core.view import Tiling
@@ -41,6 +43,7 @@ KINDS = ("gpu", "cpu")
 ONNX_BACKENDS = ("onnxruntime", "openvino", "python")
 PYTHON_MODEL = Path(__file__).with_name("triton_model.py")
 LABELS_FILE = "labels.txt"
+CLASSES_FILE = "classes.json"   # a served Segmenter's --classes, normalised to JSON, in its version folder
 CLASS_OUTPUTS = ("mask", "logits")
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8",
                 "int32": "TYPE_INT32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL", "bytes": "TYPE_STRING"}
@@ -281,7 +284,7 @@ def _network_files(net: Any, path: Path) -> Dict[str, Path]:
 def export_segmenter(model: PathLike, repo: PathLike, *, name: str = "fcnseg",
                      batching: Batching = Batching(kind="cpu"), size: Optional[int] = None,
                      num_threads: Optional[int] = None, force: bool = False, view: Optional[Mapping[str, Any]] = None,
-                     precision_hint: Optional[str] = None) -> TritonRepository:
+                     precision_hint: Optional[str] = None, classes: Optional[PathLike] = None) -> TritonRepository:
     """Write a repository with one Python-backend model running ``fcnseg.runtime.Segmenter`` on ``model``.
 
     Clients send ``image`` (UINT8 HxWx3 RGB, any size) and get ``mask`` (UINT8 HxW at that size); requests
@@ -290,14 +293,17 @@ def export_segmenter(model: PathLike, repo: PathLike, *, name: str = "fcnseg",
     model's inference library. ``size``, ``num_threads``, ``view`` (``mode``, ``tile``, ``stride``: a
     ``mode="slide"`` model segments large images in tiles) and ``precision_hint`` (OpenVINO's; None: its own for
     the CPU, bf16 where it has it: masks may then differ in a few pixels with the batch Triton forms; "f32" is
-    exact) are passed to ``Segmenter.load``.
+    exact) are passed to ``Segmenter.load``. ``classes``: a class file (``--classes``) naming the model's classes
+    (e.g. a graph without fcnseg metadata): checked against the model here, shipped as ``1/classes.json`` and
+    written as ``labels.txt``.
     """
     check_model_name(name)
     path = _check_model(model, (".onnx", ".plan", ".engine", ".pth", ".pt"))
     max_batch, preferred = resolve_batching(batching, None)
+    class_map = _checked_classes(path, classes)
     params = {"fcnseg_model": "model" + path.suffix, "fcnseg_size": str(size or ""),
               "fcnseg_num_threads": str(num_threads or ""), "fcnseg_view": json.dumps(dict(view or {})),
-              "fcnseg_precision_hint": precision_hint or ""}
+              "fcnseg_precision_hint": precision_hint or "", "fcnseg_classes": CLASSES_FILE if class_map else ""}
     config = python_config(name, "segmenter", [TensorSpec("image", "uint8", (-1, -1, 3), ragged=True)],
                            [TensorSpec("mask", "uint8", (-1, -1))], max_batch=max_batch, batching=batching,
                            preferred=preferred, parameters=params)
@@ -305,15 +311,36 @@ def export_segmenter(model: PathLike, repo: PathLike, *, name: str = "fcnseg",
     sidecar = sidecar_path(path)
     if sidecar.is_file():
         files[sidecar_path(params["fcnseg_model"]).name] = sidecar
-    return write_repository(Path(repo), {name: config}, {name: files}, entry=name, force=force,
-                            labels=_model_classes(path))
+    with tempfile.TemporaryDirectory(prefix="fcnseg-classes-") as tmp:
+        if class_map is not None:   # normalised to JSON: the server's Python may lack PyYAML
+            files[CLASSES_FILE] = Path(tmp) / CLASSES_FILE
+            files[CLASSES_FILE].write_text(json.dumps(class_map.to_json_obj(), indent=1) + "\n")
+        return write_repository(Path(repo), {name: config}, {name: files}, entry=name, force=force,
+                                labels=class_map.names if class_map else _model_classes(path))
+
+
+def _checked_classes(path: Path, classes: Optional[PathLike]) -> Optional[ClassMap]:
+    """The class file's map, checked against the model's class count (a checkpoint's is checked when served)."""
+    if classes is None:
+        return None
+    class_map = ClassMap.read(classes)
+    meta = _model_metadata(path)
+    if meta is not None:
+        meta.with_classes(class_map)   # raises on another class count, before anything is written
+    return class_map
+
+
+def _model_metadata(path: Path) -> Optional[ModelMetadata]:
+    """The fcnseg metadata of an .onnx or .plan (None for a checkpoint)."""
+    if path.suffix in (".plan", ".engine"):
+        return read_plan_io(path).metadata
+    return read_onnx_io(path).metadata if path.suffix == ".onnx" else None
 
 
 def _model_classes(path: Path) -> Optional[Sequence[str]]:
     """The class names of an .onnx or .plan (None for a checkpoint: no labels file)."""
-    if path.suffix in (".plan", ".engine"):
-        return read_plan_io(path).metadata.classes
-    return read_onnx_io(path).metadata.classes if path.suffix == ".onnx" else None
+    meta = _model_metadata(path)
+    return meta.classes if meta is not None else None
 
 
 def check_model_name(name: str) -> str:

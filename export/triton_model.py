@@ -88,8 +88,9 @@ class TritonPythonModel:
             size = int(params["fcnseg_size"]) if params.get("fcnseg_size") else None
             view = json.loads(params.get("fcnseg_view") or "{}")   # mode, tile, stride (large images: slide)
             hint = params.get("fcnseg_precision_hint") or None   # OpenVINO's; None: its own for the CPU
+            classes = here / params["fcnseg_classes"] if params.get("fcnseg_classes") else None   # --classes
             self.segmenter = Segmenter.load(here / params["fcnseg_model"], size=size, num_threads=threads,
-                                            precision_hint=hint, **view)
+                                            precision_hint=hint, classes=classes, **view)
         elif self.role == "network":
             from fcnseg.runtime import load_backend
 

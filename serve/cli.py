@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, Optional
 
 import click
 
-from ..core.cli_args import OneLineCommand, force_option, mode_options, packed, precision_hint_option
+from ..core.cli_args import OneLineCommand, classes_option, force_option, mode_options, packed, precision_hint_option
 from ..core.errors import FcnsegError, cli_errors
 from .server import TritonInstall, TritonServer, serve_model
 
@@ -39,13 +39,14 @@ def port_options(fn: Callable) -> Callable:
 @force_option("replace a model folder of that name in --repo")
 @mode_options
 @precision_hint_option()
+@classes_option()
 @click.option("--triton-env", type=click.Path(file_okay=False), help="Python environment with nvidia-pytriton "
               "[default: $FCNSEG_TRITON_ENV, the project's .venv-triton, this Python]")
 @click.option("--timeout", type=float, default=120.0, help="seconds to wait for the server to be ready")
 @cli_errors
 def main(model: Optional[str], repo: Optional[str], name: str, ports: Dict[str, Any], max_batch: Optional[int],
          instances: int, max_queue_delay_us: Optional[int], force: bool, mode: Dict[str, Any],
-         precision_hint: Optional[str], triton_env: Optional[str], timeout: float) -> None:
+         precision_hint: Optional[str], classes: Optional[str], triton_env: Optional[str], timeout: float) -> None:
     """Serve MODEL over HTTP and gRPC with Triton (dynamic batching, Prometheus metrics) until Ctrl-C.
 
     \b
@@ -54,11 +55,15 @@ def main(model: Optional[str], repo: Optional[str], name: str, ports: Dict[str, 
     """
     if not model and not repo:
         raise FcnsegError("expected --model FILE or --repo DIR, got neither; try fcn-serve -h")
+    given = [o for o, v in (("--precision-hint", precision_hint), ("--classes", classes)) if v]
+    if given and not model:   # a repository is served as written: its models carry their own settings
+        raise FcnsegError(f"expected {' and '.join(given)} with --model FILE, got them with --repo alone; try "
+                          f"fcn-serve --model MODEL {' '.join(given)} --repo {repo}")
     ports = dict(ports, install=TritonInstall.find(triton_env), log=sys.stderr)
     if model:
         server = serve_model(model, repo=repo, name=name, max_batch=max_batch, instances=instances,
                              max_queue_delay_us=max_queue_delay_us, force=force, view=mode,
-                             precision_hint=precision_hint, **ports)
+                             precision_hint=precision_hint, classes=classes, **ports)
     else:
         server = TritonServer(repo, **ports)
     for signum in (signal.SIGINT, signal.SIGTERM):   # SIGINT too: a shell starts background jobs ignoring it

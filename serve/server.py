@@ -275,13 +275,13 @@ class TritonServer:
 def serve_model(model: PathLike, *, repo: Optional[PathLike] = None, name: str = "fcnseg",
                 max_batch: Optional[int] = None, instances: int = 1, max_queue_delay_us: Optional[int] = None,
                 force: bool = False, view: Optional[Dict[str, Any]] = None, precision_hint: Optional[str] = None,
-                **server_options: Any) -> TritonServer:
+                classes: Optional[PathLike] = None, **server_options: Any) -> TritonServer:
     """Write a repository serving ``model`` through ``Segmenter`` (Python backend) and return its server.
 
     Args:
         model: any file ``Segmenter.load`` opens.
         repo: where to write the repository; None uses a temporary folder removed when the server stops.
-        name, max_batch, instances, max_queue_delay_us, force, view, precision_hint: see
+        name, max_batch, instances, max_queue_delay_us, force, view, precision_hint, classes: see
             ``fcnseg.export.triton.export_segmenter``.
         **server_options: ``TritonServer`` arguments (host, ports, install, log).
     """
@@ -289,5 +289,6 @@ def serve_model(model: PathLike, *, repo: Optional[PathLike] = None, name: str =
                         **({"max_queue_delay_us": max_queue_delay_us} if max_queue_delay_us is not None else {}))
     install = server_options.pop("install", None) or TritonInstall.find()   # fail before writing anything
     folder = Path(repo) if repo is not None else Path(tempfile.mkdtemp(prefix="fcnseg-repo-"))
-    export_segmenter(model, folder, name=name, batching=batching, force=force, view=view, precision_hint=precision_hint)
+    export_segmenter(model, folder, name=name, batching=batching, force=force, view=view, precision_hint=precision_hint,
+                     classes=classes)
     return TritonServer(folder, install=install, cleanup=[] if repo is not None else [folder], **server_options)

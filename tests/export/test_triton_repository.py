@@ -157,6 +157,23 @@ def test_segmenter_repository(r18_onnx, tmp_path):
     assert parse(exact.config_path("fcnseg")).parameters["fcnseg_precision_hint"].string_value == "f32"
 
 
+def test_segmenter_with_a_class_file_is_checked_against_the_model(r18_onnx, tmp_path):
+    """--classes: the model's 21 classes named by the user's file (YAML here, shipped as JSON: the server's Python
+    may lack PyYAML); another class count is refused before anything is written."""
+    names = [f"c{i}" for i in range(21)]
+    (tmp_path / "names.yaml").write_text("classes:\n" + "".join(f"  - {n}\n" for n in names))
+    repo = export_segmenter(r18_onnx, tmp_path / "repo", classes=tmp_path / "names.yaml")
+    config = parse(repo.config_path("fcnseg"))
+    assert config.parameters["fcnseg_classes"].string_value == "classes.json"
+    assert (tmp_path / "repo/fcnseg/labels.txt").read_text().split() == names
+    shipped = json.loads((tmp_path / "repo/fcnseg/1/classes.json").read_text())
+    assert [c["name"] for c in shipped["classes"]] == names
+    (tmp_path / "three.txt").write_text("a\nb\nc\n")
+    with pytest.raises(FcnsegError, match="expected a class file with the model's 21 classes, got 3"):
+        export_segmenter(r18_onnx, tmp_path / "bad", classes=tmp_path / "three.txt")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_network_on_python_backend(r18_onnx, tmp_path):
     """--backend python: fcnseg's runtime runs the network where the server has no ONNX Runtime backend."""
     repo = export_triton(r18_onnx, tmp_path / "repo", onnx_backend="python", batching=Batching(kind="cpu"))

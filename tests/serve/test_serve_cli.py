@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -57,8 +58,11 @@ def _collect_lines(stream) -> list:
 def test_serve_answers_and_ctrl_c_stops(triton_install, tiny_conv_onnx, tmp_path):
     model = tiny_conv_onnx
     ports = [free_port() for _ in range(3)]
+    names = tmp_path / "names.txt"   # the user's names for the model's 4 classes, served with it
+    names.write_text("sky\nroad\ncrack\nweed\n")
     cmd = [str(FCN_SERVE), "--model", str(model), "--port", str(ports[0]), "--grpc-port", str(ports[1]),
-           "--metrics-port", str(ports[2]), "--max-batch", "4", "--repo", str(tmp_path / "repo")]
+           "--metrics-port", str(ports[2]), "--max-batch", "4", "--repo", str(tmp_path / "repo"),
+           "--precision-hint", "f32", "--classes", str(names)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         _wait_ready(ports[0], proc)
@@ -68,7 +72,7 @@ def test_serve_answers_and_ctrl_c_stops(triton_install, tiny_conv_onnx, tmp_path
         inp.set_data_from_numpy(image[None])
         mask = client.infer("fcnseg", [inp]).as_numpy("mask")[0]
         client.close()
-        with Segmenter.load(model) as seg:
+        with Segmenter.load(model, precision_hint="f32") as seg:
             assert int((mask != seg(image)).sum()) == 0
         # The server answers before fcn-serve prints its banner: wait for the banner, then press Ctrl-C.
         lines = _collect_lines(proc.stderr)
@@ -81,6 +85,10 @@ def test_serve_answers_and_ctrl_c_stops(triton_install, tiny_conv_onnx, tmp_path
         assert proc.returncode == 0, err[-2000:]
         assert "Ctrl-C stops" in err and "stopping" in err and not any(_listening(p) for p in ports)
         assert (tmp_path / "repo" / "fcnseg" / "config.pbtxt").is_file()     # a given --repo is kept
+        folder = tmp_path / "repo" / "fcnseg"
+        assert (folder / "labels.txt").read_text().split() == ["sky", "road", "crack", "weed"]
+        served = json.loads((folder / "1" / "classes.json").read_text())   # what the served Segmenter loaded
+        assert [c["name"] for c in served["classes"]] == ["sky", "road", "crack", "weed"]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -92,6 +100,8 @@ def test_serve_answers_and_ctrl_c_stops(triton_install, tiny_conv_onnx, tmp_path
     (["--model", "missing.onnx", "--triton-env", "/nonexistent-env"], "nvidia-pytriton"),
     (["--model", "m.onnx", "--port", "70000"], "'--port': 70000 is not in the range 0<=x<=65535"),
     (["--model", "m.onnx", "--grpc-port", "-1"], "'--grpc-port': -1 is not in the range 0<=x<=65535"),
+    (["--repo", "r", "--classes", "c.txt"], "expected --classes with --model FILE, got them with --repo alone"),
+    (["--repo", "r", "--precision-hint", "f32"], "expected --precision-hint with --model FILE"),
 ])
 def test_serve_errors_are_one_line(args, expected):
     result = CliRunner().invoke(serve_cli, args)

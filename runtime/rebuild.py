@@ -46,8 +46,8 @@ def engine_for_gpu(plan: PathLike, *, rebuild: str = "never", onnx: Optional[Pat
         plan: the engine; its sidecar says what it was built for.
         rebuild: "never" (a mismatch is a one-line error) or "auto" (rebuild once, cached).
         onnx: the ONNX to rebuild from (default: the one the sidecar names, beside the engine).
-        gpu: {"name", "compute_capability"} of this machine's GPU; None: asked of the driver. No GPU: ``plan``
-            (the backend says there is none).
+        gpu: {"name", "compute_capability"} of this machine's GPU; {}: there is none (``plan`` is returned, the
+            backend says so); None: asked of the driver.
         installed: the TensorRT library version here (default: imported from the library the sidecar names).
         say: where the progress lines go (default: stderr).
 
@@ -60,7 +60,7 @@ def engine_for_gpu(plan: PathLike, *, rebuild: str = "never", onnx: Optional[Pat
     path = Path(plan)
     sidecar = EngineSidecar.read(path)
     gpu = gpu if gpu is not None else _probe()
-    if sidecar is None or gpu is None:
+    if sidecar is None or not gpu:
         return path
     reason = mismatch(sidecar, gpu, installed if installed is not None else _installed_version(sidecar.library))
     if reason is None:

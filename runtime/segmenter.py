@@ -265,7 +265,7 @@ def load_backend(path: PathLike, *, backend: Optional[str] = None, providers: Op
     if name == "onnxruntime":
         return OnnxRuntimeBackend(p, providers=providers, num_threads=num_threads)
     if name == "tensorrt":   # rebuilt first when it does not fit this GPU or TensorRT and rebuild="auto"
-        return _tensorrt_backend(engine_for_gpu(p, rebuild=rebuild, onnx=onnx))
+        return _tensorrt_backend(p, rebuild=rebuild, onnx=onnx)
     return _plugin_backend(name, p)(p, num_threads=num_threads)
 
 
@@ -330,16 +330,20 @@ def _plugin_backend(name: str, path: Path) -> Any:
                       "alone; try `pip install fcnseg` (with torch), or `fcn-export onnx` it and run the .onnx")
 
 
-def _tensorrt_backend(plan: Path) -> Backend:
+def _tensorrt_backend(path: Path, *, rebuild: str, onnx: Optional[PathLike]) -> Backend:
+    """The engine (or its rebuild for this GPU, ``engine_for_gpu``) on the TensorRT backend; the GPU is asked of
+    the driver once for both."""
     try:
-        from .backends.tensorrt import TensorRTBackend
+        from .backends.tensorrt import TensorRTBackend, probe_gpu
     except ImportError as e:
-        raise FcnsegError(f"expected TensorRT and its CUDA bindings to run {plan.name!r}, got an import error "
+        raise FcnsegError(f"expected TensorRT and its CUDA bindings to run {path.name!r}, got an import error "
                           f"({e}); try `pip install tensorrt cuda-python` on a machine with an NVIDIA GPU, "
                           "or run the .onnx model with onnxruntime") from None
+    gpu = probe_gpu()[0]
+    plan = engine_for_gpu(path, rebuild=rebuild, onnx=onnx, gpu=gpu or {})
     sidecar = EngineSidecar.read(plan)   # the one sidecar reader; the backend imports the library it names
     metadata = sidecar.model_metadata() if sidecar is not None else None
-    backend = TensorRTBackend(plan, metadata=metadata)
+    backend = TensorRTBackend(plan, metadata=metadata, gpu=gpu)   # no GPU: the backend asks again, to say why
     if metadata is None:
         # Warned only once the engine loaded, so a missing TensorRT is reported alone.
         warnings.warn(f"no model metadata in a sidecar {plan.name}.json next to {str(plan)!r}: using defaults "

@@ -279,7 +279,7 @@ class FakeTensorRTBackend:
     max_batch = None
     calls: list = []
 
-    def __init__(self, plan_path, *, metadata=None):
+    def __init__(self, plan_path, *, metadata=None, cuda=None, gpu=None):   # TensorRTBackend's keywords
         FakeTensorRTBackend.calls.append((plan_path, metadata))
         self.metadata = metadata if metadata is not None else ModelMetadata()
         self.last_timing = {"h2d": 0.25, "infer": 0.5, "d2h": 0.125}

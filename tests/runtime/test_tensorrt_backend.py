@@ -555,6 +555,20 @@ def test_path_segment_stream_pipelined(monkeypatch, tmp_path, cuda, version, vpl
     assert cuda.device == {} and cuda.host_live == 0
 
 
+def test_loading_an_engine_asks_the_driver_for_the_gpu_once(monkeypatch, plan):
+    """The rebuild check and the backend share one answer (each asked libcuda itself before)."""
+    import fcnseg.runtime.backends.tensorrt as backend_module
+    from fcnseg.runtime import Segmenter
+
+    fakes.install("10.x", setitem=monkeypatch.setitem, setattr_=monkeypatch.setattr)
+    asked = []
+    probe = backend_module.probe_gpu
+    monkeypatch.setattr(backend_module, "probe_gpu", lambda: asked.append(1) or probe())
+    with Segmenter.load(plan) as seg:
+        assert seg.backend.name == "tensorrt" and seg(np.zeros((8, 8, 3), np.uint8)).shape == (8, 8)
+    assert len(asked) == 1
+
+
 def test_path_fcn_bench_engine(monkeypatch, tmp_path, version, vplan):
     from click.testing import CliRunner
     from fcnseg.benchmarks.cli import bench_main

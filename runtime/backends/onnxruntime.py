@@ -249,19 +249,29 @@ def _trt_options(model_path: Union[str, "os.PathLike[str]"], profile: Optional[T
     return options
 
 
+# What marks <model>.ortcache/ as fcnseg's, and how ONNX Runtime's TensorRT provider names its cache files
+# (onnxruntime/core/providers/tensorrt: "TensorrtExecutionProvider_TRTKernel_graph_...", "..._cache.timing").
+ORT_CACHE_MARKER = ".fcnseg-ortcache"
+ORT_CACHE_FILE_PREFIX = "TensorrtExecutionProvider"
+
+
 def trt_cache_dir(model_path: Union[str, "os.PathLike[str]"]) -> Optional[Path]:
     """The folder of TensorRT's engine and timing caches for one model, created when missing.
 
-    ``<model>.ortcache/`` beside the model; where that folder cannot be written (a read-only model store),
-    ``$XDG_CACHE_HOME/fcnseg/ortcache/<model name>-<hash of its path>/`` (``~/.cache`` by default). None, with
-    a warning, when neither can be written: then every process builds its engines again.
+    ``<model>.ortcache/`` beside the model; where that folder cannot be written (a read-only model store) or is
+    not ours (a folder of that name holding other files), ``$XDG_CACHE_HOME/fcnseg/ortcache/<model name>-<hash of
+    its path>/`` (``~/.cache`` by default). None, with a warning, when neither can be used: then every process
+    builds its engines again. A folder fcnseg made holds ``ORT_CACHE_MARKER``.
     """
     model = Path(model_path).resolve()
     home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     digest = hashlib.sha256(str(model).encode()).hexdigest()[:12]
     candidates = (model.with_name(model.name + ".ortcache"), home / "fcnseg" / "ortcache" / f"{model.name}-{digest}")
     for folder in candidates:
-        if _writable_folder(folder):
+        if not _ours(folder):
+            warnings.warn(f"{str(folder)!r} holds files fcnseg did not write: left alone, TensorRT's engine cache "
+                          "goes elsewhere", stacklevel=3)
+        elif _writable_folder(folder):
             return folder
     warnings.warn(f"no writable folder for TensorRT's engine cache of {str(model)!r} (tried "
                   f"{', '.join(map(str, candidates))}): every process builds its engines again; "
@@ -269,12 +279,26 @@ def trt_cache_dir(model_path: Union[str, "os.PathLike[str]"]) -> Optional[Path]:
     return None
 
 
+def _ours(folder: Path) -> bool:
+    """Whether ``folder`` may hold the cache: missing, marked by fcnseg, or holding only ONNX Runtime's own
+    TensorRT cache files (a folder an earlier fcnseg made before the marker)."""
+    if not folder.exists():
+        return True
+    if not folder.is_dir():
+        return False
+    return (folder / ORT_CACHE_MARKER).is_file() or all(
+        e.name.startswith(ORT_CACHE_FILE_PREFIX) for e in folder.iterdir())
+
+
 def _writable_folder(folder: Path) -> bool:
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        if os.access(folder, os.W_OK | os.X_OK):
+            (folder / ORT_CACHE_MARKER).touch()
+            return True
     except OSError:
-        return False
-    return os.access(folder, os.W_OK | os.X_OK)
+        pass
+    return False
 
 
 def _probe_profile(ort: Any, path: str) -> Optional[TrtProfile]:

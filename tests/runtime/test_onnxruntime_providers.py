@@ -127,6 +127,24 @@ def test_read_only_model_folder_caches_under_the_user_cache(sessions, conv_onnx_
     assert cache.is_dir() and options[TRT]["trt_timing_cache_path"] == str(cache)
 
 
+def test_a_folder_of_that_name_that_is_not_ours_is_left_alone(sessions, conv_onnx_factory, tmp_path, monkeypatch):
+    """<model>.ortcache/ holding the user's files: nothing written there, one warning, the user cache instead; a
+    folder holding only ONNX Runtime's cache files (an earlier fcnseg's, before the marker) is adopted."""
+    model = _model(conv_onnx_factory, tmp_path / "store", input_size=64, min_size=32, max_size=256)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    theirs = Path(str(model) + ".ortcache")
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    with pytest.warns(UserWarning, match="holds files fcnseg did not write: left alone"):
+        ortb.OnnxRuntimeBackend(model, providers=["tensorrt"])
+    options, _ = _gpu_call(sessions)
+    assert Path(options[TRT]["trt_engine_cache_path"]).parent == tmp_path / "xdg" / "fcnseg" / "ortcache"
+    assert sorted(p.name for p in theirs.iterdir()) == ["notes.txt"]
+    (theirs / "notes.txt").unlink()
+    (theirs / "TensorrtExecutionProvider_cache_sm86.timing").write_bytes(b"t")
+    assert ortb.trt_cache_dir(model) == theirs.resolve() and (theirs / ortb.ORT_CACHE_MARKER).is_file()
+
+
 def test_version_parsing():
     assert ortb._version("1.16.3") == (1, 16) and ortb._version("1.17.0.dev20240101") == (1, 17)
     assert ortb._version("2.0rc1") == (2, 0) and ortb._version("garbage") == (0,)

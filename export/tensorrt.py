@@ -740,7 +740,7 @@ def build_logger(trt: Any) -> Any:
         def say_repeats(self) -> None:
             for msg, n in self.counts.items():
                 if n > 1:
-                    log.warning("TensorRT: the message above came %d times in all: %s", n, msg[:100])
+                    log.warning("TensorRT: %d times in all: %s", n, msg.strip()[:100])
 
     return _Logger()
 

@@ -51,14 +51,11 @@ from ..core.errors import FcnsegError
 from ..core.metadata import PREFIX, ModelMetadata
 from ..core.onnx_names import TRT8_MAX_OPSET
 from ..core.output_guard import check_output_dir
-from ..datasets import take
-from ..runtime import preprocess
 from ..runtime.backends.tensorrt import format_shape
 from . import chain
 from .calibration import split_layouts
-from .check import check_trt_ready
-from .fp16 import QDQ_FP16_OPSET, has_fp16_qdq, qdq_to_fp16, verify_qdq_fp16
-from .int8 import is_trt8
+from .fp16 import QDQ_FP16_OPSET, has_fp16_qdq
+from .int8 import fp16_elsewhere, is_trt8, model_inputs
 from .onnx_graph import load_onnx, read_metadata, save_onnx, set_metadata
 from .options import EngineOptions, Int8Options
 from .runtime_wheel import build_runtime_wheel
@@ -245,12 +242,7 @@ def _write_fp16_elsewhere(src: Path, dst: Path, options: Int8Options) -> None:
              FP16_ELSEWHERE_TRT)
     fp32_elsewhere = load_onnx(src)
     meta, props = read_metadata(fp32_elsewhere, str(src))
-    fp16 = qdq_to_fp16(fp32_elsewhere)
-    verify_qdq_fp16(fp32_elsewhere, fp16, _check_inputs(options, meta))
-    report = check_trt_ready(fp16)
-    if not report:
-        raise FcnsegError(f"expected a TensorRT-ready FP16 Q/DQ graph, got:\n{report}\ntry another onnxruntime "
-                          "version, or --int8-from a graph from `fcn-export int8`")
+    fp16 = fp16_elsewhere(fp32_elsewhere, _check_inputs(options, meta))
     del fp16.metadata_props[:]
     fp16.metadata_props.extend(fp32_elsewhere.metadata_props)
     info = props.get(PREFIX + "int8")
@@ -264,8 +256,7 @@ def _check_inputs(options: Int8Options, meta: ModelMetadata) -> List[np.ndarray]
     (never a calibration image), preprocessed as the model's metadata says."""
     _, evaluation = split_layouts(options.source(), options.calib_split, options.eval_split, options.num_images,
                                   options.eval_images, meta.num_classes)
-    return [preprocess(img, size=meta.input_size, mean=meta.mean, std=meta.std)
-            for img, _ in take(evaluation, options.sensitivity_images)]
+    return model_inputs(evaluation, meta, options.sensitivity_images)
 
 
 def _copy(src: PathLike, dst: Path) -> None:

@@ -290,11 +290,9 @@ def _quantize(src: Path, out: Path, o: Int8Options) -> Int8Result:
                                                           tgt, keep_float=subpixel)
     excluded = [r.node for r in reverted]
     high = high_precision(o)
-    if high == "fp16":
-        # checked on the images that measured the mIoU: a broken lowering is refused, nothing written
-        fp32_elsewhere, quantized = quantized, qdq_to_fp16(quantized)
-        verify_qdq_fp16(fp32_elsewhere, quantized, evaluator.inputs(o.sensitivity_images))
-    if tgt.trt_ready:
+    if high == "fp16":   # checked on the images that measured the mIoU (only the tensorrt target takes fp16)
+        quantized = fp16_elsewhere(quantized, evaluator.inputs(o.sensitivity_images))
+    elif tgt.trt_ready:
         _check_ready(quantized)
     meta.precision = "int8"
     set_metadata(quantized, meta, {PREFIX + "int8": {
@@ -452,6 +450,21 @@ def _placed(model: onnx.ModelProto, only: Sequence[str], exclude: Sequence[str],
     return [], [n.name for n in model.graph.node if n.op_type in op_types and n.name not in keep], adds
 
 
+def fp16_elsewhere(fp32_elsewhere: onnx.ModelProto, inputs: Sequence[np.ndarray]) -> onnx.ModelProto:
+    """A TensorRT Q/DQ graph with FP32 elsewhere lowered to FP16 elsewhere (``qdq_to_fp16``: opset 19), checked
+    against its source on ``inputs`` and for TensorRT; a broken lowering is refused (FcnsegError), nothing written.
+    ``fcn-export int8``'s default and the Jetson bundle's second INT8 graph."""
+    fp16 = qdq_to_fp16(fp32_elsewhere)
+    verify_qdq_fp16(fp32_elsewhere, fp16, inputs)
+    _check_ready(fp16)
+    return fp16
+
+
+def model_inputs(layout: PairDataset, meta: ModelMetadata, count: int) -> List[np.ndarray]:
+    """The first ``count`` images of ``layout``, preprocessed as the model's metadata says (NCHW float32)."""
+    return [preprocess(img, size=meta.input_size, mean=meta.mean, std=meta.std) for img, _ in take(layout, count)]
+
+
 def _check_ready(model: onnx.ModelProto) -> None:
     report = check_trt_ready(model)
     if not report:
@@ -475,8 +488,7 @@ class _Evaluator:
         return evaluate(predict, take(self.layout, self.limit), self.meta.num_classes, progress=bar)
 
     def inputs(self, count: int) -> List[np.ndarray]:
-        m = self.meta
-        return [preprocess(img, size=m.input_size, mean=m.mean, std=m.std) for img, _ in take(self.layout, count)]
+        return model_inputs(self.layout, self.meta, count)
 
 
 def _predictor(model: onnx.ModelProto, meta: ModelMetadata) -> Any:

@@ -53,9 +53,10 @@ def openvino_available() -> bool:
     return True
 
 
-def device_precision_hint(device: str = "CPU") -> str:
-    """The hint fcnseg uses when none is given on ``device`` (``default_precision_hint`` of OpenVINO's own)."""
-    core = import_openvino().Core()
+def device_precision_hint(device: str = "CPU", core: Any = None) -> str:
+    """The hint fcnseg uses when none is given on ``device`` (``default_precision_hint`` of OpenVINO's own);
+    ``core``: an ``openvino.Core`` to ask (default: a new one)."""
+    core = core if core is not None else import_openvino().Core()
     return default_precision_hint(core.get_property(device, "INFERENCE_PRECISION_HINT").get_type_name())
 
 
@@ -127,8 +128,8 @@ class OpenVinoBackend(BaseBackend):
         self._core = ov.Core()
         self._model = read_onnx(self.path)
         self.metadata = _read_metadata(self._model, self.path)
-        self.precision_hint = _check_hint(precision_hint) if precision_hint else default_precision_hint(
-            self._core.get_property(device, "INFERENCE_PRECISION_HINT").get_type_name())
+        self.precision_hint = _check_hint(precision_hint) if precision_hint else device_precision_hint(device,
+                                                                                                      self._core)
         self.outputs = _output_names(self._model, self.path)
         self.metadata.argmax = "logits" not in self.outputs
         dims = self._model.inputs[0].get_partial_shape()

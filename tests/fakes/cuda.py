@@ -1048,18 +1048,18 @@ class FakeCudaPython:
         return self._call("cudaGraphLaunch", 0, body)
 
     def cudaGraphDestroy(self, graph: Any) -> Tuple[Any, ...]:
-        def body() -> Tuple[Any, ...]:
-            if self.graphs.pop(self._int(graph), None) is None:
-                raise _Failure(cudaError_t.cudaErrorInvalidValue)
-            return ()
-        return self._call("cudaGraphDestroy", 0, body)
+        return self._destroy("cudaGraphDestroy", self.graphs, graph)
 
     def cudaGraphExecDestroy(self, graphExec: Any) -> Tuple[Any, ...]:
+        return self._destroy("cudaGraphExecDestroy", self.execs, graphExec)
+
+    def _destroy(self, name: str, table: Dict[int, Any], handle: Any) -> Tuple[Any, ...]:
+        """A graph or executable graph destroyed: cudaErrorInvalidValue for a handle not (or no longer) live."""
         def body() -> Tuple[Any, ...]:
-            if self.execs.pop(self._int(graphExec), None) is None:
+            if table.pop(self._int(handle), None) is None:
                 raise _Failure(cudaError_t.cudaErrorInvalidValue)
             return ()
-        return self._call("cudaGraphExecDestroy", 0, body)
+        return self._call(name, 0, body)
 
 
 def install_fake_cuda_python(monkeypatch: Any, major: int = 13, *, layout: str = "", **options: Any) -> FakeCudaPython:

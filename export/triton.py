@@ -294,8 +294,8 @@ def export_segmenter(model: PathLike, repo: PathLike, *, name: str = "fcnseg",
     ``mode="slide"`` model segments large images in tiles) and ``precision_hint`` (OpenVINO's; None: its own for
     the CPU, bf16 where it has it: masks may then differ in a few pixels with the batch Triton forms; "f32" is
     exact) are passed to ``Segmenter.load``. ``classes``: a class file (``--classes``) naming the model's classes
-    (e.g. a graph without fcnseg metadata): checked against the model here, shipped as ``1/classes.json`` and
-    written as ``labels.txt``.
+    (e.g. a graph without fcnseg metadata): checked against the model's class count here, shipped as
+    ``1/classes.json`` and written as ``labels.txt``.
     """
     check_model_name(name)
     path = _check_model(model, (".onnx", ".plan", ".engine", ".pth", ".pt"))
@@ -320,13 +320,17 @@ def export_segmenter(model: PathLike, repo: PathLike, *, name: str = "fcnseg",
 
 
 def _checked_classes(path: Path, classes: Optional[PathLike]) -> Optional[ClassMap]:
-    """The class file's map, checked against the model's class count (a checkpoint's is checked when served)."""
+    """The class file's map, checked against the model's class count before anything is written (a server that
+    failed to load the model would say so only in its log)."""
     if classes is None:
         return None
     class_map = ClassMap.read(classes)
     meta = _model_metadata(path)
-    if meta is not None:
-        meta.with_classes(class_map)   # raises on another class count, before anything is written
+    if meta is None:   # a checkpoint: what fcn-train recorded (read with weights_only=True)
+        from ..train.checkpoint import load_checkpoint
+
+        meta = load_checkpoint(path).metadata()
+    meta.with_classes(class_map)   # raises on another class count
     return class_map
 
 

@@ -174,6 +174,18 @@ def test_segmenter_with_a_class_file_is_checked_against_the_model(r18_onnx, tmp_
     assert not (tmp_path / "bad").exists()
 
 
+def test_a_checkpoints_class_count_is_checked_too(r18_ckpt, tmp_path):
+    """A served .pth: its recorded class count, read here, not first by a server that fails to load it."""
+    (tmp_path / "three.txt").write_text("a\nb\nc\n")
+    with pytest.raises(FcnsegError, match="expected a class file with the model's 21 classes, got 3"):
+        export_segmenter(r18_ckpt, tmp_path / "bad", classes=tmp_path / "three.txt")
+    assert not (tmp_path / "bad").exists()
+    names = tmp_path / "names.txt"
+    names.write_text("".join(f"c{i}\n" for i in range(21)))
+    export_segmenter(r18_ckpt, tmp_path / "repo", classes=names)
+    assert (tmp_path / "repo/fcnseg/labels.txt").read_text().split() == [f"c{i}" for i in range(21)]
+
+
 def test_network_on_python_backend(r18_onnx, tmp_path):
     """--backend python: fcnseg's runtime runs the network where the server has no ONNX Runtime backend."""
     repo = export_triton(r18_onnx, tmp_path / "repo", onnx_backend="python", batching=Batching(kind="cpu"))
